@@ -12,11 +12,19 @@ use crate::estate::Limits;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CapacityRefusal {
-    RequestsPerMinute { limit: u32 },
-    TokensPerMinute { limit: u32 },
-    Concurrency { limit: u32 },
+    RequestsPerMinute {
+        limit: u32,
+    },
+    TokensPerMinute {
+        limit: u32,
+    },
+    Concurrency {
+        limit: u32,
+    },
     /// The upstream said to come back later (Retry-After on a 429).
-    Paused { retry_in: Duration },
+    Paused {
+        retry_in: Duration,
+    },
 }
 
 impl std::fmt::Display for CapacityRefusal {
@@ -32,7 +40,11 @@ impl std::fmt::Display for CapacityRefusal {
                 write!(f, "at its limit of {limit} concurrent requests")
             }
             CapacityRefusal::Paused { retry_in } => {
-                write!(f, "rate limited upstream, retry in {} ms", retry_in.as_millis())
+                write!(
+                    f,
+                    "rate limited upstream, retry in {} ms",
+                    retry_in.as_millis()
+                )
             }
         }
     }
@@ -74,7 +86,9 @@ impl Capacity {
     pub fn check(&self, now: Instant, estimated_tokens: u32) -> Result<(), CapacityRefusal> {
         if let Some(until) = self.paused_until {
             if now < until {
-                return Err(CapacityRefusal::Paused { retry_in: until - now });
+                return Err(CapacityRefusal::Paused {
+                    retry_in: until - now,
+                });
             }
         }
         if let Some(limit) = self.limits.max_concurrency {
@@ -144,7 +158,10 @@ struct MinuteWindow {
 
 impl Default for MinuteWindow {
     fn default() -> Self {
-        MinuteWindow { counts: [0; SECONDS], stamps: [0; SECONDS] }
+        MinuteWindow {
+            counts: [0; SECONDS],
+            stamps: [0; SECONDS],
+        }
     }
 }
 
@@ -176,7 +193,11 @@ mod tests {
     use super::*;
 
     fn limits(rpm: Option<u32>, tpm: Option<u32>, concurrency: Option<u32>) -> Limits {
-        Limits { requests_per_minute: rpm, tokens_per_minute: tpm, max_concurrency: concurrency }
+        Limits {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+            max_concurrency: concurrency,
+        }
     }
 
     #[test]
@@ -218,7 +239,10 @@ mod tests {
         let epoch = Instant::now();
         let mut capacity = Capacity::new(limits(None, None, Some(1)), epoch);
         let first = capacity.reserve(epoch, 1).unwrap();
-        assert_eq!(capacity.check(epoch, 1), Err(CapacityRefusal::Concurrency { limit: 1 }));
+        assert_eq!(
+            capacity.check(epoch, 1),
+            Err(CapacityRefusal::Concurrency { limit: 1 })
+        );
         capacity.settle(epoch, first, Some(1));
         assert_eq!(capacity.in_flight(), 0);
         assert!(capacity.check(epoch, 1).is_ok());
@@ -232,7 +256,9 @@ mod tests {
         capacity.pause_until(epoch + Duration::from_secs(1));
         assert_eq!(
             capacity.check(epoch, 1),
-            Err(CapacityRefusal::Paused { retry_in: Duration::from_secs(2) })
+            Err(CapacityRefusal::Paused {
+                retry_in: Duration::from_secs(2)
+            })
         );
         assert!(capacity.check(epoch + Duration::from_secs(2), 1).is_ok());
     }

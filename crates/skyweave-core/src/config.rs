@@ -41,7 +41,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let count = self.0.len();
-        writeln!(f, "the estate file has {count} problem{}:", if count == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "the estate file has {count} problem{}:",
+            if count == 1 { "" } else { "s" }
+        )?;
         for error in &self.0 {
             writeln!(f, "{error}")?;
         }
@@ -270,7 +274,13 @@ struct Located<'a> {
 impl Located<'_> {
     fn error(&self, span: Range<usize>, message: String, fix: impl Into<String>) -> ConfigError {
         let (line, column) = line_column(self.text, span.start);
-        ConfigError { file: self.file.to_string(), line, column, message, fix: fix.into() }
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message,
+            fix: fix.into(),
+        }
     }
 }
 
@@ -278,8 +288,14 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     (line, column)
 }
 
@@ -300,7 +316,11 @@ impl Checker<'_> {
 }
 
 fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
-    let mut check = Checker { at, errors: Vec::new(), warnings: Vec::new() };
+    let mut check = Checker {
+        at,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
 
     let mut proximity = Proximity::shipped();
     for region in &raw.regions {
@@ -310,13 +330,19 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
         if !valid {
             check.fail(
                 span,
-                format!("[[region]] `{}`: latitude/longitude out of range", region.name),
+                format!(
+                    "[[region]] `{}`: latitude/longitude out of range",
+                    region.name
+                ),
                 "latitude within -90..=90, longitude within -180..=180",
             );
         }
         proximity.set_location(
             &region.name,
-            Location { latitude: region.latitude, longitude: region.longitude },
+            Location {
+                latitude: region.latitude,
+                longitude: region.longitude,
+            },
         );
     }
     for pair in &raw.region_latency {
@@ -324,7 +350,10 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
         if !(pair.rtt_ms.is_finite() && pair.rtt_ms >= 0.0) {
             check.fail(
                 span,
-                format!("[[region_latency]] {} -> {}: rtt_ms must be >= 0", pair.from, pair.to),
+                format!(
+                    "[[region_latency]] {} -> {}: rtt_ms must be >= 0",
+                    pair.from, pair.to
+                ),
                 "give a measured round-trip time in milliseconds",
             );
             continue;
@@ -347,13 +376,20 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
         if !names.insert(raw_deployment.name.get_ref().clone()) {
             check.fail(
                 raw_deployment.name.span(),
-                format!("deployment name `{}` is used twice", raw_deployment.name.get_ref()),
+                format!(
+                    "deployment name `{}` is used twice",
+                    raw_deployment.name.get_ref()
+                ),
                 "give every [[deployment]] a unique name, e.g. `model@cloud-region`",
             );
         }
-        if let Some(deployment) =
-            validate_deployment(DeploymentId(index), span, raw_deployment, &proximity, &mut check)
-        {
+        if let Some(deployment) = validate_deployment(
+            DeploymentId(index),
+            span,
+            raw_deployment,
+            &proximity,
+            &mut check,
+        ) {
             deployments.push(deployment);
         }
     }
@@ -371,7 +407,13 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
         return Err(ConfigErrors(check.errors));
     }
     Ok(Loaded {
-        estate: Estate { server, models, deployments, breaker, proximity },
+        estate: Estate {
+            server,
+            models,
+            deployments,
+            breaker,
+            proximity,
+        },
         warnings: check.warnings,
     })
 }
@@ -394,7 +436,10 @@ fn validate_server(
             Ok(addr) => settings.listen = addr,
             Err(_) => check.fail(
                 listen.span(),
-                format!("server.listen `{}` is not an address and port", listen.get_ref()),
+                format!(
+                    "server.listen `{}` is not an address and port",
+                    listen.get_ref()
+                ),
                 "write it as `127.0.0.1:8080` or `0.0.0.0:8080`",
             ),
         }
@@ -414,7 +459,10 @@ fn validate_server(
         if !proximity.knows(region.get_ref()) {
             check.warn(
                 region.span(),
-                format!("server.default_caller_region `{}` is not a known region", region.get_ref()),
+                format!(
+                    "server.default_caller_region `{}` is not a known region",
+                    region.get_ref()
+                ),
                 "use a region name from the shipped table or add a [[region]] entry",
             );
         }
@@ -431,12 +479,18 @@ fn validate_breaker(raw: Spanned<RawBreaker>, check: &mut Checker<'_>) -> Breake
     let raw = raw.into_inner();
     let defaults = BreakerSettings::default();
     let settings = BreakerSettings {
-        consecutive_failures: raw.consecutive_failures.unwrap_or(defaults.consecutive_failures),
+        consecutive_failures: raw
+            .consecutive_failures
+            .unwrap_or(defaults.consecutive_failures),
         failure_rate: raw.failure_rate.unwrap_or(defaults.failure_rate),
         window: raw.window_secs.map_or(defaults.window, Duration::from_secs),
         min_requests: raw.min_requests.unwrap_or(defaults.min_requests),
-        cooldown: raw.cooldown_ms.map_or(defaults.cooldown, Duration::from_millis),
-        max_cooldown: raw.max_cooldown_ms.map_or(defaults.max_cooldown, Duration::from_millis),
+        cooldown: raw
+            .cooldown_ms
+            .map_or(defaults.cooldown, Duration::from_millis),
+        max_cooldown: raw
+            .max_cooldown_ms
+            .map_or(defaults.max_cooldown, Duration::from_millis),
     };
     if settings.consecutive_failures == 0 {
         check.fail(
@@ -475,7 +529,11 @@ fn validate_deployment(
 
     for (field, value) in [("name", &raw.name), ("model", &raw.model)] {
         if value.get_ref().trim().is_empty() {
-            check.fail(value.span(), here(&format!("`{field}` is empty")), "give it a value");
+            check.fail(
+                value.span(),
+                here(&format!("`{field}` is empty")),
+                "give it a value",
+            );
         }
     }
     let cloud = raw.cloud.get_ref();
@@ -488,7 +546,11 @@ fn validate_deployment(
     }
     let region = raw.region.get_ref();
     if region.trim().is_empty() {
-        check.fail(raw.region.span(), here("`region` is empty"), "name the deployment's region");
+        check.fail(
+            raw.region.span(),
+            here("`region` is empty"),
+            "name the deployment's region",
+        );
     } else if !proximity.knows(region) {
         check.warn(
             raw.region.span(),
@@ -513,7 +575,10 @@ fn validate_deployment(
         },
         None => None,
     };
-    let credential = raw.auth.as_ref().and_then(|auth| validate_auth(auth, &name, check));
+    let credential = raw
+        .auth
+        .as_ref()
+        .and_then(|auth| validate_auth(auth, &name, check));
 
     let provider_kind = *raw.provider.get_ref();
     let forbid = |check: &mut Checker<'_>, block: &str, span: Range<usize>| {
@@ -524,7 +589,9 @@ fn validate_deployment(
         };
         check.fail(
             span,
-            here(&format!("`{block}` does not apply to provider `{provider}`")),
+            here(&format!(
+                "`{block}` does not apply to provider `{provider}`"
+            )),
             format!("remove `{block}`, or change `provider`"),
         );
     };
@@ -548,7 +615,10 @@ fn validate_deployment(
                     "add `auth = { api_key_env = \"OPENAI_API_KEY\" }`",
                 );
             }
-            ProviderSpec::OpenAi { endpoint, auth: credential }
+            ProviderSpec::OpenAi {
+                endpoint,
+                auth: credential,
+            }
         }
         RawProviderKind::AzureOpenai => {
             if raw.endpoint.is_none() {
@@ -568,7 +638,11 @@ fn validate_deployment(
             };
             let azure = azure.get_ref();
             if azure.deployment.get_ref().is_empty()
-                || !azure.deployment.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || !azure
+                    .deployment
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 check.fail(
                     azure.deployment.span(),
@@ -579,7 +653,10 @@ fn validate_deployment(
             if !is_api_version(azure.api_version.get_ref()) {
                 check.fail(
                     azure.api_version.span(),
-                    here(&format!("azure.api_version `{}` is not an API version", azure.api_version.get_ref())),
+                    here(&format!(
+                        "azure.api_version `{}` is not an API version",
+                        azure.api_version.get_ref()
+                    )),
                     "use a dated version such as `2024-10-21` or `2025-01-01-preview`",
                 );
             }
@@ -624,7 +701,10 @@ fn validate_deployment(
                     "give USD per million tokens, e.g. `{ input_per_mtok = 2.5, output_per_mtok = 10.0 }`",
                 );
             }
-            Price { input_per_mtok: price.input_per_mtok, output_per_mtok: price.output_per_mtok }
+            Price {
+                input_per_mtok: price.input_per_mtok,
+                output_per_mtok: price.output_per_mtok,
+            }
         }
         None => Price::default(),
     };
@@ -688,9 +768,15 @@ fn validate_deployment(
     }
     let probe = raw.health_probe.map(|probe| {
         if probe.get_ref().interval_secs == 0 {
-            check.fail(probe.span(), here("health_probe.interval_secs must be >= 1"), "e.g. 10");
+            check.fail(
+                probe.span(),
+                here("health_probe.interval_secs must be >= 1"),
+                "e.g. 10",
+            );
         }
-        ProbeSettings { interval: Duration::from_secs(probe.get_ref().interval_secs) }
+        ProbeSettings {
+            interval: Duration::from_secs(probe.get_ref().interval_secs),
+        }
     });
 
     if check.errors.len() > errors_before {
@@ -699,7 +785,9 @@ fn validate_deployment(
     let model = raw.model.into_inner();
     Some(Deployment {
         id,
-        upstream_model: raw.upstream_model.map_or_else(|| model.clone(), Spanned::into_inner),
+        upstream_model: raw
+            .upstream_model
+            .map_or_else(|| model.clone(), Spanned::into_inner),
         model,
         name,
         cloud: raw.cloud.into_inner(),
@@ -714,17 +802,30 @@ fn validate_deployment(
     })
 }
 
-fn validate_auth(auth: &Spanned<RawAuth>, name: &str, check: &mut Checker<'_>) -> Option<Credential> {
+fn validate_auth(
+    auth: &Spanned<RawAuth>,
+    name: &str,
+    check: &mut Checker<'_>,
+) -> Option<Credential> {
     let raw = auth.get_ref();
     let mut given = Vec::new();
     if let Some(env) = &raw.api_key_env {
-        given.push(Credential { scheme: AuthScheme::ApiKey, source: SecretSource::Env(env.clone()) });
+        given.push(Credential {
+            scheme: AuthScheme::ApiKey,
+            source: SecretSource::Env(env.clone()),
+        });
     }
     if let Some(path) = &raw.api_key_file {
-        given.push(Credential { scheme: AuthScheme::ApiKey, source: SecretSource::File(PathBuf::from(path)) });
+        given.push(Credential {
+            scheme: AuthScheme::ApiKey,
+            source: SecretSource::File(PathBuf::from(path)),
+        });
     }
     if let Some(env) = &raw.bearer_token_env {
-        given.push(Credential { scheme: AuthScheme::BearerToken, source: SecretSource::Env(env.clone()) });
+        given.push(Credential {
+            scheme: AuthScheme::BearerToken,
+            source: SecretSource::Env(env.clone()),
+        });
     }
     if let Some(path) = &raw.bearer_token_file {
         given.push(Credential {
@@ -768,7 +869,11 @@ fn validate_sim(raw: Option<Spanned<RawSim>>, name: &str, check: &mut Checker<'_
     let span = raw.span();
     let raw = raw.into_inner();
     let mut fail = |what: &str, fix: &str| {
-        check.fail(span.clone(), format!("deployment `{name}`: sim.{what}"), fix);
+        check.fail(
+            span.clone(),
+            format!("deployment `{name}`: sim.{what}"),
+            fix,
+        );
     };
     if let Some(ms) = raw.ttft_ms {
         spec.time_to_first_token = Duration::from_millis(ms);
@@ -787,11 +892,18 @@ fn validate_sim(raw: Option<Spanned<RawSim>>, name: &str, check: &mut Checker<'_
     }
     for (field, value, target) in [
         ("error_rate", raw.error_rate, &mut spec.error_rate),
-        ("rate_limit_rate", raw.rate_limit_rate, &mut spec.rate_limit_rate),
+        (
+            "rate_limit_rate",
+            raw.rate_limit_rate,
+            &mut spec.rate_limit_rate,
+        ),
     ] {
         if let Some(rate) = value {
             if !(0.0..=1.0).contains(&rate) {
-                fail(&format!("{field} must be within 0..=1"), "a share of requests, e.g. 0.05");
+                fail(
+                    &format!("{field} must be within 0..=1"),
+                    "a share of requests, e.g. 0.05",
+                );
             }
             *target = rate;
         }
@@ -801,7 +913,9 @@ fn validate_sim(raw: Option<Spanned<RawSim>>, name: &str, check: &mut Checker<'_
             && outage.start_secs >= 0.0
             && outage.duration_secs.is_finite()
             && outage.duration_secs > 0.0
-            && outage.every_secs.is_none_or(|every| every.is_finite() && every > outage.duration_secs);
+            && outage
+                .every_secs
+                .is_none_or(|every| every.is_finite() && every > outage.duration_secs);
         if !valid {
             fail(
                 "outages: start_secs >= 0, duration_secs > 0 and every_secs > duration_secs",
@@ -832,7 +946,10 @@ fn validate_models(
 ) -> Vec<Model> {
     let mut by_model: BTreeMap<&str, Vec<DeploymentId>> = BTreeMap::new();
     for deployment in deployments {
-        by_model.entry(&deployment.model).or_default().push(deployment.id);
+        by_model
+            .entry(&deployment.model)
+            .or_default()
+            .push(deployment.id);
     }
     let mut overrides: BTreeMap<String, RawModel> = BTreeMap::new();
     for raw in raw_models {
@@ -848,7 +965,11 @@ fn validate_models(
             continue;
         }
         if overrides.contains_key(&name) {
-            check.fail(span, format!("[[model]] `{name}` is declared twice"), "merge the two tables");
+            check.fail(
+                span,
+                format!("[[model]] `{name}` is declared twice"),
+                "merge the two tables",
+            );
             continue;
         }
         overrides.insert(name, raw);
@@ -857,15 +978,22 @@ fn validate_models(
     let attempts_check = |value: &Option<Spanned<u32>>, check: &mut Checker<'_>| -> Option<u32> {
         let value = value.as_ref()?;
         if !(1..=10).contains(value.get_ref()) {
-            check.fail(value.span(), "max_attempts must be within 1..=10".into(), "e.g. 3");
+            check.fail(
+                value.span(),
+                "max_attempts must be within 1..=10".into(),
+                "e.g. 3",
+            );
             return None;
         }
         Some(*value.get_ref())
     };
     let default_attempts = attempts_check(&routing.max_attempts, check).unwrap_or(3);
-    let default_deadline = routing.deadline_ms.as_ref().map_or(Duration::from_secs(600), |d| {
-        Duration::from_millis(*d.get_ref())
-    });
+    let default_deadline = routing
+        .deadline_ms
+        .as_ref()
+        .map_or(Duration::from_secs(600), |d| {
+            Duration::from_millis(*d.get_ref())
+        });
     let default_wait = Duration::from_millis(routing.max_retry_after_wait_ms.unwrap_or(5_000));
 
     by_model
@@ -914,12 +1042,16 @@ fn normalize_endpoint(endpoint: &str) -> Result<String, &'static str> {
 fn is_identifier(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 32
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 fn is_env_name(value: &str) -> bool {
     let mut chars = value.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -930,7 +1062,9 @@ fn is_api_version(value: &str) -> bool {
             4 | 7 => *b == b'-',
             _ => b.is_ascii_digit(),
         })
-        && value[10..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && value[10..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 #[cfg(test)]

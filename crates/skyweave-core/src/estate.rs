@@ -286,8 +286,15 @@ mod tests {
     #[test]
     fn outage_windows() {
         let secs = Duration::from_secs;
-        let once = Outage { start: secs(10), duration: secs(5), every: None };
-        let repeating = Outage { every: Some(secs(60)), ..once };
+        let once = Outage {
+            start: secs(10),
+            duration: secs(5),
+            every: None,
+        };
+        let repeating = Outage {
+            every: Some(secs(60)),
+            ..once
+        };
         let check = |outage: &Outage, at: u64, expected: bool| {
             assert_eq!(outage.covers(secs(at)), expected, "{outage:?} at {at}s");
         };
@@ -302,7 +309,10 @@ mod tests {
 
     #[test]
     fn price_cost() {
-        let price = Price { input_per_mtok: 2.5, output_per_mtok: 10.0 };
+        let price = Price {
+            input_per_mtok: 2.5,
+            output_per_mtok: 10.0,
+        };
         assert!((price.cost_usd(1_000_000, 100_000) - 3.5).abs() < 1e-9);
         assert!((price.blended_per_mtok() - 4.375).abs() < 1e-9);
     }

@@ -41,7 +41,10 @@ pub enum FailureKind {
 impl FailureKind {
     /// May the request be tried on another deployment?
     pub fn is_retryable(self) -> bool {
-        !matches!(self, FailureKind::InvalidRequest | FailureKind::ContentFiltered)
+        !matches!(
+            self,
+            FailureKind::InvalidRequest | FailureKind::ContentFiltered
+        )
     }
 
     /// Does this failure count against the deployment's health?
@@ -89,7 +92,7 @@ impl FailureKind {
 /// accepted by the caller's HTTP stack only if it converts it to seconds).
 pub fn parse_retry_after_seconds(value: &str) -> Option<Duration> {
     let seconds: f64 = value.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0 && seconds < 86_400.0)
+    (seconds.is_finite() && (0.0..86_400.0).contains(&seconds))
         .then(|| Duration::from_secs_f64(seconds))
 }
 
@@ -100,7 +103,11 @@ mod tests {
     #[test]
     fn status_classification() {
         let check = |status: u16, expected: Option<FailureKind>| {
-            assert_eq!(FailureKind::from_status(status), expected, "status {status}");
+            assert_eq!(
+                FailureKind::from_status(status),
+                expected,
+                "status {status}"
+            );
         };
         check(200, None);
         check(400, Some(FailureKind::InvalidRequest));
@@ -125,9 +132,15 @@ mod tests {
     #[test]
     fn retry_after() {
         assert_eq!(parse_retry_after_seconds("2"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after_seconds(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_retry_after_seconds(" 0.5 "),
+            Some(Duration::from_millis(500))
+        );
         assert_eq!(parse_retry_after_seconds("-1"), None);
-        assert_eq!(parse_retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(
+            parse_retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT"),
+            None
+        );
         assert_eq!(parse_retry_after_seconds("1e300"), None);
     }
 }

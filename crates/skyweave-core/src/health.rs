@@ -11,7 +11,9 @@ pub enum Admission {
     Allowed,
     /// The breaker is half-open: this request is the probe.
     Probe,
-    Denied { retry_in: Duration },
+    Denied {
+        retry_in: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +52,14 @@ pub struct Breaker {
 #[derive(Debug, Clone, Copy)]
 enum State {
     Closed,
-    Open { until: Instant, cooldown: Duration },
-    HalfOpen { cooldown: Duration, probe_started: Option<Instant> },
+    Open {
+        until: Instant,
+        cooldown: Duration,
+    },
+    HalfOpen {
+        cooldown: Duration,
+        probe_started: Option<Instant>,
+    },
 }
 
 const MAX_RECENT: usize = 4096;
@@ -79,14 +87,19 @@ impl Breaker {
     pub fn check(&self, now: Instant) -> Admission {
         match self.state {
             State::Closed => Admission::Allowed,
-            State::Open { until, .. } if now < until => Admission::Denied { retry_in: until - now },
+            State::Open { until, .. } if now < until => Admission::Denied {
+                retry_in: until - now,
+            },
             State::Open { .. } => Admission::Probe,
-            State::HalfOpen { cooldown, probe_started } => match probe_started {
+            State::HalfOpen {
+                cooldown,
+                probe_started,
+            } => match probe_started {
                 // A probe that never reported (its client went away) does
                 // not hold the breaker half-open forever.
-                Some(started) if now < started + cooldown => {
-                    Admission::Denied { retry_in: started + cooldown - now }
-                }
+                Some(started) if now < started + cooldown => Admission::Denied {
+                    retry_in: started + cooldown - now,
+                },
                 _ => Admission::Probe,
             },
         }
@@ -100,7 +113,10 @@ impl Breaker {
                 State::Open { cooldown, .. } | State::HalfOpen { cooldown, .. } => cooldown,
                 State::Closed => self.settings.cooldown,
             };
-            self.state = State::HalfOpen { cooldown, probe_started: Some(now) };
+            self.state = State::HalfOpen {
+                cooldown,
+                probe_started: Some(now),
+            };
         }
         admission
     }
@@ -113,7 +129,10 @@ impl Breaker {
             State::Open { cooldown, .. } | State::HalfOpen { cooldown, .. } => cooldown,
             State::Closed => return,
         };
-        self.state = State::HalfOpen { cooldown, probe_started: Some(now) };
+        self.state = State::HalfOpen {
+            cooldown,
+            probe_started: Some(now),
+        };
     }
 
     pub fn on_success(&mut self, now: Instant) {
@@ -148,7 +167,10 @@ impl Breaker {
     }
 
     fn open(&mut self, now: Instant, cooldown: Duration) {
-        self.state = State::Open { until: now + cooldown, cooldown };
+        self.state = State::Open {
+            until: now + cooldown,
+            cooldown,
+        };
     }
 
     fn should_open(&self) -> bool {
@@ -165,8 +187,7 @@ impl Breaker {
 
     fn record(&mut self, now: Instant, ok: bool) {
         while let Some((when, _)) = self.recent.front() {
-            if now.duration_since(*when) > self.settings.window || self.recent.len() >= MAX_RECENT
-            {
+            if now.duration_since(*when) > self.settings.window || self.recent.len() >= MAX_RECENT {
                 self.recent.pop_front();
             } else {
                 break;
@@ -189,7 +210,11 @@ pub struct Ewma {
 
 impl Ewma {
     pub fn new(half_life: Duration) -> Ewma {
-        Ewma { value: None, updated: None, half_life }
+        Ewma {
+            value: None,
+            updated: None,
+            half_life,
+        }
     }
 
     pub fn get(&self) -> Option<f64> {
@@ -238,13 +263,21 @@ mod tests {
         assert_eq!(breaker.check(start), Admission::Allowed);
         breaker.on_failure(start);
         assert_eq!(breaker.state(start), BreakerState::Open);
-        assert_eq!(breaker.check(start), Admission::Denied { retry_in: Duration::from_secs(1) });
+        assert_eq!(
+            breaker.check(start),
+            Admission::Denied {
+                retry_in: Duration::from_secs(1)
+            }
+        );
 
         let later = start + Duration::from_secs(1);
         assert_eq!(breaker.state(later), BreakerState::HalfOpen);
         assert_eq!(breaker.on_attempt(later), Admission::Probe);
         // Only one probe at a time.
-        assert!(matches!(breaker.on_attempt(later), Admission::Denied { .. }));
+        assert!(matches!(
+            breaker.on_attempt(later),
+            Admission::Denied { .. }
+        ));
         breaker.on_success(later);
         assert_eq!(breaker.state(later), BreakerState::Closed);
         assert_eq!(breaker.check(later), Admission::Allowed);
@@ -259,7 +292,9 @@ mod tests {
         }
         let mut cooldowns = Vec::new();
         for _ in 0..4 {
-            let Admission::Denied { retry_in } = breaker.check(now) else { panic!("not open") };
+            let Admission::Denied { retry_in } = breaker.check(now) else {
+                panic!("not open")
+            };
             cooldowns.push(retry_in.as_secs());
             now += retry_in;
             assert_eq!(breaker.on_attempt(now), Admission::Probe);

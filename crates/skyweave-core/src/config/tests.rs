@@ -40,11 +40,19 @@ fn a_valid_azure_deployment() {
     assert_eq!(deployment.upstream_model, "gpt-4o");
     assert_eq!(deployment.limits.requests_per_minute, Some(600));
     match &deployment.provider {
-        ProviderSpec::AzureOpenAi { endpoint, deployment, api_version, auth } => {
+        ProviderSpec::AzureOpenAi {
+            endpoint,
+            deployment,
+            api_version,
+            auth,
+        } => {
             assert_eq!(endpoint, "https://example-eastus.openai.azure.com");
             assert_eq!(deployment, "gpt-4o-prod");
             assert_eq!(api_version, "2024-10-21");
-            assert_eq!(auth.source, SecretSource::Env("AZURE_OPENAI_KEY_EASTUS".into()));
+            assert_eq!(
+                auth.source,
+                SecretSource::Env("AZURE_OPENAI_KEY_EASTUS".into())
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -56,21 +64,36 @@ fn a_valid_azure_deployment() {
 
 #[test]
 fn unknown_keys_and_types_point_at_their_place() {
-    check(&AZURE.replace("region = ", "regoin = "), "7:1: unknown field `regoin`");
+    check(
+        &AZURE.replace("region = ", "regoin = "),
+        "7:1: unknown field `regoin`",
+    );
     check("[server]\nlisten = 8080\n", "2:10: invalid type");
-    check("[[deployment]]\nname = \"a\"\n", "1:1: missing field `model`");
-    check(&AZURE.replace("\"azure_openai\"", "\"azure\""), "5:12: unknown variant `azure`");
+    check(
+        "[[deployment]]\nname = \"a\"\n",
+        "1:1: missing field `model`",
+    );
+    check(
+        &AZURE.replace("\"azure_openai\"", "\"azure\""),
+        "5:12: unknown variant `azure`",
+    );
     check("[[deployment]\n", "1:");
 }
 
 #[test]
 fn provider_blocks_must_match_the_provider() {
-    check(&AZURE.replace("azure = {", "sim = {}\nazure = {"), "9:7: deployment `gpt-4o@azure-eastus`: `sim` does not apply to provider `azure_openai`");
+    check(
+        &AZURE.replace("azure = {", "sim = {}\nazure = {"),
+        "9:7: deployment `gpt-4o@azure-eastus`: `sim` does not apply to provider `azure_openai`",
+    );
     let no_azure_table = AZURE.replace(
         "azure = { deployment = \"gpt-4o-prod\", api_version = \"2024-10-21\" }\n",
         "",
     );
-    check(&no_azure_table, "2:1: deployment `gpt-4o@azure-eastus`: provider `azure_openai` needs an `azure` table");
+    check(
+        &no_azure_table,
+        "2:1: deployment `gpt-4o@azure-eastus`: provider `azure_openai` needs an `azure` table",
+    );
     let sim_with_endpoint = r#"
 [[deployment]]
 name = "s"
@@ -80,7 +103,10 @@ cloud = "aws"
 region = "us-east-1"
 endpoint = "http://localhost:1"
 "#;
-    check(sim_with_endpoint, "8:12: deployment `s`: `endpoint` does not apply");
+    check(
+        sim_with_endpoint,
+        "8:12: deployment `s`: `endpoint` does not apply",
+    );
     let openai_without_key = r#"
 [[deployment]]
 name = "o"
@@ -89,39 +115,84 @@ provider = "openai"
 cloud = "openai"
 region = "us-east-1"
 "#;
-    check(openai_without_key, "5:12: deployment `o`: OpenAI's API needs a key");
+    check(
+        openai_without_key,
+        "5:12: deployment `o`: OpenAI's API needs a key",
+    );
 }
 
 #[test]
 fn secrets_are_references_only() {
-    check(&AZURE.replace("{ api_key_env = \"AZURE_OPENAI_KEY_EASTUS\" }", "{ api_key_env = \"sk-live-123\" }"),
-        "10:8: deployment `gpt-4o@azure-eastus`: `sk-live-123` is not an environment variable name");
-    check(&AZURE.replace("{ api_key_env = \"AZURE_OPENAI_KEY_EASTUS\" }", "{ api_key_env = \"A\", api_key_file = \"/k\" }"),
-        "10:8: deployment `gpt-4o@azure-eastus`: `auth` must name exactly one");
+    check(
+        &AZURE.replace(
+            "{ api_key_env = \"AZURE_OPENAI_KEY_EASTUS\" }",
+            "{ api_key_env = \"sk-live-123\" }",
+        ),
+        "10:8: deployment `gpt-4o@azure-eastus`: `sk-live-123` is not an environment variable name",
+    );
+    check(
+        &AZURE.replace(
+            "{ api_key_env = \"AZURE_OPENAI_KEY_EASTUS\" }",
+            "{ api_key_env = \"A\", api_key_file = \"/k\" }",
+        ),
+        "10:8: deployment `gpt-4o@azure-eastus`: `auth` must name exactly one",
+    );
 }
 
 #[test]
 fn numbers_in_range() {
-    check(&AZURE.replace("rpm = 600", "rpm = 0"), "12:10: deployment `gpt-4o@azure-eastus`: limits must be at least 1");
-    check(&AZURE.replace("input_per_mtok = 2.50", "input_per_mtok = -1.0"), "11:9: deployment `gpt-4o@azure-eastus`: prices must be finite");
-    check(&format!("{AZURE}weight = 0.0\n"), "13:10: deployment `gpt-4o@azure-eastus`: weight must be > 0");
-    check(&format!("{AZURE}timeouts = {{ first_token_ms = 5000, total_ms = 1000 }}\n"), "13:12: deployment `gpt-4o@azure-eastus`: timeouts");
-    check(&format!("[routing]\nmax_attempts = 0\n{AZURE}"), "2:16: max_attempts");
-    check(&format!("[server]\nlisten = \"localhost\"\n{AZURE}"), "2:10: server.listen `localhost`");
-    check(&AZURE.replace("2024-10-21", "latest"), "9:53: deployment `gpt-4o@azure-eastus`: azure.api_version `latest`");
-    check(&AZURE.replace("https://example-eastus", "ftp://example-eastus"), "8:12: deployment `gpt-4o@azure-eastus`: endpoint");
+    check(
+        &AZURE.replace("rpm = 600", "rpm = 0"),
+        "12:10: deployment `gpt-4o@azure-eastus`: limits must be at least 1",
+    );
+    check(
+        &AZURE.replace("input_per_mtok = 2.50", "input_per_mtok = -1.0"),
+        "11:9: deployment `gpt-4o@azure-eastus`: prices must be finite",
+    );
+    check(
+        &format!("{AZURE}weight = 0.0\n"),
+        "13:10: deployment `gpt-4o@azure-eastus`: weight must be > 0",
+    );
+    check(
+        &format!("{AZURE}timeouts = {{ first_token_ms = 5000, total_ms = 1000 }}\n"),
+        "13:12: deployment `gpt-4o@azure-eastus`: timeouts",
+    );
+    check(
+        &format!("[routing]\nmax_attempts = 0\n{AZURE}"),
+        "2:16: max_attempts",
+    );
+    check(
+        &format!("[server]\nlisten = \"localhost\"\n{AZURE}"),
+        "2:10: server.listen `localhost`",
+    );
+    check(
+        &AZURE.replace("2024-10-21", "latest"),
+        "9:53: deployment `gpt-4o@azure-eastus`: azure.api_version `latest`",
+    );
+    check(
+        &AZURE.replace("https://example-eastus", "ftp://example-eastus"),
+        "8:12: deployment `gpt-4o@azure-eastus`: endpoint",
+    );
 }
 
 #[test]
 fn names_are_unique_and_models_exist() {
-    check(&format!("{AZURE}{AZURE}"), "15:8: deployment name `gpt-4o@azure-eastus` is used twice");
-    check(&format!("[[model]]\nname = \"gpt-5\"\n{AZURE}"), "2:8: [[model]] `gpt-5` has no deployment");
+    check(
+        &format!("{AZURE}{AZURE}"),
+        "15:8: deployment name `gpt-4o@azure-eastus` is used twice",
+    );
+    check(
+        &format!("[[model]]\nname = \"gpt-5\"\n{AZURE}"),
+        "2:8: [[model]] `gpt-5` has no deployment",
+    );
     check("", "1:1: the estate has no [[deployment]]");
 }
 
 #[test]
 fn all_problems_are_reported_at_once() {
-    let text = AZURE.replace("rpm = 600", "rpm = 0").replace("input_per_mtok = 2.50", "input_per_mtok = -1.0");
+    let text = AZURE
+        .replace("rpm = 600", "rpm = 0")
+        .replace("input_per_mtok = 2.50", "input_per_mtok = -1.0");
     let errors = parse_estate(&text, "estate.toml").unwrap_err();
     assert_eq!(errors.0.len(), 2, "{errors}");
 }
@@ -131,9 +202,15 @@ fn unknown_region_is_a_warning_and_can_be_declared() {
     let text = AZURE.replace("\"eastus\"", "\"moon-1\"");
     let loaded = parse_estate(&text, "estate.toml").unwrap();
     assert_eq!(loaded.warnings.len(), 1);
-    assert!(loaded.warnings[0].to_string().starts_with("estate.toml:7:10: deployment `gpt-4o@azure-eastus`: region `moon-1`"));
-    let declared = format!("[[region]]\nname = \"moon-1\"\nlatitude = 0.0\nlongitude = 0.0\n{text}");
-    assert!(parse_estate(&declared, "estate.toml").unwrap().warnings.is_empty());
+    assert!(loaded.warnings[0]
+        .to_string()
+        .starts_with("estate.toml:7:10: deployment `gpt-4o@azure-eastus`: region `moon-1`"));
+    let declared =
+        format!("[[region]]\nname = \"moon-1\"\nlatitude = 0.0\nlongitude = 0.0\n{text}");
+    assert!(parse_estate(&declared, "estate.toml")
+        .unwrap()
+        .warnings
+        .is_empty());
 }
 
 #[test]
@@ -158,10 +235,15 @@ region = "us-east-1"
 sim = { ttft_ms = 50, error_rate = 0.1, outages = [{ start_secs = 10, duration_secs = 5, every_secs = 60 }] }
 "#;
     let loaded = parse_estate(text, "estate.toml").unwrap();
-    let ProviderSpec::Sim(sim) = &loaded.estate.deployments[0].provider else { panic!() };
+    let ProviderSpec::Sim(sim) = &loaded.estate.deployments[0].provider else {
+        panic!()
+    };
     assert_eq!(sim.time_to_first_token, Duration::from_millis(50));
     assert_eq!(sim.outages.len(), 1);
-    check(&text.replace("error_rate = 0.1", "error_rate = 1.5"), "8:7: deployment `s`: sim.error_rate");
+    check(
+        &text.replace("error_rate = 0.1", "error_rate = 1.5"),
+        "8:7: deployment `s`: sim.error_rate",
+    );
 }
 
 #[test]

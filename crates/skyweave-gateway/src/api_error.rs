@@ -1,0 +1,77 @@
+//! Errors as the OpenAI API shapes them:
+//! `{"error": {"message", "type", "param", "code"}}` with a matching status.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<String>,
+    /// Extra fields of the error object (e.g. Azure's `innererror`, the
+    /// per-deployment reasons of a 503).
+    pub extra: Option<Box<Value>>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            extra: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn invalid_request(message: impl Into<String>, param: Option<&str>) -> ApiError {
+        let mut error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message);
+        error.param = param.map(str::to_string);
+        error
+    }
+
+    pub fn with_code(mut self, code: &str) -> ApiError {
+        self.code = Some(code.to_string());
+        self
+    }
+
+    pub fn body(&self) -> Value {
+        let mut error = json!({
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        });
+        if let (Some(Value::Object(extra)), Value::Object(object)) =
+            (self.extra.as_deref(), &mut error)
+        {
+            for (key, value) in extra {
+                object.insert(key.clone(), value.clone());
+            }
+        }
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body().to_string();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(seconds) = self.retry_after_secs {
+            headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

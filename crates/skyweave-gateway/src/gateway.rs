@@ -1,0 +1,667 @@
+//! The gateway's shared state and the failover loop.
+//!
+//! Per deployment, the breaker, capacity windows and latency EWMAs live
+//! behind one `std::sync::Mutex` that is held only for a few arithmetic
+//! operations and never across an `.await`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use skyweave_core::capacity::{Capacity, CapacityRefusal, Reservation};
+use skyweave_core::estate::{Deployment, DeploymentId, Estate, Model};
+use skyweave_core::failure::FailureKind;
+use skyweave_core::health::{Admission, Breaker, BreakerState, Ewma};
+use skyweave_core::routing::{self, Candidate};
+
+use crate::metrics::{AttemptLabels, DeploymentLabels, FailoverLabels, Metrics, Name};
+use crate::providers::{self, Provider, UpstreamError, Usage};
+use crate::secrets::SecretError;
+
+pub struct Gateway {
+    pub estate: Estate,
+    pub deployments: Vec<DeploymentRuntime>,
+    pub metrics: Metrics,
+    pub started: Instant,
+    shutting_down: AtomicBool,
+}
+
+pub struct DeploymentRuntime {
+    pub deployment: Deployment,
+    pub provider: Arc<dyn Provider>,
+    pub name: Name,
+    pub cloud: Name,
+    pub region: Name,
+    pub model: Name,
+    health: Mutex<Health>,
+}
+
+struct Health {
+    breaker: Breaker,
+    capacity: Capacity,
+    ttft: Ewma,
+    total: Ewma,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("deployment `{deployment}`: {source}")]
+pub struct BuildError {
+    pub deployment: String,
+    #[source]
+    pub source: SecretError,
+}
+
+impl Gateway {
+    /// Builds every provider and resolves every secret; fails on the first
+    /// deployment whose secret is missing.
+    pub fn new(estate: Estate) -> Result<Arc<Gateway>, BuildError> {
+        let started = Instant::now();
+        let mut deployments = Vec::with_capacity(estate.deployments.len());
+        for deployment in &estate.deployments {
+            let provider = providers::build(deployment, started).map_err(|source| BuildError {
+                deployment: deployment.name.clone(),
+                source,
+            })?;
+            deployments.push(DeploymentRuntime {
+                provider,
+                name: Arc::new(deployment.name.clone()),
+                cloud: Arc::new(deployment.cloud.clone()),
+                region: Arc::new(deployment.region.clone()),
+                model: Arc::new(deployment.model.clone()),
+                health: Mutex::new(Health {
+                    breaker: Breaker::new(estate.breaker),
+                    capacity: Capacity::new(deployment.limits, started),
+                    ttft: Ewma::new(Duration::from_secs(10)),
+                    total: Ewma::new(Duration::from_secs(10)),
+                }),
+                deployment: deployment.clone(),
+            });
+        }
+        Ok(Arc::new(Gateway {
+            estate,
+            deployments,
+            metrics: Metrics::new(),
+            started,
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn runtime(&self, id: DeploymentId) -> &DeploymentRuntime {
+        &self.deployments[id.0]
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn breaker_state(&self, id: DeploymentId) -> BreakerState {
+        self.runtime(id)
+            .health
+            .lock()
+            .expect("health lock")
+            .breaker
+            .state(Instant::now())
+    }
+
+    /// Refreshes the gauges that are read rather than counted.
+    pub fn refresh_gauges(&self) {
+        let now = Instant::now();
+        for runtime in &self.deployments {
+            let health = runtime.health.lock().expect("health lock");
+            let state = match health.breaker.state(now) {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            };
+            let in_flight = health.capacity.in_flight();
+            drop(health);
+            let labels = runtime.labels();
+            self.metrics.circuit_state.get_or_create(&labels).set(state);
+            self.metrics
+                .in_flight
+                .get_or_create(&labels)
+                .set(i64::from(in_flight));
+        }
+    }
+
+    /// Records the result of an active health probe.
+    pub fn record_probe(&self, id: DeploymentId, result: &Result<(), UpstreamError>) {
+        let runtime = self.runtime(id);
+        let now = Instant::now();
+        let mut health = runtime.health.lock().expect("health lock");
+        match result {
+            Ok(()) => health.breaker.on_success(now),
+            Err(error) if error.kind.counts_against_deployment() => health.breaker.on_failure(now),
+            Err(_) => {}
+        }
+    }
+}
+
+impl DeploymentRuntime {
+    fn labels(&self) -> DeploymentLabels {
+        DeploymentLabels {
+            deployment: self.name.clone(),
+            cloud: self.cloud.clone(),
+            region: self.region.clone(),
+        }
+    }
+}
+
+/// Who is asking, and what they may use.
+#[derive(Debug, Clone, Default)]
+pub struct CallerScope {
+    pub region: Option<String>,
+    pub allowed_clouds: Option<Vec<String>>,
+    pub allowed_regions: Option<Vec<String>>,
+    /// A deadline shorter than the model's, if the caller gave one.
+    pub deadline: Option<Duration>,
+}
+
+/// Why a deployment was not used or did not serve.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub deployment: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub enum DispatchError {
+    /// Every eligible deployment was tried or none was eligible.
+    NoDeployment {
+        refusals: Vec<Refusal>,
+        attempts: u32,
+        /// Set when every attempt was rate limited: the earliest Retry-After.
+        rate_limited: Option<Duration>,
+        timed_out: bool,
+    },
+    /// The request itself was refused upstream; not retried.
+    Rejected {
+        error: UpstreamError,
+        deployment: DeploymentId,
+        attempts: u32,
+    },
+}
+
+/// A successful attempt: the value, who served it, and the lease that
+/// records the final outcome when the response (or stream) ends.
+pub struct Served<T> {
+    pub value: T,
+    pub deployment: DeploymentId,
+    pub attempts: u32,
+    pub lease: Lease,
+    /// Time spent waiting on upstreams (all attempts, and Retry-After waits).
+    pub upstream_time: Duration,
+}
+
+/// Holds a deployment's capacity reservation for one attempt. Finishing it
+/// records the outcome in the breaker, the EWMAs and the metrics; dropping
+/// it unfinished (the client went away) releases the capacity and leaves
+/// the deployment's health alone.
+pub struct Lease {
+    gateway: Arc<Gateway>,
+    deployment: DeploymentId,
+    reservation: Option<Reservation>,
+    started: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Success {
+        time_to_first_token: Duration,
+        usage: Option<Usage>,
+    },
+    Failure(FailureKind),
+}
+
+impl Lease {
+    pub fn deployment(&self) -> DeploymentId {
+        self.deployment
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn finish(mut self, outcome: Outcome) {
+        let now = Instant::now();
+        let runtime = self.gateway.runtime(self.deployment);
+        let usage = match outcome {
+            Outcome::Success { usage, .. } => usage,
+            Outcome::Failure(_) => None,
+        };
+        {
+            let mut health = runtime.health.lock().expect("health lock");
+            if let Some(reservation) = self.reservation.take() {
+                health
+                    .capacity
+                    .settle(now, reservation, usage.map(|u| u.total()));
+            }
+            match outcome {
+                Outcome::Success {
+                    time_to_first_token,
+                    ..
+                } => {
+                    health.breaker.on_success(now);
+                    health
+                        .ttft
+                        .observe(now, time_to_first_token.as_secs_f64() * 1000.0);
+                    health
+                        .total
+                        .observe(now, (now - self.started).as_secs_f64() * 1000.0);
+                }
+                Outcome::Failure(kind) if kind.counts_against_deployment() => {
+                    health.breaker.on_failure(now);
+                }
+                Outcome::Failure(_) => {}
+            }
+        }
+        let outcome_label = match outcome {
+            Outcome::Success { .. } => "ok",
+            Outcome::Failure(kind) => kind.as_str(),
+        };
+        self.gateway
+            .metrics
+            .attempts
+            .get_or_create(&AttemptLabels {
+                deployment: runtime.name.clone(),
+                cloud: runtime.cloud.clone(),
+                outcome: outcome_label,
+            })
+            .inc();
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            let runtime = self.gateway.runtime(self.deployment);
+            let mut health = runtime.health.lock().expect("health lock");
+            health.capacity.settle(Instant::now(), reservation, None);
+        }
+    }
+}
+
+/// Which timeout bounds one attempt's future.
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptBound {
+    /// The future resolves at the first streamed chunk.
+    FirstToken,
+    /// The future resolves with the whole response.
+    Total,
+}
+
+/// Sends a request to the model's deployments until one serves it: the
+/// failover loop. `call` starts one attempt on a provider.
+pub async fn dispatch<T, F>(
+    gateway: &Arc<Gateway>,
+    model: &Model,
+    scope: &CallerScope,
+    estimated_tokens: u32,
+    bound: AttemptBound,
+    mut call: F,
+) -> Result<Served<T>, DispatchError>
+where
+    F: FnMut(&dyn Provider) -> BoxFuture<'static, Result<T, UpstreamError>>,
+{
+    let request_start = Instant::now();
+    let deadline = request_start
+        + scope
+            .deadline
+            .map_or(model.deadline, |d| d.min(model.deadline));
+    let mut rng = SmallRng::from_entropy();
+    let mut tried: Vec<DeploymentId> = Vec::new();
+    let mut failed_clouds: Vec<Name> = Vec::new();
+    let mut refusals: Vec<Refusal> = Vec::new();
+    let mut attempts = 0u32;
+    let mut upstream_time = Duration::ZERO;
+    let mut rate_limited: Option<Duration> = None;
+    let mut only_rate_limited = true;
+    let mut timed_out = false;
+
+    loop {
+        let now = Instant::now();
+        if attempts >= model.max_attempts || now >= deadline {
+            if now >= deadline {
+                timed_out = true;
+            }
+            break;
+        }
+        let pick = pick_deployment(
+            gateway,
+            model,
+            scope,
+            estimated_tokens,
+            &tried,
+            &failed_clouds,
+            now,
+            &mut rng,
+        );
+        let (id, lease) = match pick {
+            Pick::Chosen(id, lease) => (id, lease),
+            Pick::Wait(wait) if now + wait < deadline && wait <= model.max_retry_after_wait => {
+                let waited = Instant::now();
+                tokio::time::sleep(wait).await;
+                upstream_time += waited.elapsed();
+                continue;
+            }
+            Pick::Wait(_) | Pick::Nothing => {
+                let final_refusals = explain(gateway, model, scope, estimated_tokens, &tried, now);
+                for refusal in final_refusals {
+                    if !refusals.iter().any(|r| r.deployment == refusal.deployment) {
+                        refusals.push(refusal);
+                    }
+                }
+                break;
+            }
+        };
+        attempts += 1;
+        tried.push(id);
+        let runtime = gateway.runtime(id);
+        let timeouts = runtime.deployment.timeouts;
+        let limit = match bound {
+            AttemptBound::FirstToken => timeouts.first_token,
+            AttemptBound::Total => timeouts.total,
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt_start = Instant::now();
+        let result =
+            tokio::time::timeout(limit.min(remaining), call(runtime.provider.as_ref())).await;
+        upstream_time += attempt_start.elapsed();
+        let error = match result {
+            Ok(Ok(value)) => {
+                return Ok(Served {
+                    value,
+                    deployment: id,
+                    attempts,
+                    lease,
+                    upstream_time,
+                });
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                let (kind, what) = match bound {
+                    _ if remaining < limit => (FailureKind::TotalTimeout, "the request's deadline"),
+                    AttemptBound::FirstToken => {
+                        (FailureKind::FirstTokenTimeout, "the first-token timeout")
+                    }
+                    AttemptBound::Total => (FailureKind::TotalTimeout, "the total timeout"),
+                };
+                UpstreamError::new(
+                    kind,
+                    format!(
+                        "no answer within {what} ({} ms)",
+                        limit.min(remaining).as_millis()
+                    ),
+                )
+            }
+        };
+        if error.kind == FailureKind::RateLimited {
+            if let Some(retry_after) = error.retry_after {
+                let mut health = runtime.health.lock().expect("health lock");
+                health.capacity.pause_until(Instant::now() + retry_after);
+                rate_limited = Some(rate_limited.map_or(retry_after, |r| r.min(retry_after)));
+            } else if rate_limited.is_none() {
+                rate_limited = Some(Duration::from_secs(1));
+            }
+        } else {
+            only_rate_limited = false;
+        }
+        lease.finish(Outcome::Failure(error.kind));
+        if !error.kind.is_retryable() {
+            return Err(DispatchError::Rejected {
+                error,
+                deployment: id,
+                attempts,
+            });
+        }
+        tracing::warn!(
+            deployment = runtime.name.as_str(),
+            cloud = runtime.cloud.as_str(),
+            failure = error.kind.as_str(),
+            error = %error.message,
+            "upstream attempt failed; failing over"
+        );
+        gateway
+            .metrics
+            .failovers
+            .get_or_create(&FailoverLabels {
+                model: runtime.model.clone(),
+                from_cloud: runtime.cloud.clone(),
+                reason: error.kind.as_str(),
+            })
+            .inc();
+        if !failed_clouds.contains(&runtime.cloud) {
+            failed_clouds.push(runtime.cloud.clone());
+        }
+        refusals.push(Refusal {
+            deployment: runtime.deployment.name.clone(),
+            reason: error.to_string(),
+        });
+    }
+    Err(DispatchError::NoDeployment {
+        refusals,
+        attempts,
+        rate_limited: if attempts > 0 && only_rate_limited {
+            rate_limited
+        } else {
+            None
+        },
+        timed_out,
+    })
+}
+
+enum Pick {
+    Chosen(DeploymentId, Lease),
+    /// Nothing is eligible now, but a deployment paused by Retry-After will be then.
+    Wait(Duration),
+    Nothing,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pick_deployment(
+    gateway: &Arc<Gateway>,
+    model: &Model,
+    scope: &CallerScope,
+    estimated_tokens: u32,
+    tried: &[DeploymentId],
+    failed_clouds: &[Name],
+    now: Instant,
+    rng: &mut SmallRng,
+) -> Pick {
+    let mut candidates: Vec<Candidate<'_>> = Vec::with_capacity(model.deployments.len());
+    // Deployments whose breaker is open, with their last failure.
+    let mut open: Vec<(DeploymentId, Option<Instant>)> = Vec::new();
+    let mut other_refusals = 0usize;
+    let mut shortest_pause: Option<Duration> = None;
+    for &id in &model.deployments {
+        if tried.contains(&id) {
+            continue;
+        }
+        let runtime = gateway.runtime(id);
+        if !scope_allows(scope, &runtime.deployment) {
+            continue;
+        }
+        let health = runtime.health.lock().expect("health lock");
+        if let Admission::Denied { .. } = health.breaker.check(now) {
+            open.push((id, health.breaker.last_failure()));
+            continue;
+        }
+        if let Err(refusal) = health.capacity.check(now, estimated_tokens) {
+            other_refusals += 1;
+            if let CapacityRefusal::Paused { retry_in } = refusal {
+                shortest_pause = Some(shortest_pause.map_or(retry_in, |p| p.min(retry_in)));
+            }
+            continue;
+        }
+        candidates.push(Candidate {
+            id,
+            cloud: runtime.cloud.as_str(),
+            priority: runtime.deployment.priority,
+            weight: runtime.deployment.weight,
+            price_per_mtok: runtime.deployment.price.blended_per_mtok(),
+            ttft_ewma_ms: health.ttft.get(),
+            rtt_ms: scope
+                .region
+                .as_deref()
+                .or(gateway.estate.server.default_caller_region.as_deref())
+                .and_then(|caller| {
+                    gateway
+                        .estate
+                        .proximity
+                        .rtt_ms(caller, &runtime.deployment.region)
+                }),
+            in_flight: health.capacity.in_flight(),
+        });
+    }
+    let failed: Vec<&str> = failed_clouds.iter().map(|c| c.as_str()).collect();
+    while let Some(index) = routing::choose(model.strategy, &candidates, &failed, rng) {
+        let id = candidates[index].id;
+        if let Some(lease) = try_lease(gateway, id, estimated_tokens, now, false) {
+            return Pick::Chosen(id, lease);
+        }
+        // Lost a race for the last slot: try the others.
+        candidates.swap_remove(index);
+    }
+    // Every deployment still in play has its breaker open: rather than fail
+    // without trying, probe the one that failed longest ago.
+    if other_refusals == 0 && !open.is_empty() && tried.is_empty() {
+        open.sort_by_key(|(_, last_failure)| *last_failure);
+        for (id, _) in open {
+            if let Some(lease) = try_lease(gateway, id, estimated_tokens, now, true) {
+                return Pick::Chosen(id, lease);
+            }
+        }
+    }
+    match shortest_pause {
+        Some(pause) => Pick::Wait(pause),
+        None => Pick::Nothing,
+    }
+}
+
+fn try_lease(
+    gateway: &Arc<Gateway>,
+    id: DeploymentId,
+    estimated_tokens: u32,
+    now: Instant,
+    force: bool,
+) -> Option<Lease> {
+    let runtime = gateway.runtime(id);
+    let mut health = runtime.health.lock().expect("health lock");
+    if force {
+        if health.capacity.check(now, estimated_tokens).is_err() {
+            return None;
+        }
+        health.breaker.force_probe(now);
+    } else if let Admission::Denied { .. } = health.breaker.check(now) {
+        return None;
+    }
+    let reservation = health.capacity.reserve(now, estimated_tokens).ok()?;
+    if !force {
+        health.breaker.on_attempt(now);
+    }
+    Some(Lease {
+        gateway: gateway.clone(),
+        deployment: id,
+        reservation: Some(reservation),
+        started: now,
+    })
+}
+
+fn scope_allows(scope: &CallerScope, deployment: &Deployment) -> bool {
+    let cloud_ok = scope
+        .allowed_clouds
+        .as_ref()
+        .is_none_or(|clouds| clouds.iter().any(|c| c == &deployment.cloud));
+    let region_ok = scope
+        .allowed_regions
+        .as_ref()
+        .is_none_or(|regions| regions.iter().any(|r| r == &deployment.region));
+    cloud_ok && region_ok
+}
+
+/// The reason each untried deployment of the model cannot serve now.
+fn explain(
+    gateway: &Arc<Gateway>,
+    model: &Model,
+    scope: &CallerScope,
+    estimated_tokens: u32,
+    tried: &[DeploymentId],
+    now: Instant,
+) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    for &id in &model.deployments {
+        if tried.contains(&id) {
+            continue;
+        }
+        let runtime = gateway.runtime(id);
+        let deployment = &runtime.deployment;
+        let reason = if !scope_allows(scope, deployment) {
+            format!(
+                "not allowed for this caller (cloud `{}`, region `{}` outside x-skyweave-allowed-clouds/regions)",
+                deployment.cloud, deployment.region
+            )
+        } else {
+            let health = runtime.health.lock().expect("health lock");
+            match (
+                health.breaker.check(now),
+                health.capacity.check(now, estimated_tokens),
+            ) {
+                (Admission::Denied { retry_in }, _) => {
+                    format!(
+                        "circuit open after repeated failures, next probe in {} ms",
+                        retry_in.as_millis()
+                    )
+                }
+                (_, Err(refusal)) => refusal.to_string(),
+                _ => "not tried: the request's attempt budget or deadline ran out".to_string(),
+            }
+        };
+        refusals.push(Refusal {
+            deployment: deployment.name.clone(),
+            reason,
+        });
+    }
+    refusals
+}
+
+/// Runs active health probes for the deployments that configure them, until
+/// `stop` resolves.
+pub async fn run_probes(gateway: Arc<Gateway>, stop: impl Future<Output = ()>) {
+    let mut tasks = Vec::new();
+    for runtime in &gateway.deployments {
+        let Some(probe) = runtime.deployment.probe else {
+            continue;
+        };
+        let gateway = gateway.clone();
+        let id = runtime.deployment.id;
+        tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(probe.interval);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let runtime = gateway.runtime(id);
+                let timeout = runtime.deployment.timeouts.first_token;
+                let result = match tokio::time::timeout(timeout, runtime.provider.probe()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(UpstreamError::new(FailureKind::FirstTokenTimeout, "probe timed out")),
+                };
+                if let Err(error) = &result {
+                    tracing::warn!(deployment = runtime.name.as_str(), error = %error, "health probe failed");
+                }
+                gateway.record_probe(id, &result);
+            }
+        }));
+    }
+    stop.await;
+    for task in tasks {
+        task.abort();
+    }
+}

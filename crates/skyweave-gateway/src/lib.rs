@@ -1,0 +1,17 @@
+//! The serving plane: an OpenAI-compatible gateway that routes each request
+//! to a model deployment on one of several clouds and fails over.
+//!
+//! - [`providers`]: the [`providers::Provider`] trait and one file per provider.
+//! - [`gateway`]: shared state (deployment health, capacity) and the failover loop.
+//! - [`server`]: the HTTP API.
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod api_error;
+pub mod gateway;
+pub mod metrics;
+pub mod providers;
+pub mod secrets;
+pub mod server;
+pub mod sse;
+
+pub use gateway::Gateway;

@@ -1,0 +1,81 @@
+//! `provider = "openai"`: OpenAI itself and every OpenAI-compatible server
+//! (vLLM, SGLang, TGI, llama.cpp server). The endpoint is the base URL in the
+//! OpenAI SDK convention (ending in `/v1`); the key, if any, is sent as
+//! `Authorization: Bearer`.
+
+use futures::future::BoxFuture;
+use skyweave_core::estate::Deployment;
+
+use super::openai_compat::{self, Dialect};
+use super::{
+    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Provider, UpstreamError,
+};
+use crate::secrets::Secret;
+
+pub(crate) struct OpenAi {
+    client: reqwest::Client,
+    chat_url: String,
+    embeddings_url: String,
+    models_url: String,
+    upstream_model: String,
+    key: Option<Secret>,
+}
+
+impl OpenAi {
+    pub(crate) fn new(deployment: &Deployment, endpoint: &str, key: Option<Secret>) -> OpenAi {
+        OpenAi {
+            client: openai_compat::http_client(&deployment.timeouts),
+            chat_url: format!("{endpoint}/chat/completions"),
+            embeddings_url: format!("{endpoint}/embeddings"),
+            models_url: format!("{endpoint}/models"),
+            upstream_model: deployment.upstream_model.clone(),
+            key,
+        }
+    }
+
+    fn post(&self, url: &str, body: bytes::Bytes) -> reqwest::RequestBuilder {
+        let request = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        match &self.key {
+            Some(key) => request.bearer_auth(key.expose()),
+            None => request,
+        }
+    }
+}
+
+impl Provider for OpenAi {
+    fn chat(
+        &self,
+        request: &ChatRequest,
+    ) -> BoxFuture<'static, Result<ChatResponse, UpstreamError>> {
+        let body =
+            openai_compat::chat_body(&request.body, Some(&self.upstream_model), request.stream);
+        let http = self.post(&self.chat_url, body);
+        let stream = request.stream;
+        Box::pin(openai_compat::send_chat(http, stream, Dialect::OpenAi))
+    }
+
+    fn embeddings(
+        &self,
+        request: &EmbeddingsRequest,
+    ) -> BoxFuture<'static, Result<EmbeddingsResponse, UpstreamError>> {
+        let body = openai_compat::embeddings_body(&request.body, Some(&self.upstream_model));
+        let http = self.post(&self.embeddings_url, body);
+        Box::pin(openai_compat::send_embeddings(http, Dialect::OpenAi))
+    }
+
+    fn probe(&self) -> BoxFuture<'static, Result<(), UpstreamError>> {
+        let mut request = self.client.get(&self.models_url);
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key.expose());
+        }
+        Box::pin(async move {
+            openai_compat::send(request, Dialect::OpenAi)
+                .await
+                .map(drop)
+        })
+    }
+}

@@ -1,0 +1,485 @@
+//! What the `openai` and `azure_openai` providers share: both speak the
+//! OpenAI chat completions wire format over HTTP. They differ in URL, auth
+//! header and error dialect, which each provider's own file supplies.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use skyweave_core::estate::Timeouts;
+use skyweave_core::failure::{parse_retry_after_seconds, FailureKind};
+
+use super::{ChatResponse, ChunkStream, EmbeddingsResponse, StreamChunk, UpstreamError, Usage};
+use crate::sse::{SseEvent, SseParser};
+
+/// Largest non-streamed response body or single streamed event accepted
+/// from an upstream.
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    OpenAi,
+    Azure,
+}
+
+pub(crate) fn http_client(timeouts: &Timeouts) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("skyweave/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client configuration is valid")
+}
+
+/// The request body sent upstream: the client's body with the model replaced
+/// by the deployment's upstream name and, when streaming, usage requested so
+/// that token accounting is exact (the usage chunk is withheld from clients
+/// that did not ask for it).
+pub(crate) fn chat_body(
+    body: &Map<String, Value>,
+    upstream_model: Option<&str>,
+    stream: bool,
+) -> Bytes {
+    let mut body = body.clone();
+    match upstream_model {
+        Some(model) => {
+            body.insert("model".into(), Value::String(model.to_string()));
+        }
+        // Azure names the model by the deployment in the URL.
+        None => {
+            body.remove("model");
+        }
+    }
+    if stream {
+        let options = body
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(options) = options {
+            options.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+    Bytes::from(serde_json::to_vec(&body).expect("a JSON map serializes"))
+}
+
+pub(crate) fn embeddings_body(body: &Map<String, Value>, upstream_model: Option<&str>) -> Bytes {
+    let mut body = body.clone();
+    match upstream_model {
+        Some(model) => {
+            body.insert("model".into(), Value::String(model.to_string()));
+        }
+        None => {
+            body.remove("model");
+        }
+    }
+    Bytes::from(serde_json::to_vec(&body).expect("a JSON map serializes"))
+}
+
+pub(crate) async fn send_chat(
+    request: reqwest::RequestBuilder,
+    stream: bool,
+    dialect: Dialect,
+) -> Result<ChatResponse, UpstreamError> {
+    let response = send(request, dialect).await?;
+    if stream {
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !content_type.starts_with("text/event-stream") {
+            return Err(UpstreamError::new(
+                FailureKind::Protocol,
+                format!("a streaming request was answered with content type `{content_type}`, not text/event-stream"),
+            ));
+        }
+        return Ok(ChatResponse::Stream(chunk_stream(response)));
+    }
+    let body = read_body(response).await?;
+    let usage = peek_json(&body)?;
+    Ok(ChatResponse::Complete { body, usage })
+}
+
+pub(crate) async fn send_embeddings(
+    request: reqwest::RequestBuilder,
+    dialect: Dialect,
+) -> Result<EmbeddingsResponse, UpstreamError> {
+    let response = send(request, dialect).await?;
+    let body = read_body(response).await?;
+    let usage = peek_json(&body)?;
+    Ok(EmbeddingsResponse { body, usage })
+}
+
+/// Sends and classifies a non-2xx answer as an error.
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+    dialect: Dialect,
+) -> Result<reqwest::Response, UpstreamError> {
+    let response = request.send().await.map_err(transport_error)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = retry_after(response.headers());
+    let body = read_body(response).await.unwrap_or_default();
+    Err(classify(status.as_u16(), retry_after, &body, dialect))
+}
+
+fn transport_error(error: reqwest::Error) -> UpstreamError {
+    // The error's Display never contains request headers, so no key leaks.
+    let kind = if error.is_timeout() {
+        FailureKind::FirstTokenTimeout
+    } else {
+        FailureKind::Connect
+    };
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    UpstreamError::new(kind, message)
+}
+
+async fn read_body(response: reqwest::Response) -> Result<Bytes, UpstreamError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_UPSTREAM_BODY as u64)
+    {
+        return Err(UpstreamError::new(
+            FailureKind::Protocol,
+            "the upstream response is larger than 64 MiB",
+        ));
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            UpstreamError::new(
+                FailureKind::StreamCut,
+                format!("the upstream response was cut: {error}"),
+            )
+        })?;
+        if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
+            return Err(UpstreamError::new(
+                FailureKind::Protocol,
+                "the upstream response is larger than 64 MiB",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    // Azure sends the precise `retry-after-ms` beside `retry-after`.
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Some(Duration::from_millis(ms));
+    }
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after_seconds)
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    usage: Option<Value>,
+    error: Option<Value>,
+    choices: Option<Vec<IgnoredAny>>,
+}
+
+/// Checks that a body is JSON and reads its usage.
+fn peek_json(body: &[u8]) -> Result<Option<Usage>, UpstreamError> {
+    let peek: Peek = serde_json::from_slice(body).map_err(|error| {
+        UpstreamError::new(
+            FailureKind::Protocol,
+            format!("the upstream answered 200 with a body that is not JSON: {error}"),
+        )
+    })?;
+    Ok(peek.usage.as_ref().and_then(Usage::from_json))
+}
+
+/// Turns an upstream error answer into an [`UpstreamError`].
+pub(crate) fn classify(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    dialect: Dialect,
+) -> UpstreamError {
+    let error_object = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|value| value.get("error").cloned())
+        .filter(Value::is_object);
+    let field = |name: &str| -> Option<String> {
+        let value = error_object.as_ref()?.get(name)?;
+        match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    };
+    let code = field("code").unwrap_or_default();
+    let upstream_message = field("message").unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            "(empty body)".to_string()
+        } else {
+            text.chars().take(300).collect()
+        }
+    });
+
+    let mut kind = FailureKind::from_status(status).unwrap_or(FailureKind::ServerError);
+    let mut message = format!("upstream answered {status}: {upstream_message}");
+    if code == "content_filter" || code == "content_policy_violation" {
+        kind = FailureKind::ContentFiltered;
+        message = content_filter_message(error_object.as_ref(), &upstream_message, dialect);
+    } else if status == 429 && code == "insufficient_quota" {
+        // Not a momentary rate limit: the account is out of credit.
+        kind = FailureKind::DeploymentConfig;
+        message = format!(
+            "the upstream account has no quota left (insufficient_quota): {upstream_message}"
+        );
+    }
+
+    let client_error = match kind {
+        FailureKind::InvalidRequest | FailureKind::ContentFiltered => {
+            let mut object = Map::new();
+            object.insert("message".into(), Value::String(message.clone()));
+            object.insert(
+                "type".into(),
+                Value::String(field("type").unwrap_or_else(|| "invalid_request_error".into())),
+            );
+            object.insert(
+                "param".into(),
+                field("param").map_or(Value::Null, Value::String),
+            );
+            object.insert(
+                "code".into(),
+                if code.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(code)
+                },
+            );
+            if let Some(inner) = error_object.as_ref().and_then(|e| e.get("innererror")) {
+                object.insert("innererror".into(), inner.clone());
+            }
+            Some(Value::Object(object))
+        }
+        _ => None,
+    };
+    UpstreamError {
+        kind,
+        status: Some(status),
+        message,
+        retry_after,
+        client_error,
+    }
+}
+
+fn content_filter_message(
+    error: Option<&Value>,
+    upstream_message: &str,
+    dialect: Dialect,
+) -> String {
+    let results = error
+        .and_then(|e| e.get("innererror"))
+        .and_then(|inner| inner.get("content_filter_result"))
+        .and_then(Value::as_object);
+    let mut categories: Vec<String> = results
+        .map(|results| {
+            results
+                .iter()
+                .filter(|(_, result)| result.get("filtered").and_then(Value::as_bool) == Some(true))
+                .map(
+                    |(category, result)| match result.get("severity").and_then(Value::as_str) {
+                        Some(severity) => format!("{category} ({severity})"),
+                        None => category.clone(),
+                    },
+                )
+                .collect()
+        })
+        .unwrap_or_default();
+    categories.sort();
+    let who = match dialect {
+        Dialect::Azure => "Azure OpenAI's content filter",
+        Dialect::OpenAi => "the provider's content policy",
+    };
+    if categories.is_empty() {
+        format!("the prompt was refused by {who}: {upstream_message}")
+    } else {
+        format!("the prompt was refused by {who}: {}", categories.join(", "))
+    }
+}
+
+struct StreamState {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    parser: SseParser,
+    pending: VecDeque<SseEvent>,
+    finished: bool,
+}
+
+/// Relays the upstream's SSE events as chunks. Ends cleanly only after
+/// `data: [DONE]`; any other end is a [`FailureKind::StreamCut`].
+fn chunk_stream(response: reqwest::Response) -> ChunkStream {
+    let state = StreamState {
+        body: response.bytes_stream().boxed(),
+        parser: SseParser::new(MAX_UPSTREAM_BODY),
+        pending: VecDeque::new(),
+        finished: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut state| async move {
+        if state.finished {
+            return None;
+        }
+        loop {
+            if let Some(event) = state.pending.pop_front() {
+                if event.data.as_ref() == b"[DONE]" {
+                    return None;
+                }
+                let item = chunk_from_event(event);
+                if item.is_err() {
+                    state.finished = true;
+                }
+                return Some((item, state));
+            }
+            match state.body.next().await {
+                Some(Ok(bytes)) => {
+                    let mut events = Vec::new();
+                    if let Err(error) = state.parser.push(&bytes, &mut events) {
+                        state.finished = true;
+                        return Some((
+                            Err(UpstreamError::new(FailureKind::Protocol, error.to_string())),
+                            state,
+                        ));
+                    }
+                    state.pending.extend(events);
+                }
+                Some(Err(error)) => {
+                    state.finished = true;
+                    let error = UpstreamError::new(
+                        FailureKind::StreamCut,
+                        format!("the upstream stream was cut: {error}"),
+                    );
+                    return Some((Err(error), state));
+                }
+                None => {
+                    state.finished = true;
+                    let error = UpstreamError::new(
+                        FailureKind::StreamCut,
+                        "the upstream stream ended without `data: [DONE]`",
+                    );
+                    return Some((Err(error), state));
+                }
+            }
+        }
+    }))
+}
+
+fn chunk_from_event(event: SseEvent) -> Result<StreamChunk, UpstreamError> {
+    let peek: Peek = serde_json::from_slice(&event.data).map_err(|error| {
+        UpstreamError::new(
+            FailureKind::Protocol,
+            format!("a streamed event is not JSON: {error}"),
+        )
+    })?;
+    if let Some(error) = peek.error {
+        let body = serde_json::json!({ "error": error });
+        let status = error
+            .get("code")
+            .and_then(Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok());
+        let mut upstream_error = classify(
+            status.unwrap_or(500),
+            None,
+            body.to_string().as_bytes(),
+            Dialect::OpenAi,
+        );
+        upstream_error.message = format!(
+            "the upstream sent an error mid-stream: {}",
+            upstream_error.message
+        );
+        return Err(upstream_error);
+    }
+    let usage = peek.usage.as_ref().and_then(Usage::from_json);
+    let usage_only = usage.is_some() && peek.choices.as_ref().is_some_and(Vec::is_empty);
+    Ok(StreamChunk {
+        data: event.data,
+        usage,
+        usage_only,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_rewrites_model_and_asks_for_usage() {
+        let body: Map<String, Value> = serde_json::from_str(
+            r#"{"model":"gpt-4o","messages":[],"tools":[{"type":"function"}],"seed":7}"#,
+        )
+        .unwrap();
+        let sent: Value =
+            serde_json::from_slice(&chat_body(&body, Some("gpt-4o-2024"), true)).unwrap();
+        assert_eq!(sent["model"], "gpt-4o-2024");
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+        assert_eq!(sent["tools"][0]["type"], "function");
+        assert_eq!(sent["seed"], 7);
+        let azure: Value = serde_json::from_slice(&chat_body(&body, None, false)).unwrap();
+        assert!(azure.get("model").is_none() && azure.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn error_classification() {
+        let check = |status: u16, body: &str, kind: FailureKind| {
+            let error = classify(status, None, body.as_bytes(), Dialect::Azure);
+            assert_eq!(error.kind, kind, "{status} {body}: {error}");
+            error
+        };
+        check(
+            429,
+            r#"{"error":{"code":"429","message":"slow down"}}"#,
+            FailureKind::RateLimited,
+        );
+        check(
+            429,
+            r#"{"error":{"code":"insufficient_quota","message":"pay"}}"#,
+            FailureKind::DeploymentConfig,
+        );
+        check(503, "<html>busy</html>", FailureKind::Overloaded);
+        let invalid = check(
+            400,
+            r#"{"error":{"message":"bad tools","type":"invalid_request_error","param":"tools","code":null}}"#,
+            FailureKind::InvalidRequest,
+        );
+        let client = invalid.client_error.unwrap();
+        assert_eq!(client["param"], "tools");
+        assert!(client["message"].as_str().unwrap().contains("bad tools"));
+        let filtered = check(
+            400,
+            r#"{"error":{"code":"content_filter","message":"filtered","param":"prompt","status":400,
+               "innererror":{"code":"ResponsibleAIPolicyViolation","content_filter_result":{
+               "hate":{"filtered":true,"severity":"high"},"sexual":{"filtered":false,"severity":"safe"}}}}}"#,
+            FailureKind::ContentFiltered,
+        );
+        assert_eq!(
+            filtered.message,
+            "the prompt was refused by Azure OpenAI's content filter: hate (high)"
+        );
+        assert_eq!(filtered.client_error.unwrap()["code"], "content_filter");
+    }
+}

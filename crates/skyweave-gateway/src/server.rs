@@ -1,0 +1,1059 @@
+//! The OpenAI-compatible HTTP API.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http_body_util::BodyExt;
+use serde_json::{json, Map, Value};
+use skyweave_core::estate::Model;
+use skyweave_core::failure::FailureKind;
+
+use crate::api_error::ApiError;
+use crate::gateway::{
+    dispatch, AttemptBound, CallerScope, DispatchError, Gateway, Lease, Outcome, Served,
+};
+use crate::metrics::{CostLabels, ModelCloudLabels, RequestLabels, TokenLabels};
+use crate::providers::{
+    ChatRequest, ChatResponse, ChunkStream, EmbeddingsRequest, StreamChunk, UpstreamError, Usage,
+};
+
+pub const HEADER_DEPLOYMENT: &str = "x-skyweave-deployment";
+pub const HEADER_CLOUD: &str = "x-skyweave-cloud";
+pub const HEADER_REGION: &str = "x-skyweave-region";
+pub const HEADER_ATTEMPTS: &str = "x-skyweave-attempts";
+pub const HEADER_SIMULATED: &str = "x-skyweave-simulated";
+pub const HEADER_REQUEST_ID: &str = "x-request-id";
+pub const HEADER_CALLER_REGION: &str = "x-skyweave-caller-region";
+pub const HEADER_ALLOWED_CLOUDS: &str = "x-skyweave-allowed-clouds";
+pub const HEADER_ALLOWED_REGIONS: &str = "x-skyweave-allowed-regions";
+pub const HEADER_DEADLINE_MS: &str = "x-skyweave-deadline-ms";
+
+/// Output tokens assumed for capacity accounting when the request sets no maximum.
+const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(gateway)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and waits for
+/// in-flight requests and streams to finish.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let draining = gateway.clone();
+    axum::serve(listener, router(gateway))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            draining.begin_shutdown();
+        })
+        .await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown path: this gateway serves /v1/chat/completions, /v1/embeddings and /v1/models",
+    )
+    .with_code("not_found")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method not allowed on this path",
+    )
+    .with_code("method_not_allowed")
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    gateway.refresh_gauges();
+    let mut response = gateway.metrics.encode().into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+    if gateway.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let mut unavailable = Vec::new();
+    for model in &gateway.estate.models {
+        let any_closed = model
+            .deployments
+            .iter()
+            .any(|id| gateway.breaker_state(*id) != skyweave_core::health::BreakerState::Open);
+        if !any_closed {
+            unavailable.push(model.name.clone());
+        }
+    }
+    if unavailable.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let body = format!(
+            "every deployment is open-circuited for: {}\n",
+            unavailable.join(", ")
+        );
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
+    let data: Vec<Value> = gateway
+        .estate
+        .models
+        .iter()
+        .map(|model| {
+            let clouds: std::collections::BTreeSet<&str> = model
+                .deployments
+                .iter()
+                .map(|id| gateway.estate.deployment(*id).cloud.as_str())
+                .collect();
+            json!({
+                "id": model.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "skyweave",
+                "clouds": clouds,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// What every handler needs before dispatching.
+struct Incoming {
+    received: Instant,
+    request_id: HeaderValue,
+    body: Map<String, Value>,
+    model: Model,
+    scope: CallerScope,
+}
+
+async fn read_request(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+    required: &str,
+) -> Result<Incoming, ApiError> {
+    let received = Instant::now();
+    let request_id = request_id(headers);
+    let limit = gateway.estate.server.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than this gateway's limit of {limit} bytes (server.max_body_bytes)"),
+        )
+        .with_code("request_too_large")
+    };
+    if headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) => {
+            return Err(ApiError::invalid_request(
+                format!("the request body could not be read: {error}"),
+                None,
+            ))
+        }
+    };
+    let value: Value = serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::invalid_request(
+            format!("the request body is not valid JSON ({error}); send a JSON object"),
+            None,
+        )
+        .with_code("invalid_json")
+    })?;
+    let Value::Object(body) = value else {
+        return Err(ApiError::invalid_request(
+            "the request body must be a JSON object",
+            None,
+        ));
+    };
+    let model_name = match body.get("model") {
+        Some(Value::String(name)) if !name.is_empty() => name.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "`model` must be a non-empty string",
+                Some("model"),
+            ))
+        }
+        None => return Err(missing("model")),
+    };
+    if !body.contains_key(required) {
+        return Err(missing(required));
+    }
+    let Some(model) = gateway.estate.model(&model_name) else {
+        let known: Vec<&str> = gateway
+            .estate
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "the model `{model_name}` does not exist on this gateway; it serves: {}",
+                known.join(", ")
+            ),
+        )
+        .with_code("model_not_found")
+        .param("model"));
+    };
+    let scope = caller_scope(headers)?;
+    Ok(Incoming {
+        received,
+        request_id,
+        body,
+        model: model.clone(),
+        scope,
+    })
+}
+
+trait WithParam {
+    fn param(self, param: &str) -> Self;
+}
+
+impl WithParam for ApiError {
+    fn param(mut self, param: &str) -> Self {
+        self.param = Some(param.to_string());
+        self
+    }
+}
+
+fn missing(field: &str) -> ApiError {
+    ApiError::invalid_request(
+        format!("missing required parameter: `{field}`"),
+        Some(field),
+    )
+    .with_code("missing_required_parameter")
+}
+
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(given) = headers.get(HEADER_REQUEST_ID) {
+        let valid = given.len() <= 128 && given.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if valid && !given.is_empty() {
+            return given.clone();
+        }
+    }
+    let id = format!("req_{}", uuid::Uuid::new_v4().simple());
+    HeaderValue::from_str(&id).expect("a hex id is a valid header value")
+}
+
+fn caller_scope(headers: &HeaderMap) -> Result<CallerScope, ApiError> {
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(value) => match value.to_str() {
+                Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+                _ => Err(ApiError::invalid_request(
+                    format!("header `{name}` must be non-empty ASCII text"),
+                    Some(name),
+                )),
+            },
+        }
+    };
+    let list = |name: &str| -> Result<Option<Vec<String>>, ApiError> {
+        Ok(text(name)?.map(|text| {
+            text.split(',')
+                .map(|item| item.trim().to_string())
+                .filter(|item| !item.is_empty())
+                .collect()
+        }))
+    };
+    let deadline = match text(HEADER_DEADLINE_MS)? {
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) if ms > 0 => Some(Duration::from_millis(ms)),
+            _ => {
+                return Err(ApiError::invalid_request(
+                    format!(
+                        "header `{HEADER_DEADLINE_MS}` must be a positive number of milliseconds"
+                    ),
+                    Some(HEADER_DEADLINE_MS),
+                ))
+            }
+        },
+        None => None,
+    };
+    Ok(CallerScope {
+        region: text(HEADER_CALLER_REGION)?,
+        allowed_clouds: list(HEADER_ALLOWED_CLOUDS)?,
+        allowed_regions: list(HEADER_ALLOWED_REGIONS)?,
+        deadline,
+    })
+}
+
+/// A rough token count for capacity accounting before the upstream reports
+/// the real one: about four characters per token.
+fn estimate_prompt_tokens(value: &Value) -> u32 {
+    fn chars(value: &Value) -> usize {
+        match value {
+            Value::String(s) => s.len(),
+            Value::Array(items) => items.iter().map(chars).sum(),
+            Value::Object(map) => {
+                map.iter()
+                    .filter(|(key, _)| matches!(key.as_str(), "content" | "text" | "arguments"))
+                    .map(|(_, v)| chars(v))
+                    .sum::<usize>()
+                    + map.get("content").map_or(0, |_| 16)
+            }
+            _ => 0,
+        }
+    }
+    u32::try_from(chars(value) / 4 + 1).unwrap_or(u32::MAX)
+}
+
+fn output_estimate(body: &Map<String, Value>) -> u32 {
+    ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|key| body.get(*key).and_then(Value::as_u64))
+        .map_or(DEFAULT_OUTPUT_ESTIMATE, |n| {
+            u32::try_from(n).unwrap_or(u32::MAX)
+        })
+}
+
+/// The response to a failed dispatch.
+fn dispatch_error(gateway: &Gateway, model: &Model, error: DispatchError) -> (ApiError, u32) {
+    match error {
+        DispatchError::Rejected {
+            error,
+            deployment,
+            attempts,
+        } => {
+            let runtime = gateway.runtime(deployment);
+            let status = error
+                .status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(|s| s.is_client_error())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            let mut api_error =
+                ApiError::new(status, "invalid_request_error", error.message.clone());
+            if let Some(Value::Object(object)) = &error.client_error {
+                api_error.message = object
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&error.message)
+                    .to_string();
+                api_error.param = object
+                    .get("param")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                api_error.code = object
+                    .get("code")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if let Some(inner) = object.get("innererror") {
+                    api_error.extra = Some(Box::new(json!({ "innererror": inner })));
+                }
+            }
+            if error.kind == FailureKind::ContentFiltered {
+                api_error.code = Some("content_filter".into());
+            }
+            api_error.message = format!("{} (deployment `{}`)", api_error.message, runtime.name);
+            (api_error, attempts)
+        }
+        DispatchError::NoDeployment {
+            refusals,
+            attempts,
+            rate_limited,
+            timed_out,
+        } => {
+            let reasons: Vec<Value> = refusals
+                .iter()
+                .map(|r| json!({ "deployment": r.deployment, "reason": r.reason }))
+                .collect();
+            let summary: Vec<String> = refusals
+                .iter()
+                .map(|r| format!("{}: {}", r.deployment, r.reason))
+                .collect();
+            let mut api_error = if let Some(retry_after) = rate_limited {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    format!(
+                        "every deployment of `{}` is rate limited upstream; retry after {} s. {}",
+                        model.name,
+                        retry_after.as_secs_f64().ceil(),
+                        summary.join("; ")
+                    ),
+                )
+                .with_code("rate_limit_exceeded");
+                e.retry_after_secs = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+                e
+            } else if timed_out {
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout_error",
+                    format!(
+                        "the request's deadline passed before a deployment of `{}` answered after {attempts} attempt(s). {}",
+                        model.name,
+                        summary.join("; ")
+                    ),
+                )
+                .with_code("deadline_exceeded")
+            } else {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable_error",
+                    format!(
+                        "no deployment of `{}` could serve the request ({attempts} attempt(s)): {}",
+                        model.name,
+                        if summary.is_empty() {
+                            "no deployment is eligible".to_string()
+                        } else {
+                            summary.join("; ")
+                        }
+                    ),
+                )
+                .with_code("no_deployment_available")
+            };
+            api_error.extra = Some(Box::new(json!({ "deployments": reasons })));
+            (api_error, attempts)
+        }
+    }
+}
+
+fn header(name: &'static str, value: &str) -> (HeaderName, HeaderValue) {
+    (
+        HeaderName::from_static(name),
+        HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+    )
+}
+
+fn stamp_served<T>(gateway: &Gateway, response: &mut Response, served: &Served<T>) {
+    let runtime = gateway.runtime(served.deployment);
+    let headers = response.headers_mut();
+    for (name, value) in [
+        header(HEADER_DEPLOYMENT, &runtime.name),
+        header(HEADER_CLOUD, &runtime.cloud),
+        header(HEADER_REGION, &runtime.region),
+    ] {
+        headers.insert(name, value);
+    }
+    headers.insert(HEADER_ATTEMPTS, HeaderValue::from(served.attempts));
+    if runtime.provider.is_simulated() {
+        headers.insert(HEADER_SIMULATED, HeaderValue::from_static("true"));
+    }
+}
+
+fn error_response(
+    gateway: &Gateway,
+    incoming: Option<&Incoming>,
+    request_id: HeaderValue,
+    error: ApiError,
+    attempts: u32,
+) -> Response {
+    let status = error.status;
+    if let Some(incoming) = incoming {
+        gateway
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                model: Arc::new(incoming.model.name.clone()),
+                deployment: Arc::new(String::new()),
+                cloud: Arc::new(String::new()),
+                status: status.as_u16(),
+            })
+            .inc();
+        tracing::info!(
+            request_id = request_id.to_str().unwrap_or(""),
+            model = incoming.model.name.as_str(),
+            status = status.as_u16(),
+            attempts,
+            error = error.message.as_str(),
+            "request failed"
+        );
+    }
+    let mut response = error.into_response();
+    response.headers_mut().insert(HEADER_REQUEST_ID, request_id);
+    response
+        .headers_mut()
+        .insert(HEADER_ATTEMPTS, HeaderValue::from(attempts));
+    response
+}
+
+fn record_served(
+    gateway: &Gateway,
+    deployment: skyweave_core::estate::DeploymentId,
+    status: u16,
+    usage: Option<Usage>,
+    total: Duration,
+    time_to_first_token: Duration,
+) {
+    let runtime = gateway.runtime(deployment);
+    let metrics = &gateway.metrics;
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            model: runtime.model.clone(),
+            deployment: runtime.name.clone(),
+            cloud: runtime.cloud.clone(),
+            status,
+        })
+        .inc();
+    let model_cloud = ModelCloudLabels {
+        model: runtime.model.clone(),
+        cloud: runtime.cloud.clone(),
+    };
+    metrics
+        .request_duration
+        .get_or_create(&model_cloud)
+        .observe(total.as_secs_f64());
+    metrics
+        .time_to_first_token
+        .get_or_create(&model_cloud)
+        .observe(time_to_first_token.as_secs_f64());
+    if let Some(usage) = usage {
+        for (direction, count) in [
+            ("input", usage.prompt_tokens),
+            ("output", usage.completion_tokens),
+        ] {
+            metrics
+                .tokens
+                .get_or_create(&TokenLabels {
+                    model: runtime.model.clone(),
+                    deployment: runtime.name.clone(),
+                    cloud: runtime.cloud.clone(),
+                    direction,
+                })
+                .inc_by(count);
+        }
+        let cost = runtime
+            .deployment
+            .price
+            .cost_usd(usage.prompt_tokens, usage.completion_tokens);
+        metrics
+            .cost_usd
+            .get_or_create(&CostLabels {
+                model: runtime.model.clone(),
+                deployment: runtime.name.clone(),
+                cloud: runtime.cloud.clone(),
+            })
+            .inc_by(cost);
+    }
+}
+
+async fn chat_completions(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let incoming = match read_request(&gateway, &headers, body, "messages").await {
+        Ok(incoming) => incoming,
+        Err(error) => return error_response(&gateway, None, request_id(&headers), error, 0),
+    };
+    let fail = |incoming: &Incoming, error: ApiError, attempts: u32| {
+        error_response(
+            &gateway,
+            Some(incoming),
+            incoming.request_id.clone(),
+            error,
+            attempts,
+        )
+    };
+    match incoming.body.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => {
+            if let Some(index) = messages
+                .iter()
+                .position(|m| !m.get("role").is_some_and(Value::is_string))
+            {
+                let error = ApiError::invalid_request(
+                    format!("messages[{index}] has no `role` string"),
+                    Some(&format!("messages[{index}].role")),
+                );
+                return fail(&incoming, error, 0);
+            }
+        }
+        _ => {
+            let error =
+                ApiError::invalid_request("`messages` must be a non-empty array", Some("messages"));
+            return fail(&incoming, error, 0);
+        }
+    }
+    let stream = match incoming.body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(stream)) => *stream,
+        Some(_) => {
+            return fail(
+                &incoming,
+                ApiError::invalid_request("`stream` must be a boolean", Some("stream")),
+                0,
+            )
+        }
+    };
+    let include_usage = match incoming.body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(options)) => match options.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(include)) => *include,
+            Some(_) => {
+                let error = ApiError::invalid_request(
+                    "`stream_options.include_usage` must be a boolean",
+                    Some("stream_options.include_usage"),
+                );
+                return fail(&incoming, error, 0);
+            }
+        },
+        Some(_) => {
+            let error = ApiError::invalid_request(
+                "`stream_options` must be an object",
+                Some("stream_options"),
+            );
+            return fail(&incoming, error, 0);
+        }
+    };
+    let prompt_tokens = estimate_prompt_tokens(&incoming.body["messages"]);
+    let estimated_tokens = prompt_tokens.saturating_add(output_estimate(&incoming.body));
+    let request = ChatRequest {
+        body: Arc::new(incoming.body.clone()),
+        stream,
+        include_usage,
+        estimated_prompt_tokens: prompt_tokens,
+    };
+
+    if stream {
+        let call_request = request.clone();
+        let result = dispatch(
+            &gateway,
+            &incoming.model,
+            &incoming.scope,
+            estimated_tokens,
+            AttemptBound::FirstToken,
+            |provider| {
+                let response = provider.chat(&call_request);
+                Box::pin(async move {
+                    match response.await? {
+                        ChatResponse::Stream(mut rest) => match rest.next().await {
+                            Some(Ok(first)) => Ok((first, rest)),
+                            Some(Err(error)) => Err(error),
+                            None => Err(UpstreamError::new(
+                                FailureKind::StreamCut,
+                                "the stream ended before its first chunk",
+                            )),
+                        },
+                        ChatResponse::Complete { .. } => Err(UpstreamError::new(
+                            FailureKind::Protocol,
+                            "a streaming request was answered without a stream",
+                        )),
+                    }
+                })
+            },
+        )
+        .await;
+        let served = match result {
+            Ok(served) => served,
+            Err(error) => {
+                let (error, attempts) = dispatch_error(&gateway, &incoming.model, error);
+                return fail(&incoming, error, attempts);
+            }
+        };
+        return stream_response(gateway.clone(), incoming, served, include_usage);
+    }
+
+    let call_request = request.clone();
+    let result = dispatch(
+        &gateway,
+        &incoming.model,
+        &incoming.scope,
+        estimated_tokens,
+        AttemptBound::Total,
+        |provider| provider.chat(&call_request),
+    )
+    .await;
+    let served = match result {
+        Ok(served) => served,
+        Err(error) => {
+            let (error, attempts) = dispatch_error(&gateway, &incoming.model, error);
+            return fail(&incoming, error, attempts);
+        }
+    };
+    let (body, usage) = match &served.value {
+        ChatResponse::Complete { body, usage } => (body.clone(), *usage),
+        ChatResponse::Stream(_) => {
+            // A provider answered a non-streaming request with a stream: a
+            // provider bug, reported rather than relayed.
+            let error = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "the upstream answered a non-streaming request with a stream",
+            );
+            return fail(&incoming, error, served.attempts);
+        }
+    };
+    complete_response(&gateway, &incoming, served, body, usage)
+}
+
+fn complete_response<T>(
+    gateway: &Arc<Gateway>,
+    incoming: &Incoming,
+    served: Served<T>,
+    body: Bytes,
+    usage: Option<Usage>,
+) -> Response {
+    let total = incoming.received.elapsed();
+    let upstream_total = served.lease.started().elapsed();
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(HEADER_REQUEST_ID, incoming.request_id.clone());
+    stamp_served(gateway, &mut response, &served);
+    let deployment = served.deployment;
+    let attempts = served.attempts;
+    let upstream_time = served.upstream_time;
+    served.lease.finish(Outcome::Success {
+        time_to_first_token: upstream_total,
+        usage,
+    });
+    record_served(gateway, deployment, 200, usage, total, total);
+    gateway
+        .metrics
+        .observe_overhead(total.saturating_sub(upstream_time));
+    let runtime = gateway.runtime(deployment);
+    tracing::info!(
+        request_id = incoming.request_id.to_str().unwrap_or(""),
+        model = incoming.model.name.as_str(),
+        deployment = runtime.name.as_str(),
+        cloud = runtime.cloud.as_str(),
+        region = runtime.region.as_str(),
+        status = 200,
+        attempts,
+        latency_ms = total.as_secs_f64() * 1000.0,
+        prompt_tokens = usage.map(|u| u.prompt_tokens),
+        completion_tokens = usage.map(|u| u.completion_tokens),
+        "request served"
+    );
+    response
+}
+
+fn sse_frame(data: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(data.len() + 8);
+    frame.extend_from_slice(b"data: ");
+    frame.extend_from_slice(data);
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
+}
+
+fn stream_response(
+    gateway: Arc<Gateway>,
+    incoming: Incoming,
+    served: Served<(StreamChunk, ChunkStream)>,
+    include_usage: bool,
+) -> Response {
+    let time_to_first_token = incoming.received.elapsed();
+    let runtime = gateway.runtime(served.deployment);
+    let attempt_deadline = served.lease.started() + runtime.deployment.timeouts.total;
+    let request_deadline = incoming.received
+        + incoming
+            .scope
+            .deadline
+            .map_or(incoming.model.deadline, |d| d.min(incoming.model.deadline));
+    let deadline = attempt_deadline.min(request_deadline);
+    let mut response = Response::new(Body::empty());
+    stamp_served(&gateway, &mut response, &served);
+    let Served {
+        value: (first, rest),
+        deployment,
+        attempts,
+        lease,
+        upstream_time,
+    } = served;
+    let mut usage = first.usage;
+    let first_frame = if first.usage_only && !include_usage {
+        None
+    } else {
+        Some(sse_frame(&first.data))
+    };
+    if first.usage.is_some() {
+        usage = first.usage;
+    }
+    gateway
+        .metrics
+        .observe_overhead(time_to_first_token.saturating_sub(upstream_time));
+    let relay = Relay {
+        gateway: gateway.clone(),
+        first: first_frame,
+        upstream: rest,
+        lease: Some(lease),
+        include_usage,
+        usage,
+        received: incoming.received,
+        time_to_first_token,
+        deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+        request_id: incoming.request_id.clone(),
+        attempts,
+        done: false,
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    headers.insert(HEADER_REQUEST_ID, incoming.request_id);
+    // Tells nginx-style buffering proxies in front of the gateway not to buffer.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let _ = deployment;
+    *response.body_mut() = Body::from_stream(relay);
+    response
+}
+
+/// Relays a stream chunk by chunk. Ends with `data: [DONE]` only when the
+/// upstream finished cleanly; a cut or a timeout ends it with an error event.
+struct Relay {
+    gateway: Arc<Gateway>,
+    first: Option<Bytes>,
+    upstream: ChunkStream,
+    lease: Option<Lease>,
+    include_usage: bool,
+    usage: Option<Usage>,
+    received: Instant,
+    time_to_first_token: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    request_id: HeaderValue,
+    attempts: u32,
+    done: bool,
+}
+
+impl Relay {
+    fn finish(&mut self, outcome: Outcome, status: u16) {
+        self.done = true;
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let deployment = lease.deployment();
+        lease.finish(outcome);
+        let total = self.received.elapsed();
+        record_served(
+            &self.gateway,
+            deployment,
+            status,
+            self.usage,
+            total,
+            self.time_to_first_token,
+        );
+        let runtime = self.gateway.runtime(deployment);
+        tracing::info!(
+            request_id = self.request_id.to_str().unwrap_or(""),
+            model = runtime.model.as_str(),
+            deployment = runtime.name.as_str(),
+            cloud = runtime.cloud.as_str(),
+            region = runtime.region.as_str(),
+            status,
+            attempts = self.attempts,
+            stream = true,
+            latency_ms = total.as_secs_f64() * 1000.0,
+            ttft_ms = self.time_to_first_token.as_secs_f64() * 1000.0,
+            prompt_tokens = self.usage.map(|u| u.prompt_tokens),
+            completion_tokens = self.usage.map(|u| u.completion_tokens),
+            outcome = match outcome {
+                Outcome::Success { .. } => "ok",
+                Outcome::Failure(kind) => kind.as_str(),
+            },
+            "stream served"
+        );
+    }
+
+    fn error_event(&mut self, kind: FailureKind, message: &str) -> Bytes {
+        let deployment = self
+            .lease
+            .as_ref()
+            .map(|lease| self.gateway.runtime(lease.deployment()).name.to_string());
+        self.finish(Outcome::Failure(kind), 200);
+        let body = json!({
+            "error": {
+                "message": format!(
+                    "the upstream stream failed after it had started ({}); the response is incomplete{}",
+                    message,
+                    deployment.map(|d| format!(" (deployment `{d}`)")).unwrap_or_default()
+                ),
+                "type": "server_error",
+                "param": null,
+                "code": format!("upstream_{}", kind.as_str()),
+            }
+        });
+        sse_frame(body.to_string().as_bytes())
+    }
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        loop {
+            match this.upstream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if chunk.usage.is_some() {
+                        this.usage = chunk.usage;
+                    }
+                    if chunk.usage_only && !this.include_usage {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(sse_frame(&chunk.data))));
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    let frame = this.error_event(error.kind, &error.message);
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    let outcome = Outcome::Success {
+                        time_to_first_token: this.time_to_first_token,
+                        usage: this.usage,
+                    };
+                    this.finish(outcome, 200);
+                    return Poll::Ready(Some(Ok(Bytes::from_static(b"data: [DONE]\n\n"))));
+                }
+                Poll::Pending => {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        let frame = this.error_event(
+                            FailureKind::TotalTimeout,
+                            "the deployment's total timeout or the request's deadline passed",
+                        );
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+async fn embeddings(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let incoming = match read_request(&gateway, &headers, body, "input").await {
+        Ok(incoming) => incoming,
+        Err(error) => return error_response(&gateway, None, request_id(&headers), error, 0),
+    };
+    let valid_input = match &incoming.body["input"] {
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        _ => false,
+    };
+    if !valid_input {
+        let error = ApiError::invalid_request(
+            "`input` must be a non-empty string or array of strings or token arrays",
+            Some("input"),
+        );
+        return error_response(
+            &gateway,
+            Some(&incoming),
+            incoming.request_id.clone(),
+            error,
+            0,
+        );
+    }
+    let prompt_tokens = estimate_prompt_tokens(&incoming.body["input"]);
+    let request = EmbeddingsRequest {
+        body: Arc::new(incoming.body.clone()),
+        estimated_prompt_tokens: prompt_tokens,
+    };
+    let result = dispatch(
+        &gateway,
+        &incoming.model,
+        &incoming.scope,
+        prompt_tokens,
+        AttemptBound::Total,
+        |provider| provider.embeddings(&request),
+    )
+    .await;
+    match result {
+        Ok(served) => {
+            let body = served.value.body.clone();
+            let usage = served.value.usage;
+            complete_response(&gateway, &incoming, served, body, usage)
+        }
+        Err(error) => {
+            let (error, attempts) = dispatch_error(&gateway, &incoming.model, error);
+            error_response(
+                &gateway,
+                Some(&incoming),
+                incoming.request_id.clone(),
+                error,
+                attempts,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_estimates() {
+        let messages = json!([{"role": "user", "content": "x".repeat(400)}]);
+        assert_eq!(estimate_prompt_tokens(&messages), 105);
+        let parts =
+            json!([{"role": "user", "content": [{"type": "text", "text": "y".repeat(40)}]}]);
+        assert!(estimate_prompt_tokens(&parts) >= 10);
+        let body: Map<String, Value> = serde_json::from_str(r#"{"max_tokens": 12}"#).unwrap();
+        assert_eq!(output_estimate(&body), 12);
+        assert_eq!(output_estimate(&Map::new()), DEFAULT_OUTPUT_ESTIMATE);
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        let mut headers = HeaderMap::new();
+        assert!(request_id(&headers).to_str().unwrap().starts_with("req_"));
+        headers.insert(HEADER_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(HEADER_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert!(request_id(&headers).to_str().unwrap().starts_with("req_"));
+    }
+}

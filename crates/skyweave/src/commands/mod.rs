@@ -1,0 +1,41 @@
+//! One file per subcommand.
+
+mod check;
+mod demo;
+mod serve;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use skyweave_core::config::{parse_estate, Loaded};
+
+use crate::cli::Command;
+
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config, listen } => serve::run(&config, listen).await,
+        Command::Check { config } => check::run(&config),
+        Command::Demo { listen, tour_only } => demo::run(listen, tour_only).await,
+    }
+}
+
+/// Reads and validates an estate file; a validation failure is printed in
+/// full and reported as `Err(None)`.
+pub fn load_estate(path: &Path) -> anyhow::Result<Result<Loaded, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the estate file {}", path.display()))?;
+    Ok(parse_estate(&text, &path.display().to_string()).map_err(|errors| errors.to_string()))
+}
+
+/// JSON logs on stderr, `RUST_LOG` to filter (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .try_init();
+}

@@ -1,0 +1,103 @@
+//! `skyweave serve`: run the gateway until SIGINT/SIGTERM, then drain.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use skyweave_core::estate::Estate;
+use skyweave_gateway::Gateway;
+
+pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    super::init_logging();
+    let loaded = match super::load_estate(config)? {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for warning in &loaded.warnings {
+        tracing::warn!(warning = %warning, "estate file warning");
+    }
+    let mut estate = loaded.estate;
+    if let Some(listen) = listen {
+        estate.server.listen = listen;
+    }
+    serve_estate(estate, |_, _| {}, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the gateway, binds, calls `on_bound` with the address, serves until
+/// `stop` resolves, then drains in-flight requests for up to `shutdown_grace`.
+pub async fn serve_estate(
+    estate: Estate,
+    on_bound: impl FnOnce(SocketAddr, Arc<Gateway>),
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Arc<Gateway>> {
+    let listen = estate.server.listen;
+    let grace = estate.server.shutdown_grace;
+    let gateway = Gateway::new(estate).context("cannot start the gateway")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (server.listen or --listen)"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(address = %address, deployments = gateway.deployments.len(), "listening");
+    on_bound(address, gateway.clone());
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (probes_stop_tx, probes_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let probes = tokio::spawn(skyweave_gateway::gateway::run_probes(
+        gateway.clone(),
+        async move {
+            let _ = probes_stop_rx.await;
+        },
+    ));
+    let server = tokio::spawn(skyweave_gateway::server::serve(
+        gateway.clone(),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    stop.await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: draining in-flight requests"
+    );
+    gateway.begin_shutdown();
+    let _ = stop_tx.send(());
+    let _ = probes_stop_tx.send(());
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("drained; bye"),
+        Ok(Ok(Err(error))) => tracing::error!(error = %error, "the server failed"),
+        Ok(Err(error)) => tracing::error!(error = %error, "the server task failed"),
+        Err(_) => {
+            tracing::warn!("shutdown grace elapsed with requests still in flight; closing them")
+        }
+    }
+    let _ = probes.await;
+    Ok(gateway)
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -49,6 +49,7 @@ mod tokens;
 #[cfg(test)]
 mod tests;
 
+pub use embeddings::DEFAULT_DIMENSIONS;
 pub use server::Emulator;
 
 /// Which provider's wire protocol an emulator speaks.

@@ -241,19 +241,29 @@ pub(crate) async fn prepare(
     let mut tracker = shared.track();
     let (mut parts, body) = req.into_parts();
     let conn = parts.extensions.remove::<ConnHandle>();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+    let declared_too_large = http_body::Body::size_hint(&body).lower() > MAX_BODY as u64;
+    let read = if declared_too_large {
+        Err(None)
+    } else {
+        axum::body::to_bytes(body, MAX_BODY).await.map_err(Some)
+    };
+    let body = match read {
         Ok(b) => b,
         Err(e) => {
-            let too_large = e
-                .into_inner()
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
+            let too_large = e.is_none_or(|e| {
+                e.into_inner()
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+            });
             if !too_large {
                 // The client went away (or broke the framing) mid-body: the
                 // tracker drops undone and counts the request as cancelled.
                 return Err(errors::unparseable_body());
             }
             tracker.done();
+            if shared.record {
+                record(shared, &parts, &[], deployment);
+            }
             return Err(errors::openai_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("The request body is larger than {MAX_BODY} bytes."),
@@ -283,7 +293,7 @@ pub(crate) async fn prepare(
 }
 
 /// Why a request was turned away before its body was looked at.
-pub(crate) enum Denied {
+enum Denied {
     /// Azure: no (or an empty) `api-version` query parameter.
     NoApiVersion,
     /// Missing or wrong key; for OpenAI, the bearer token that was sent.

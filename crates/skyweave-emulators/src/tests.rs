@@ -1322,3 +1322,61 @@ async fn keep_alive_connection_serves_many_requests() {
     }
     assert_eq!(emu.control.completed(), 50);
 }
+
+/// Send a raw HTTP/1.1 request head (and optionally some body bytes).
+async fn raw_request(emu: &Emulator, head: &str, body: &[u8]) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(emu.addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_leaving_mid_upload_is_cancelled_and_huge_bodies_get_413() {
+    let emu = openai("up").await;
+    let tcp = raw_request(
+        &emu,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n",
+        b"{\"model\":",
+    )
+    .await;
+    wait_until("in flight", || emu.control.in_flight() == 1).await;
+    drop(tcp);
+    wait_until("cancelled", || emu.control.cancelled() == 1).await;
+
+    let mut tcp = raw_request(
+        &emu,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n",
+        b"{",
+    )
+    .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(emu.control.requests(), 2);
+    assert_accounted(&emu.control);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_http2_prior_knowledge_too() {
+    let emu = openai("h2").await;
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = c
+        .post(chat_url(&emu))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-emulator-name"], "h2");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("Hello from h2"));
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}

@@ -363,7 +363,6 @@ where
             }
         };
         attempts += 1;
-        tried.push(id);
         let runtime = gateway.runtime(id);
         let timeouts = runtime.deployment.timeouts;
         let limit = match bound {
@@ -403,16 +402,24 @@ where
                 )
             }
         };
+        // A deployment that asked to be retried soon stays in play: its
+        // pause keeps it out until then, and if nothing else can serve, the
+        // loop waits for it.
+        let mut retry_later = false;
         if error.kind == FailureKind::RateLimited {
             if let Some(retry_after) = error.retry_after {
                 let mut health = runtime.health.lock().expect("health lock");
                 health.capacity.pause_until(Instant::now() + retry_after);
                 rate_limited = Some(rate_limited.map_or(retry_after, |r| r.min(retry_after)));
+                retry_later = retry_after <= model.max_retry_after_wait;
             } else if rate_limited.is_none() {
                 rate_limited = Some(Duration::from_secs(1));
             }
         } else {
             only_rate_limited = false;
+        }
+        if !retry_later {
+            tried.push(id);
         }
         lease.finish(Outcome::Failure(error.kind));
         if !error.kind.is_retryable() {

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::prelude::{Engine as _, BASE64_STANDARD};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -222,6 +223,7 @@ impl Provider for Sim {
             .map_or(self.spec.embedding_dimensions as usize, |d| {
                 d.clamp(1, 8192) as usize
             });
+        let base64 = request.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
         let ttft = self.spec.time_to_first_token;
         let model = self.model.clone();
         let prompt_tokens = u64::from(request.estimated_prompt_tokens);
@@ -234,7 +236,15 @@ impl Provider for Sim {
                 .iter()
                 .enumerate()
                 .map(|(index, input)| {
-                    json!({ "object": "embedding", "index": index, "embedding": embed(input, dimensions) })
+                    let vector = embed(input, dimensions);
+                    // As OpenAI does: little-endian f32s, base64-encoded.
+                    let embedding = if base64 {
+                        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                        Value::String(BASE64_STANDARD.encode(bytes))
+                    } else {
+                        json!(vector)
+                    };
+                    json!({ "object": "embedding", "index": index, "embedding": embedding })
                 })
                 .collect();
             let body = json!({

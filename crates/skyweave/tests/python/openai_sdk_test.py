@@ -1,0 +1,81 @@
+"""Drives a running skyweave gateway with the official `openai` package.
+
+Run by crates/skyweave/tests/cases/python_sdk.rs with SKYWEAVE_BASE_URL set.
+Each check raises on failure; the last line printed on success is
+`all SDK checks passed`.
+"""
+
+import os
+
+import openai
+from openai import OpenAI
+
+client = OpenAI(base_url=os.environ["SKYWEAVE_BASE_URL"], api_key="unused-by-the-gateway", max_retries=0)
+
+# Chat, non-streaming, with the raw response to read skyweave's headers.
+raw = client.chat.completions.with_raw_response.create(
+    model="chat",
+    messages=[{"role": "user", "content": "hello"}],
+    seed=7,
+)
+completion = raw.parse()
+assert completion.choices[0].message.content.startswith("Hello from"), completion
+assert completion.usage.completion_tokens > 0, completion.usage
+assert raw.headers["x-skyweave-deployment"] in ("chat@azure", "chat@vllm"), raw.headers
+assert raw.headers["x-skyweave-attempts"] == "1"
+assert raw.headers["x-request-id"]
+print("chat ok:", raw.headers["x-skyweave-deployment"])
+
+# Tool definitions pass through; the reply still parses.
+completion = client.chat.completions.create(
+    model="chat",
+    messages=[{"role": "user", "content": "weather?"}],
+    tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}],
+)
+assert completion.choices[0].finish_reason in ("stop", "tool_calls"), completion
+print("tools ok")
+
+# Streaming, with the final usage chunk.
+stream = client.chat.completions.create(
+    model="chat",
+    messages=[{"role": "user", "content": "stream please"}],
+    stream=True,
+    stream_options={"include_usage": True},
+)
+pieces, usage = [], None
+for chunk in stream:
+    if chunk.choices:
+        pieces.append(chunk.choices[0].delta.content or "")
+    if chunk.usage is not None:
+        usage = chunk.usage
+text = "".join(pieces)
+assert text.startswith("Hello from"), text
+assert usage is not None and usage.completion_tokens > 0, usage
+print("stream ok:", repr(text))
+
+# Embeddings (from the simulator), including the SDK's default base64 encoding.
+embeddings = client.embeddings.create(model="embed", input=["alpha", "beta"])
+assert len(embeddings.data) == 2 and len(embeddings.data[0].embedding) == 16, embeddings
+print("embeddings ok")
+
+# Models.
+ids = sorted(model.id for model in client.models.list())
+assert ids == ["chat", "embed"], ids
+print("models ok:", ids)
+
+# Errors are OpenAI-shaped, so the SDK raises its typed exceptions.
+try:
+    client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    raise AssertionError("unknown model accepted")
+except openai.NotFoundError as error:
+    assert error.status_code == 404
+    assert "no-such-model" in error.message, error.message
+    assert error.code == "model_not_found", error.code
+try:
+    client.chat.completions.create(model="chat", messages=[])
+    raise AssertionError("empty messages accepted")
+except openai.BadRequestError as error:
+    assert error.param == "messages", error.param
+print("errors ok")
+
+print("all SDK checks passed")

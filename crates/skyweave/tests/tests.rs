@@ -1,0 +1,14 @@
+//! The one integration-test binary: drives the real `skyweave` CLI over real
+//! sockets against protocol emulators of the OpenAI and Azure OpenAI APIs.
+
+mod support;
+
+mod cases {
+    mod api;
+    mod cli;
+    mod failover;
+    mod python_sdk;
+    mod routing;
+    mod security;
+    mod streaming;
+}

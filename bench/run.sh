@@ -1,0 +1,459 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of the skyweave gateway.
+#
+# Same machine, same run, same upstream emulator: requests go
+#   direct   -> skyweave-emulator
+#   nginx    -> nginx (proxy_pass, upstream keepalive) -> skyweave-emulator
+#   skyweave -> skyweave serve                          -> skyweave-emulator
+# for a non-streaming case at fixed concurrency and a streaming case, then
+# 1,000 slow streams are held open through each to read resident memory.
+#
+# Prints a table and writes bench/RESULTS.md. See bench/README.md.
+# Every setting below can be overridden from the environment, e.g.
+#   DURATION=30s CONNECTIONS=128 PIN=none bench/run.sh
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+CONNECTIONS=${CONNECTIONS:-64}             # non-streaming case
+STREAM_CONNECTIONS=${STREAM_CONNECTIONS:-64} # streaming case
+DURATION=${DURATION:-10s}                  # measured time per run
+WARMUP=${WARMUP:-2s}                       # load before measuring
+ROUNDS=${ROUNDS:-3}                        # runs per case and target; the median-rps run is reported
+HOLD_STREAMS=${HOLD_STREAMS:-1000}
+GATEWAY_THREADS=${GATEWAY_THREADS:-2}      # skyweave runtime threads = nginx worker_processes
+EMU_CHUNKS=${EMU_CHUNKS:-4}
+EMU_STREAM_ARGS=${EMU_STREAM_ARGS:---ttft-ms 0 --inter-chunk-ms 0}
+SLOW_ARGS=${SLOW_ARGS:---ttft-ms 0 --inter-chunk-ms 1000 --chunks 30}
+# PIN=split: proxy under test on CPU 0, emulator and load generator on CPU 1.
+# PIN=none:  no pinning, the scheduler places everything.
+PIN=${PIN:-split}
+SKIP_BUILD=${SKIP_BUILD:-0}
+RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
+
+PORT_EMU=${PORT_EMU:-19001}
+PORT_SLOW=${PORT_SLOW:-19002}
+PORT_SKY=${PORT_SKY:-18080}
+PORT_NGINX=${PORT_NGINX:-18081}
+PORT_SKY_SLOW=${PORT_SKY_SLOW:-18082}
+PORT_NGINX_SLOW=${PORT_NGINX_SLOW:-18083}
+PORT_NGINX_STREAM=${PORT_NGINX_STREAM:-18084}
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+API_PATH=/v1/chat/completions
+BODY='{"model":"bench-model","messages":[{"role":"user","content":"hi"}]}'
+STREAM_BODY='{"model":"bench-model","messages":[{"role":"user","content":"hi"}],"stream":true}'
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root (or sudo) to run: $*"; fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null || die "apt-get not found: install $* by hand"
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        log "apt-get update"
+        as_root apt-get update -qq
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+find_nginx() { command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
+
+# ---------------------------------------------------------------- tools
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+NGINX=$(find_nginx)
+[ -n "$NGINX" ] || { apt_install nginx; NGINX=$(find_nginx); }
+[ -n "$NGINX" ] || die "nginx still not found after installing it"
+command -v jq >/dev/null || apt_install jq
+command -v taskset >/dev/null || apt_install util-linux
+
+NPROC=$(nproc)
+if [ "$PIN" = split ] && [ "$NPROC" -lt 2 ]; then
+    log "only $NPROC CPU: not pinning"
+    PIN=none
+fi
+case "$PIN" in
+    split) PIN_PROXY=(taskset -c 0); PIN_UPSTREAM=(taskset -c 1); PIN_LOAD=(taskset -c 1) ;;
+    none) PIN_PROXY=(); PIN_UPSTREAM=(); PIN_LOAD=() ;;
+    *) die "PIN must be split or none, not $PIN" ;;
+esac
+
+# 1,000 streams need ~2,000 sockets in the gateway and 1,000 in each peer.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((HOLD_STREAMS * 2 + 100)) ] ||
+    log "warning: open-file limit $(ulimit -n) is low for $HOLD_STREAMS streams"
+
+# ---------------------------------------------------------------- build
+if [ "$SKIP_BUILD" != 1 ]; then
+    log "building release binaries"
+    cargo build --release -p skyweave -p skyweave-emulators -p skyweave-bench
+fi
+for b in skyweave skyweave-emulator skyweave-load; do
+    [ -x "$BIN/$b" ] || die "$BIN/$b missing: build it (cargo build --release -p skyweave -p skyweave-emulators -p skyweave-bench)"
+done
+LOAD=("${PIN_LOAD[@]}" "$BIN/skyweave-load")
+
+# ---------------------------------------------------------------- processes
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/skyweave-bench.XXXXXX")
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
+        log "configs, logs and raw results kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$PORT_EMU" "$PORT_SLOW" "$PORT_SKY" "$PORT_NGINX" "$PORT_SKY_SLOW" "$PORT_NGINX_SLOW" "$PORT_NGINX_STREAM"; do
+    port_free "$p" || die "port $p on 127.0.0.1 is already in use (override the PORT_* variables)"
+done
+
+# Status code of GET http://127.0.0.1:PORT/PATH, or 000; bash only, no curl.
+http_status() {
+    local reply
+    reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+        printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3 &&
+        timeout 2 head -n 1 <&3) 2>/dev/null) || true
+    reply=${reply#HTTP/1.? }
+    printf '%s' "${reply:0:3}" | tr -cd 0-9 | sed 's/^$/000/'
+}
+
+# wait_ready NAME PID LOGFILE CHECK...: poll CHECK until it succeeds.
+wait_ready() {
+    local name=$1 pid=$2 logfile=$3
+    shift 3
+    for _ in $(seq 1 300); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            sed 's/^/    /' "$logfile" >&2 || true
+            die "$name exited during start-up (log above)"
+        fi
+        if "$@"; then return 0; fi
+        sleep 0.1
+    done
+    sed 's/^/    /' "$logfile" >&2 || true
+    die "$name not ready after 30s (log above)"
+}
+log_has() { grep -q "$2" "$1" 2>/dev/null; }
+healthy() { [ "$(http_status "$1" /healthz)" = 200 ]; }
+port_open() { ! port_free "$1"; }
+
+start_emulator() { # NAME PORT ARGS...
+    local name=$1 port=$2
+    shift 2
+    "${PIN_UPSTREAM[@]}" "$BIN/skyweave-emulator" --listen "127.0.0.1:$port" --dialect openai "$@" \
+        >"$WORK/$name.log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+    wait_ready "$name" "$STARTED" "$WORK/$name.log" log_has "$WORK/$name.log" "listening on"
+}
+
+start_skyweave() { # NAME LISTEN_PORT UPSTREAM_PORT
+    local name=$1 port=$2 upstream=$3
+    cat >"$WORK/$name.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+
+[[deployment]]
+name = "bench@local"
+model = "bench-model"
+provider = "openai"
+cloud = "local"
+region = "local"
+endpoint = "http://127.0.0.1:$upstream/v1"
+EOF
+    RUST_LOG=warn TOKIO_WORKER_THREADS=$GATEWAY_THREADS \
+        "${PIN_PROXY[@]}" "$BIN/skyweave" serve --config "$WORK/$name.toml" >"$WORK/$name.log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+    wait_ready "$name" "$STARTED" "$WORK/$name.log" healthy "$port"
+}
+
+start_nginx() {
+    local temps="" kind
+    for kind in client_body proxy fastcgi uwsgi scgi; do
+        local flag=${kind/client_body/client-body}
+        if "$NGINX" -V 2>&1 | grep -q -- "--http-$flag-temp-path"; then
+            mkdir -p "$WORK/nginx/$kind"
+            temps+="    ${kind}_temp_path $WORK/nginx/$kind;"$'\n'
+        fi
+    done
+    local user_line=""
+    [ "$(id -u)" -eq 0 ] && user_line="user root;"
+    mkdir -p "$WORK/nginx"
+    cat >"$WORK/nginx.conf" <<EOF
+# generated by bench/run.sh
+$user_line
+worker_processes $GATEWAY_THREADS;
+worker_rlimit_nofile 65536;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events {
+    worker_connections 8192;
+}
+http {
+    access_log off;
+$temps
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+
+    upstream emulator {
+        server 127.0.0.1:$PORT_EMU;
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
+    upstream slow_emulator {
+        server 127.0.0.1:$PORT_SLOW;
+        keepalive 128;
+        keepalive_requests 1000000;
+    }
+    # Non-streaming case: nginx defaults (response buffering on).
+    server {
+        listen 127.0.0.1:$PORT_NGINX;
+        location / {
+            proxy_pass http://emulator;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    # Streaming case: chunks are passed on as they arrive.
+    server {
+        listen 127.0.0.1:$PORT_NGINX_STREAM;
+        location / {
+            proxy_pass http://emulator;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+    # 1,000 held streams.
+    server {
+        listen 127.0.0.1:$PORT_NGINX_SLOW;
+        location / {
+            proxy_pass http://slow_emulator;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }
+    }
+}
+EOF
+    "$NGINX" -t -q -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" ||
+        die "generated nginx config rejected: $WORK/nginx.conf"
+    "${PIN_PROXY[@]}" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" \
+        -g 'daemon off; master_process on;' >"$WORK/nginx.log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+    wait_ready nginx "$STARTED" "$WORK/nginx-error.log" port_open "$PORT_NGINX_SLOW"
+}
+
+# Each start_* leaves the new process id in STARTED (and in PIDS, for the trap).
+log "starting upstream emulators"
+# shellcheck disable=SC2086 # the *_ARGS variables are lists of flags
+start_emulator emulator "$PORT_EMU" --chunks "$EMU_CHUNKS" $EMU_STREAM_ARGS
+# shellcheck disable=SC2086
+start_emulator slow-emulator "$PORT_SLOW" $SLOW_ARGS
+log "starting nginx"
+start_nginx
+NGINX_PID=$STARTED
+log "starting skyweave"
+start_skyweave skyweave "$PORT_SKY" "$PORT_EMU"
+start_skyweave skyweave-slow "$PORT_SKY_SLOW" "$PORT_SLOW"
+SKY_SLOW_PID=$STARTED
+
+url_of() { # TARGET CASE
+    case "$1:$2" in
+        direct:*) echo "http://127.0.0.1:$PORT_EMU$API_PATH" ;;
+        nginx:stream) echo "http://127.0.0.1:$PORT_NGINX_STREAM$API_PATH" ;;
+        nginx:*) echo "http://127.0.0.1:$PORT_NGINX$API_PATH" ;;
+        skyweave:*) echo "http://127.0.0.1:$PORT_SKY$API_PATH" ;;
+    esac
+}
+
+# ---------------------------------------------------------------- smoke test
+for t in direct nginx skyweave; do
+    for c in rps stream; do
+        body=$BODY
+        [ "$c" = stream ] && body=$STREAM_BODY
+        out=$("${LOAD[@]}" "$c" --url "$(url_of "$t" "$c")" --body "$body" \
+            --connections 1 --warmup 0s --duration 300ms --json) ||
+            die "smoke test failed for $t ($c): $out"
+        errors=$(jq -r .errors <<<"$out")
+        [ "$errors" = 0 ] || die "smoke test for $t ($c) got $errors errors: $(jq -r .first_error <<<"$out")"
+    done
+done
+log "smoke test passed: direct, nginx and skyweave all answer"
+
+# ---------------------------------------------------------------- load cases
+# Targets run one after the other, alternating per round, so that each sees
+# the same machine state; with ROUNDS>1 the run with the median rps is kept.
+RUNS=$WORK/runs
+mkdir -p "$RUNS"
+run_case() { # CASE TARGET ROUND
+    local c=$1 t=$2 r=$3 body=$BODY conns=$CONNECTIONS
+    if [ "$c" = stream ]; then body=$STREAM_BODY; conns=$STREAM_CONNECTIONS; fi
+    log "$c: $t (round $r/$ROUNDS, $conns connections, ${WARMUP} warm-up + ${DURATION})"
+    "${LOAD[@]}" "$c" --url "$(url_of "$t" "$c")" --body "$body" --connections "$conns" \
+        --warmup "$WARMUP" --duration "$DURATION" --json >"$RUNS/$c-$t-$r.json" ||
+        die "$c run against $t failed: $(cat "$RUNS/$c-$t-$r.json")"
+}
+for c in rps stream; do
+    for r in $(seq 1 "$ROUNDS"); do
+        for t in direct nginx skyweave; do run_case "$c" "$t" "$r"; done
+    done
+    for t in direct nginx skyweave; do
+        # shellcheck disable=SC2012
+        jq -s 'sort_by(.rps) | .[(length - 1) / 2 | floor]' "$RUNS/$c-$t-"*.json >"$RUNS/$c-$t.json"
+    done
+done
+
+# ---------------------------------------------------------------- held streams
+hold() { # NAME URL PID [extra args]
+    local name=$1 url=$2 pid=$3
+    shift 3
+    log "hold: $HOLD_STREAMS streams through $name"
+    "${LOAD[@]}" hold --url "$url" --body "$STREAM_BODY" --streams "$HOLD_STREAMS" \
+        --pid "$pid" "$@" --json >"$RUNS/hold-$name.json" ||
+        log "warning: hold through $name incomplete: $(jq -c '{streams_open,streams_failed,first_error}' "$RUNS/hold-$name.json" 2>/dev/null)"
+    # Let the held upstream streams drain before the next case.
+    sleep 1
+}
+hold skyweave "http://127.0.0.1:$PORT_SKY_SLOW$API_PATH" "$SKY_SLOW_PID"
+hold nginx "http://127.0.0.1:$PORT_NGINX_SLOW$API_PATH" "$NGINX_PID" --include-children
+
+# ---------------------------------------------------------------- report
+j() { jq -r "$2" "$RUNS/$1.json"; }
+fmt() { awk -v v="$1" -v f="$2" 'BEGIN { if (v == "" || v == "null") print "n/a"; else printf f, v }'; }
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+verdict() { awk "BEGIN { print (($1) ? \"PASS\" : \"FAIL\") }"; }
+
+rps_table=$(
+    printf '| target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|\n'
+    for t in direct nginx skyweave; do
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+            "$(fmt "$(j "rps-$t" .rps)" %.0f)" \
+            "$(fmt "$(j "rps-$t" .latency.p50_ms)" %.3f)" \
+            "$(fmt "$(j "rps-$t" .latency.p90_ms)" %.3f)" \
+            "$(fmt "$(j "rps-$t" .latency.p99_ms)" %.3f)" \
+            "$(fmt "$(j "rps-$t" .latency.max_ms)" %.3f)" \
+            "$(j "rps-$t" .errors)"
+    done
+)
+stream_table=$(
+    printf '| target | streams/s | TTFT p50 ms | TTFT p99 ms | total p50 ms | total p99 ms | data lines/stream | errors |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
+    for t in direct nginx skyweave; do
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+            "$(fmt "$(j "stream-$t" .rps)" %.0f)" \
+            "$(fmt "$(j "stream-$t" .ttft.p50_ms)" %.3f)" \
+            "$(fmt "$(j "stream-$t" .ttft.p99_ms)" %.3f)" \
+            "$(fmt "$(j "stream-$t" .latency.p50_ms)" %.3f)" \
+            "$(fmt "$(j "stream-$t" .latency.p99_ms)" %.3f)" \
+            "$(fmt "$(j "stream-$t" .events_per_stream)" %.1f)" \
+            "$(j "stream-$t" .errors)"
+    done
+)
+hold_table=$(
+    printf '| through | streams open | idle RSS MiB | RSS with streams open MiB |\n'
+    printf '|---|---:|---:|---:|\n'
+    for t in skyweave nginx; do
+        f=$RUNS/hold-$t.json
+        if [ -s "$f" ]; then
+            printf '| %s | %s / %s | %s | %s |\n' "$t" "$(jq -r .streams_open "$f")" "$HOLD_STREAMS" \
+                "$(fmt "$(jq -r '.idle_rss_kib / 1024' "$f")" %.1f)" "$(fmt "$(jq -r .rss_mib "$f")" %.1f)"
+        else
+            printf '| %s | failed | | |\n' "$t"
+        fi
+    done
+)
+
+rps_sky=$(j rps-skyweave .rps); rps_ngx=$(j rps-nginx .rps); rps_dir=$(j rps-direct .rps)
+p99_sky=$(j rps-skyweave .latency.p99_ms); p99_ngx=$(j rps-nginx .latency.p99_ms); p99_dir=$(j rps-direct .latency.p99_ms)
+tt_sky=$(j stream-skyweave .ttft.p99_ms); tt_ngx=$(j stream-nginx .ttft.p99_ms); tt_dir=$(j stream-direct .ttft.p99_ms)
+rss_sky=$(jq -r '.rss_mib // "null"' "$RUNS/hold-skyweave.json" 2>/dev/null || echo null)
+open_sky=$(jq -r '.streams_open // 0' "$RUNS/hold-skyweave.json" 2>/dev/null || echo 0)
+
+ratio=$(calc %.3f "$rps_sky / $rps_ngx")
+added_p99=$(calc %.3f "$p99_sky - $p99_dir")
+added_p99_ngx=$(calc %.3f "$p99_ngx - $p99_dir")
+ttft_over=$(calc %.3f "$tt_sky - $tt_dir")
+ttft_over_ngx=$(calc %.3f "$tt_ngx - $tt_dir")
+if [ "$rss_sky" = null ] || [ "$open_sky" -lt "$HOLD_STREAMS" ]; then rss_ok=FAIL; else rss_ok=$(verdict "$rss_sky < 50"); fi
+targets_table=$(
+    printf '| figure | skyweave | nginx (reference) | target | verdict |\n'
+    printf '|---|---:|---:|---|---|\n'
+    printf '| req/s relative to nginx | %s x | 1.000 x (direct: %s x) | >= 0.9 x | %s |\n' \
+        "$ratio" "$(calc %.3f "$rps_dir / $rps_ngx")" "$(verdict "$ratio >= 0.9")"
+    printf '| added p99 latency over direct, %s connections | %s ms | %s ms | <= 0.5 ms | %s |\n' \
+        "$CONNECTIONS" "$added_p99" "$added_p99_ngx" "$(verdict "$added_p99 <= 0.5")"
+    printf '| added TTFT p99 over direct, %s streams | %s ms | %s ms | <= 0.5 ms | %s |\n' \
+        "$STREAM_CONNECTIONS" "$ttft_over" "$ttft_over_ngx" "$(verdict "$ttft_over <= 0.5")"
+    printf '| RSS with %s open streams | %s MiB | %s MiB | < 50 MiB | %s |\n' "$HOLD_STREAMS" \
+        "$(fmt "$rss_sky" %.1f)" "$(fmt "$(jq -r '.rss_mib // "null"' "$RUNS/hold-nginx.json" 2>/dev/null || echo null)" %.1f)" \
+        "$rss_ok"
+)
+
+case "$PIN" in
+    split) pin_note="pinned with taskset: proxy under test (nginx workers / skyweave) on CPU 0; emulator and load generator on CPU 1" ;;
+    none) pin_note="not pinned: load generator, emulator and proxy share all $NPROC CPUs" ;;
+esac
+cpu_model=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
+[ -n "$cpu_model" ] || cpu_model=$(uname -m)
+mem_total=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || echo unknown)
+nginx_version=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+rustc_version=$(rustc --version 2>/dev/null || echo unknown)
+git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD 2>/dev/null || git_rev="$git_rev (with uncommitted changes)"
+
+report=$(cat <<EOF
+# skyweave benchmark results
+
+Generated by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). See \`bench/README.md\` for what each figure means.
+
+- Machine: $NPROC CPUs, $cpu_model, $mem_total, Linux $(uname -r)
+- Versions: skyweave $git_rev; $nginx_version; $rustc_version
+- Load: closed loop, keep-alive HTTP/1.1, $WARMUP warm-up then $DURATION measured, $ROUNDS round(s) per target (median kept)
+- Upstream: skyweave-emulator (openai dialect, $EMU_CHUNKS chunks per stream); held streams: $SLOW_ARGS
+- nginx: worker_processes $GATEWAY_THREADS, upstream keepalive, HTTP/1.1, access_log off, proxy_buffering off for streams; skyweave: $GATEWAY_THREADS runtime threads, RUST_LOG=warn
+- CPU placement: $pin_note. The load generator runs on the same machine, so absolute figures are lower than on separate hosts; compare within a run.
+
+## Targets
+
+$targets_table
+
+## Non-streaming: $CONNECTIONS connections
+
+$rps_table
+
+## Streaming: $STREAM_CONNECTIONS connections
+
+$stream_table
+
+## $HOLD_STREAMS concurrent open streams (upstream sends one chunk a second)
+
+$hold_table
+EOF
+)
+printf '%s\n' "$report" >"$RESULTS"
+printf '\n%s\n\n' "$report"
+log "written to ${RESULTS#"$ROOT"/}"

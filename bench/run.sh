@@ -107,10 +107,11 @@ LOAD=("${PIN_LOAD[@]}" "$BIN/skyweave-load")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/skyweave-bench.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
+CHILD=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in $CHILD "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
         log "configs, logs and raw results kept in $WORK"
@@ -121,6 +122,14 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# Runs a command in the background and waits for it, so that a signal to
+# this script is acted on at once rather than after the command ends.
+run_fg() {
+    "$@" &
+    CHILD=$!
+    wait "$CHILD"
+}
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$PORT_EMU" "$PORT_SLOW" "$PORT_SKY" "$PORT_NGINX" "$PORT_SKY_SLOW" "$PORT_NGINX_SLOW" "$PORT_NGINX_STREAM"; do
@@ -270,6 +279,7 @@ EOF
 log "starting upstream emulators"
 # shellcheck disable=SC2086 # the *_ARGS variables are lists of flags
 start_emulator emulator "$PORT_EMU" --chunks "$EMU_CHUNKS" $EMU_STREAM_ARGS
+EMU_PID=$STARTED
 # shellcheck disable=SC2086
 start_emulator slow-emulator "$PORT_SLOW" $SLOW_ARGS
 log "starting nginx"
@@ -277,8 +287,18 @@ start_nginx
 NGINX_PID=$STARTED
 log "starting skyweave"
 start_skyweave skyweave "$PORT_SKY" "$PORT_EMU"
+SKY_PID=$STARTED
 start_skyweave skyweave-slow "$PORT_SKY_SLOW" "$PORT_SLOW"
 SKY_SLOW_PID=$STARTED
+
+# The process whose CPU time is reported for each target.
+pid_args() { # TARGET
+    case "$1" in
+        direct) echo "--pid $EMU_PID" ;;
+        nginx) echo "--pid $NGINX_PID --include-children" ;;
+        skyweave) echo "--pid $SKY_PID" ;;
+    esac
+}
 
 url_of() { # TARGET CASE
     case "$1:$2" in
@@ -312,8 +332,9 @@ run_case() { # CASE TARGET ROUND
     local c=$1 t=$2 r=$3 body=$BODY conns=$CONNECTIONS
     if [ "$c" = stream ]; then body=$STREAM_BODY; conns=$STREAM_CONNECTIONS; fi
     log "$c: $t (round $r/$ROUNDS, $conns connections, ${WARMUP} warm-up + ${DURATION})"
-    "${LOAD[@]}" "$c" --url "$(url_of "$t" "$c")" --body "$body" --connections "$conns" \
-        --warmup "$WARMUP" --duration "$DURATION" --json >"$RUNS/$c-$t-$r.json" ||
+    # shellcheck disable=SC2046 # pid_args is a list of flags
+    run_fg "${LOAD[@]}" "$c" --url "$(url_of "$t" "$c")" --body "$body" --connections "$conns" \
+        --warmup "$WARMUP" --duration "$DURATION" $(pid_args "$t") --json >"$RUNS/$c-$t-$r.json" ||
         die "$c run against $t failed: $(cat "$RUNS/$c-$t-$r.json")"
 }
 for c in rps stream; do
@@ -331,7 +352,7 @@ hold() { # NAME URL PID [extra args]
     local name=$1 url=$2 pid=$3
     shift 3
     log "hold: $HOLD_STREAMS streams through $name"
-    "${LOAD[@]}" hold --url "$url" --body "$STREAM_BODY" --streams "$HOLD_STREAMS" \
+    run_fg "${LOAD[@]}" hold --url "$url" --body "$STREAM_BODY" --streams "$HOLD_STREAMS" \
         --pid "$pid" "$@" --json >"$RUNS/hold-$name.json" ||
         log "warning: hold through $name incomplete: $(jq -c '{streams_open,streams_failed,first_error}' "$RUNS/hold-$name.json" 2>/dev/null)"
     # Let the held upstream streams drain before the next case.
@@ -347,30 +368,32 @@ calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 verdict() { awk "BEGIN { print (($1) ? \"PASS\" : \"FAIL\") }"; }
 
 rps_table=$(
-    printf '| target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |\n'
-    printf '|---|---:|---:|---:|---:|---:|---:|\n'
+    printf '| target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU µs/req |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
     for t in direct nginx skyweave; do
-        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
             "$(fmt "$(j "rps-$t" .rps)" %.0f)" \
             "$(fmt "$(j "rps-$t" .latency.p50_ms)" %.3f)" \
             "$(fmt "$(j "rps-$t" .latency.p90_ms)" %.3f)" \
             "$(fmt "$(j "rps-$t" .latency.p99_ms)" %.3f)" \
             "$(fmt "$(j "rps-$t" .latency.max_ms)" %.3f)" \
-            "$(j "rps-$t" .errors)"
+            "$(j "rps-$t" .errors)" \
+            "$(fmt "$(j "rps-$t" .cpu.us_per_request)" %.1f)"
     done
 )
 stream_table=$(
-    printf '| target | streams/s | TTFT p50 ms | TTFT p99 ms | total p50 ms | total p99 ms | data lines/stream | errors |\n'
-    printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
+    printf '| target | streams/s | TTFT p50 ms | TTFT p99 ms | total p50 ms | total p99 ms | data lines/stream | errors | CPU µs/stream |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
     for t in direct nginx skyweave; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
             "$(fmt "$(j "stream-$t" .rps)" %.0f)" \
             "$(fmt "$(j "stream-$t" .ttft.p50_ms)" %.3f)" \
             "$(fmt "$(j "stream-$t" .ttft.p99_ms)" %.3f)" \
             "$(fmt "$(j "stream-$t" .latency.p50_ms)" %.3f)" \
             "$(fmt "$(j "stream-$t" .latency.p99_ms)" %.3f)" \
             "$(fmt "$(j "stream-$t" .events_per_stream)" %.1f)" \
-            "$(j "stream-$t" .errors)"
+            "$(j "stream-$t" .errors)" \
+            "$(fmt "$(j "stream-$t" .cpu.us_per_request)" %.1f)"
     done
 )
 hold_table=$(
@@ -442,6 +465,8 @@ Generated by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). See \`bench/R
 $targets_table
 
 ## Non-streaming: $CONNECTIONS connections
+
+CPU µs/req is the user+system CPU time of the proxy (nginx: master and workers) per request in the measured window; for direct it is the emulator's.
 
 $rps_table
 

@@ -14,6 +14,7 @@ use tokio::time::{sleep, timeout_at};
 use crate::common::{
     keep_first, latency_json, latency_line, new_histogram, record, SseScanner, Target,
 };
+use crate::procfs::total_cpu_seconds;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -29,6 +30,9 @@ pub struct Options {
     pub warmup: Duration,
     pub duration: Duration,
     pub mode: Mode,
+    /// Processes whose CPU time is measured over the window (may be empty).
+    pub pids: Vec<u32>,
+    pub include_children: bool,
 }
 
 /// What one connection saw inside the measurement window.
@@ -73,6 +77,8 @@ pub struct Report {
     pub total: Histogram<u64>,
     pub ttft: Histogram<u64>,
     pub first_error: Option<String>,
+    /// CPU seconds used by the `--pid` processes during the window.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Report {
@@ -82,6 +88,12 @@ impl Report {
 
     pub fn errors(&self) -> u64 {
         self.http_errors + self.transport_errors
+    }
+
+    /// CPU time of the measured processes per successful request.
+    pub fn cpu_us_per_request(&self) -> Option<f64> {
+        let cpu = self.cpu_seconds?;
+        (self.ok > 0).then(|| cpu * 1e6 / self.ok as f64)
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -99,6 +111,13 @@ impl Report {
             "latency": latency_json(&self.total),
             "first_error": self.first_error,
         });
+        if let Some(cpu) = self.cpu_seconds {
+            v["cpu"] = serde_json::json!({
+                "seconds": cpu,
+                "utilisation": cpu / self.seconds,
+                "us_per_request": self.cpu_us_per_request(),
+            });
+        }
         if self.mode == Mode::Stream {
             v["ttft"] = latency_json(&self.ttft);
             v["events_per_stream"] = serde_json::json!(if self.ok > 0 {
@@ -142,6 +161,17 @@ impl Report {
             out.push_str(&latency_line("latency", &self.total));
             out.push('\n');
         }
+        if let (Some(cpu), Some(per)) = (self.cpu_seconds, self.cpu_us_per_request()) {
+            out.push_str(&format!(
+                "CPU of measured processes: {:.2}s ({:.0}% of one CPU), {per:.1} µs per {}\n",
+                cpu,
+                100.0 * cpu / self.seconds,
+                match self.mode {
+                    Mode::Rps => "request",
+                    Mode::Stream => "stream",
+                }
+            ));
+        }
         if let Some(e) = &self.first_error {
             out.push_str(&format!("first error: {e}\n"));
         }
@@ -163,13 +193,29 @@ pub async fn run(target: Arc<Target>, opts: Options) -> Result<Report> {
     let measure_start = start + opts.warmup;
     let end = measure_start + opts.duration;
 
+    // Fail early, too, if a --pid cannot be read.
+    if !opts.pids.is_empty() {
+        total_cpu_seconds(&opts.pids, opts.include_children)?;
+    }
+    let sampler = (!opts.pids.is_empty()).then(|| {
+        let pids = opts.pids.clone();
+        let children = opts.include_children;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_start.into()).await;
+            let before = total_cpu_seconds(&pids, children)?;
+            tokio::time::sleep_until(end.into()).await;
+            let after = total_cpu_seconds(&pids, children)?;
+            anyhow::Ok(after - before)
+        })
+    });
+
     let mut tasks = Vec::with_capacity(opts.connections);
     for _ in 0..opts.connections {
         let target = Arc::clone(&target);
         let mode = opts.mode;
-        tasks.push(tokio::spawn(async move {
-            worker(target, mode, measure_start, end.into()).await
-        }));
+        tasks.push(tokio::spawn(
+            async move { worker(target, mode, measure_start, end.into()).await },
+        ));
     }
     let mut workers = Vec::with_capacity(tasks.len());
     for t in tasks {
@@ -188,7 +234,15 @@ pub async fn run(target: Arc<Target>, opts: Options) -> Result<Report> {
         total: new_histogram(),
         ttft: new_histogram(),
         first_error: None,
+        cpu_seconds: None,
     };
+    if let Some(sampler) = sampler {
+        let cpu = sampler
+            .await
+            .context("CPU sampler failed")?
+            .context("reading the CPU time of --pid")?;
+        report.cpu_seconds = Some(cpu);
+    }
     for w in workers {
         report.ok += w.ok;
         report.http_errors += w.http_errors;
@@ -251,11 +305,7 @@ async fn worker(
         };
         let in_window = done >= measure_start;
         match outcome {
-            Ok(Outcome {
-                status,
-                ttft,
-                events,
-            }) => {
+            Ok(Outcome { status, ttft, events }) => {
                 if !status.is_success() {
                     if in_window {
                         w.http_errors += 1;
@@ -299,10 +349,7 @@ async fn one_request(
     mode: Mode,
     t0: Instant,
 ) -> Result<Outcome> {
-    let resp = sender
-        .send_request(target.request())
-        .await
-        .context("request failed")?;
+    let resp = sender.send_request(target.request()).await.context("request failed")?;
     let status = resp.status();
     let mut body = resp.into_body();
     let mut scanner = SseScanner::default();
@@ -317,9 +364,5 @@ async fn one_request(
             }
         }
     }
-    Ok(Outcome {
-        status,
-        ttft,
-        events: scanner.events,
-    })
+    Ok(Outcome { status, ttft, events: scanner.events })
 }

@@ -32,9 +32,7 @@ impl Target {
     /// Parses `url` (plain `http://` only), resolves its host once and
     /// prepares the headers and body sent with every request.
     pub async fn new(url: &str, extra_headers: &[String], body: Bytes) -> Result<Self> {
-        let uri: Uri = url
-            .parse()
-            .with_context(|| format!("invalid URL {url:?}"))?;
+        let uri: Uri = url.parse().with_context(|| format!("invalid URL {url:?}"))?;
         match uri.scheme_str() {
             Some("http") => {}
             Some(other) => {
@@ -42,15 +40,10 @@ impl Target {
             }
             None => bail!("URL {url:?} has no scheme: use http://HOST:PORT/PATH"),
         }
-        let authority = uri
-            .authority()
-            .with_context(|| format!("URL {url:?} has no host"))?
-            .clone();
+        let authority =
+            uri.authority().with_context(|| format!("URL {url:?} has no host"))?.clone();
         let port = authority.port_u16().unwrap_or(80);
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
         let addr = tokio::net::lookup_host((host, port))
             .await
             .with_context(|| format!("cannot resolve {host:?}"))?
@@ -76,13 +69,7 @@ impl Target {
                 .with_context(|| format!("invalid header value in {raw:?}"))?;
             headers.insert(name, value);
         }
-        Ok(Self {
-            url: url.to_owned(),
-            addr,
-            path,
-            headers,
-            body,
-        })
+        Ok(Self { url: url.to_owned(), addr, path, headers, body })
     }
 
     /// A fresh POST request for this target.
@@ -133,13 +120,10 @@ pub fn load_body(arg: Option<&str>, default: &str) -> Result<Bytes> {
 /// seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (examples: 10s, 500ms, 2m)"))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("invalid duration {s:?} (examples: 10s, 500ms, 2m)"))?;
     let secs = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1e3,
@@ -205,11 +189,7 @@ pub struct SseScanner {
 
 impl Default for SseScanner {
     fn default() -> Self {
-        Self {
-            at_line_start: true,
-            matched: 0,
-            events: 0,
-        }
+        Self { at_line_start: true, matched: 0, events: 0 }
     }
 }
 
@@ -277,10 +257,7 @@ mod tests {
     #[test]
     fn body_literal_and_default() {
         assert_eq!(&load_body(None, "{}").unwrap()[..], b"{}");
-        assert_eq!(
-            &load_body(Some(" {\"x\":1}"), "{}").unwrap()[..],
-            b" {\"x\":1}"
-        );
+        assert_eq!(&load_body(Some(" {\"x\":1}"), "{}").unwrap()[..], b" {\"x\":1}");
         assert!(load_body(Some("/no/such/file"), "{}").is_err());
     }
 
@@ -299,11 +276,7 @@ mod tests {
         assert_eq!(req.headers()["host"], "127.0.0.1:9");
         assert_eq!(req.headers()["x-test"], "yes");
         assert!(Target::new("https://x/", &[], Bytes::new()).await.is_err());
-        assert!(
-            Target::new("http://127.0.0.1/", &["bad".to_owned()], Bytes::new())
-                .await
-                .is_err()
-        );
+        assert!(Target::new("http://127.0.0.1/", &["bad".to_owned()], Bytes::new()).await.is_err());
     }
 
     #[tokio::test]
@@ -313,9 +286,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let t = Target::new(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new())
-            .await
-            .unwrap();
+        let t = Target::new(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new()).await.unwrap();
         let err = t.connect().await.unwrap_err();
         assert!(format!("{err:#}").contains("cannot connect"));
     }

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use http_body_util::BodyExt;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::common::{keep_first, SseScanner, Target};
+use crate::procfs::{read_all, Memory};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -42,75 +43,6 @@ impl Shared {
         self.failed.fetch_add(1, Ordering::SeqCst);
         self.progress.notify_one();
     }
-}
-
-/// Resident memory of one process, from /proc/PID/status.
-#[derive(Debug, Clone)]
-pub struct Memory {
-    pub pid: u32,
-    pub name: String,
-    pub rss_kib: u64,
-    pub hwm_kib: u64,
-}
-
-pub fn read_memory(pid: u32) -> Result<Memory> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {path} (is process {pid} running?)"))?;
-    let mut mem = Memory {
-        pid,
-        name: String::new(),
-        rss_kib: 0,
-        hwm_kib: 0,
-    };
-    let kib = |rest: &str| -> u64 {
-        rest.split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("Name:") {
-            mem.name = rest.trim().to_owned();
-        } else if let Some(rest) = line.strip_prefix("VmRSS:") {
-            mem.rss_kib = kib(rest);
-        } else if let Some(rest) = line.strip_prefix("VmHWM:") {
-            mem.hwm_kib = kib(rest);
-        }
-    }
-    Ok(mem)
-}
-
-/// `pid` plus, if asked, its direct children (e.g. nginx's workers).
-fn expand_pids(pids: &[u32], include_children: bool) -> Vec<u32> {
-    let mut out = Vec::new();
-    for &pid in pids {
-        out.push(pid);
-        if !include_children {
-            continue;
-        }
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
-                continue;
-            };
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                if !out.contains(&child) {
-                    out.push(child);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn read_all(pids: &[u32], include_children: bool) -> Result<Vec<Memory>> {
-    expand_pids(pids, include_children)
-        .into_iter()
-        .map(read_memory)
-        .collect()
 }
 
 pub struct Report {
@@ -286,18 +218,5 @@ async fn hold_one(target: Arc<Target>, shared: Arc<Shared>, gate: Arc<Semaphore>
         shared.ended.fetch_add(1, Ordering::SeqCst);
     } else {
         shared.fail("stream ended without any SSE data line");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_own_memory() {
-        let m = read_memory(std::process::id()).unwrap();
-        assert!(m.rss_kib > 0);
-        assert!(!m.name.is_empty());
-        assert!(read_memory(u32::MAX).is_err());
     }
 }

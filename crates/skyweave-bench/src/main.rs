@@ -8,6 +8,7 @@
 mod closed_loop;
 mod common;
 mod hold;
+mod procfs;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -63,6 +64,13 @@ struct LoopArgs {
     /// Load applied before measuring starts.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     warmup: Duration,
+    /// Also report the CPU time this process used in the measured window
+    /// (repeatable; values are summed).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Also count the direct children of each --pid (e.g. nginx workers).
+    #[arg(long)]
+    include_children: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,14 +117,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = if cli.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cli.threads)
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads).enable_all().build()
     };
     let runtime = match runtime {
         Ok(rt) => rt,
@@ -181,9 +184,8 @@ async fn run(command: Command) -> Result<ExitCode> {
 
 async fn target(common: &Common, default_body: &str) -> Result<Arc<Target>> {
     let body = load_body(common.body.as_deref(), default_body)?;
-    let target = Target::new(&common.url, &common.headers, body)
-        .await
-        .context("bad --url or --header")?;
+    let target =
+        Target::new(&common.url, &common.headers, body).await.context("bad --url or --header")?;
     Ok(Arc::new(target))
 }
 
@@ -201,6 +203,8 @@ async fn closed(
             warmup: load.warmup,
             duration: load.duration,
             mode,
+            pids: load.pids,
+            include_children: load.include_children,
         },
     )
     .await?;

@@ -40,11 +40,7 @@ impl std::fmt::Display for CapacityRefusal {
                 write!(f, "at its limit of {limit} concurrent requests")
             }
             CapacityRefusal::Paused { retry_in } => {
-                write!(
-                    f,
-                    "rate limited upstream, retry in {} ms",
-                    retry_in.as_millis()
-                )
+                write!(f, "rate limited upstream, retry in {} ms", retry_in.as_millis())
             }
         }
     }
@@ -55,6 +51,7 @@ impl std::fmt::Display for CapacityRefusal {
 #[must_use = "a reservation holds a concurrency slot until settled"]
 pub struct Reservation {
     estimated_tokens: u32,
+    second: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -86,9 +83,7 @@ impl Capacity {
     pub fn check(&self, now: Instant, estimated_tokens: u32) -> Result<(), CapacityRefusal> {
         if let Some(until) = self.paused_until {
             if now < until {
-                return Err(CapacityRefusal::Paused {
-                    retry_in: until - now,
-                });
+                return Err(CapacityRefusal::Paused { retry_in: until - now });
             }
         }
         if let Some(limit) = self.limits.max_concurrency {
@@ -119,20 +114,29 @@ impl Capacity {
         estimated_tokens: u32,
     ) -> Result<Reservation, CapacityRefusal> {
         self.check(now, estimated_tokens)?;
+        // One request never holds more than the whole per-minute budget.
+        let estimated_tokens =
+            self.limits.tokens_per_minute.map_or(estimated_tokens, |l| estimated_tokens.min(l));
         let second = self.second(now);
         self.requests.add(second, 1);
         self.tokens.add(second, i64::from(estimated_tokens));
         self.in_flight += 1;
-        Ok(Reservation { estimated_tokens })
+        Ok(Reservation { estimated_tokens, second })
     }
 
     /// Releases the concurrency slot and corrects the token count with what
     /// the request really used (`None` when unknown: the estimate stands).
+    /// The correction lands in the second the reservation was made, while
+    /// that second is still in the window; after that only extra use counts.
     pub fn settle(&mut self, now: Instant, reservation: Reservation, actual_tokens: Option<u64>) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(actual) = actual_tokens {
-            let delta = actual as i64 - i64::from(reservation.estimated_tokens);
-            let second = self.second(now);
+        let Some(actual) = actual_tokens else { return };
+        let actual = i64::try_from(actual).unwrap_or(i64::MAX / 2).min(i64::MAX / 2);
+        let delta = actual - i64::from(reservation.estimated_tokens);
+        let second = self.second(now);
+        if self.tokens.holds(reservation.second, second) {
+            self.tokens.add(reservation.second, delta);
+        } else if delta > 0 {
             self.tokens.add(second, delta);
         }
     }
@@ -158,10 +162,7 @@ struct MinuteWindow {
 
 impl Default for MinuteWindow {
     fn default() -> Self {
-        MinuteWindow {
-            counts: [0; SECONDS],
-            stamps: [0; SECONDS],
-        }
+        MinuteWindow { counts: [0; SECONDS], stamps: [0; SECONDS] }
     }
 }
 
@@ -173,6 +174,12 @@ impl MinuteWindow {
             self.counts[slot] = 0;
         }
         self.counts[slot] += amount;
+    }
+
+    /// Is `slot_second` still counted in the window ending at `second`?
+    fn holds(&self, slot_second: u64, second: u64) -> bool {
+        slot_second + (SECONDS as u64) > second
+            && self.stamps[(slot_second % SECONDS as u64) as usize] == slot_second
     }
 
     fn total(&self, second: u64) -> i64 {
@@ -193,11 +200,7 @@ mod tests {
     use super::*;
 
     fn limits(rpm: Option<u32>, tpm: Option<u32>, concurrency: Option<u32>) -> Limits {
-        Limits {
-            requests_per_minute: rpm,
-            tokens_per_minute: tpm,
-            max_concurrency: concurrency,
-        }
+        Limits { requests_per_minute: rpm, tokens_per_minute: tpm, max_concurrency: concurrency }
     }
 
     #[test]
@@ -208,10 +211,7 @@ mod tests {
             let reservation = capacity.reserve(epoch, 1).unwrap();
             capacity.settle(epoch, reservation, None);
         }
-        assert_eq!(
-            capacity.check(epoch, 1),
-            Err(CapacityRefusal::RequestsPerMinute { limit: 3 })
-        );
+        assert_eq!(capacity.check(epoch, 1), Err(CapacityRefusal::RequestsPerMinute { limit: 3 }));
         assert!(capacity.check(epoch + Duration::from_secs(59), 1).is_err());
         assert!(capacity.check(epoch + Duration::from_secs(60), 1).is_ok());
     }
@@ -228,6 +228,29 @@ mod tests {
     }
 
     #[test]
+    fn late_settlement_does_not_erase_other_usage() {
+        let epoch = Instant::now();
+        let mut capacity = Capacity::new(limits(None, Some(1000), None), epoch);
+        let long = capacity.reserve(epoch, 500).unwrap();
+        let later = epoch + Duration::from_secs(70);
+        let other = capacity.reserve(later, 600).unwrap();
+        // The long stream used less than estimated, but its reservation has
+        // left the window: the other request's tokens must stay counted.
+        capacity.settle(later, long, Some(10));
+        assert!(capacity.check(later, 500).is_err());
+        capacity.settle(later, other, Some(600));
+    }
+
+    #[test]
+    fn a_failed_huge_estimate_does_not_block_the_minute() {
+        let epoch = Instant::now();
+        let mut capacity = Capacity::new(limits(None, Some(1000), None), epoch);
+        let huge = capacity.reserve(epoch, u32::MAX).unwrap();
+        capacity.settle(epoch, huge, Some(0));
+        assert!(capacity.check(epoch, 900).is_ok());
+    }
+
+    #[test]
     fn oversized_request_fits_an_empty_window() {
         let epoch = Instant::now();
         let capacity = Capacity::new(limits(None, Some(10), None), epoch);
@@ -239,10 +262,7 @@ mod tests {
         let epoch = Instant::now();
         let mut capacity = Capacity::new(limits(None, None, Some(1)), epoch);
         let first = capacity.reserve(epoch, 1).unwrap();
-        assert_eq!(
-            capacity.check(epoch, 1),
-            Err(CapacityRefusal::Concurrency { limit: 1 })
-        );
+        assert_eq!(capacity.check(epoch, 1), Err(CapacityRefusal::Concurrency { limit: 1 }));
         capacity.settle(epoch, first, Some(1));
         assert_eq!(capacity.in_flight(), 0);
         assert!(capacity.check(epoch, 1).is_ok());
@@ -256,9 +276,7 @@ mod tests {
         capacity.pause_until(epoch + Duration::from_secs(1));
         assert_eq!(
             capacity.check(epoch, 1),
-            Err(CapacityRefusal::Paused {
-                retry_in: Duration::from_secs(2)
-            })
+            Err(CapacityRefusal::Paused { retry_in: Duration::from_secs(2) })
         );
         assert!(capacity.check(epoch + Duration::from_secs(2), 1).is_ok());
     }

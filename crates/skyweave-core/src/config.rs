@@ -41,11 +41,7 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let count = self.0.len();
-        writeln!(
-            f,
-            "the estate file has {count} problem{}:",
-            if count == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "the estate file has {count} problem{}:", if count == 1 { "" } else { "s" })?;
         for error in &self.0 {
             writeln!(f, "{error}")?;
         }
@@ -62,6 +58,10 @@ pub struct Loaded {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_OPENAI_ENDPOINT: &str = "https://api.openai.com/v1";
+
+/// The first Azure OpenAI API version that accepts `stream_options` (usage
+/// in streamed responses).
+pub const MIN_AZURE_STREAM_USAGE_VERSION: &str = "2024-09-01";
 
 /// Parses and validates an estate file. `file` names it in error messages.
 pub fn parse_estate(text: &str, file: &str) -> Result<Loaded, ConfigErrors> {
@@ -274,13 +274,7 @@ struct Located<'a> {
 impl Located<'_> {
     fn error(&self, span: Range<usize>, message: String, fix: impl Into<String>) -> ConfigError {
         let (line, column) = line_column(self.text, span.start);
-        ConfigError {
-            file: self.file.to_string(),
-            line,
-            column,
-            message,
-            fix: fix.into(),
-        }
+        ConfigError { file: self.file.to_string(), line, column, message, fix: fix.into() }
     }
 }
 
@@ -288,14 +282,8 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
     (line, column)
 }
 
@@ -316,11 +304,7 @@ impl Checker<'_> {
 }
 
 fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
-    let mut check = Checker {
-        at,
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut check = Checker { at, errors: Vec::new(), warnings: Vec::new() };
 
     let mut proximity = Proximity::shipped();
     for region in &raw.regions {
@@ -330,19 +314,13 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
         if !valid {
             check.fail(
                 span,
-                format!(
-                    "[[region]] `{}`: latitude/longitude out of range",
-                    region.name
-                ),
+                format!("[[region]] `{}`: latitude/longitude out of range", region.name),
                 "latitude within -90..=90, longitude within -180..=180",
             );
         }
         proximity.set_location(
             &region.name,
-            Location {
-                latitude: region.latitude,
-                longitude: region.longitude,
-            },
+            Location { latitude: region.latitude, longitude: region.longitude },
         );
     }
     for pair in &raw.region_latency {
@@ -350,10 +328,7 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
         if !(pair.rtt_ms.is_finite() && pair.rtt_ms >= 0.0) {
             check.fail(
                 span,
-                format!(
-                    "[[region_latency]] {} -> {}: rtt_ms must be >= 0",
-                    pair.from, pair.to
-                ),
+                format!("[[region_latency]] {} -> {}: rtt_ms must be >= 0", pair.from, pair.to),
                 "give a measured round-trip time in milliseconds",
             );
             continue;
@@ -376,20 +351,13 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
         if !names.insert(raw_deployment.name.get_ref().clone()) {
             check.fail(
                 raw_deployment.name.span(),
-                format!(
-                    "deployment name `{}` is used twice",
-                    raw_deployment.name.get_ref()
-                ),
+                format!("deployment name `{}` is used twice", raw_deployment.name.get_ref()),
                 "give every [[deployment]] a unique name, e.g. `model@cloud-region`",
             );
         }
-        if let Some(deployment) = validate_deployment(
-            DeploymentId(index),
-            span,
-            raw_deployment,
-            &proximity,
-            &mut check,
-        ) {
+        if let Some(deployment) =
+            validate_deployment(DeploymentId(index), span, raw_deployment, &proximity, &mut check)
+        {
             deployments.push(deployment);
         }
     }
@@ -407,13 +375,7 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
         return Err(ConfigErrors(check.errors));
     }
     Ok(Loaded {
-        estate: Estate {
-            server,
-            models,
-            deployments,
-            breaker,
-            proximity,
-        },
+        estate: Estate { server, models, deployments, breaker, proximity },
         warnings: check.warnings,
     })
 }
@@ -436,10 +398,7 @@ fn validate_server(
             Ok(addr) => settings.listen = addr,
             Err(_) => check.fail(
                 listen.span(),
-                format!(
-                    "server.listen `{}` is not an address and port",
-                    listen.get_ref()
-                ),
+                format!("server.listen `{}` is not an address and port", listen.get_ref()),
                 "write it as `127.0.0.1:8080` or `0.0.0.0:8080`",
             ),
         }
@@ -479,18 +438,12 @@ fn validate_breaker(raw: Spanned<RawBreaker>, check: &mut Checker<'_>) -> Breake
     let raw = raw.into_inner();
     let defaults = BreakerSettings::default();
     let settings = BreakerSettings {
-        consecutive_failures: raw
-            .consecutive_failures
-            .unwrap_or(defaults.consecutive_failures),
+        consecutive_failures: raw.consecutive_failures.unwrap_or(defaults.consecutive_failures),
         failure_rate: raw.failure_rate.unwrap_or(defaults.failure_rate),
         window: raw.window_secs.map_or(defaults.window, Duration::from_secs),
         min_requests: raw.min_requests.unwrap_or(defaults.min_requests),
-        cooldown: raw
-            .cooldown_ms
-            .map_or(defaults.cooldown, Duration::from_millis),
-        max_cooldown: raw
-            .max_cooldown_ms
-            .map_or(defaults.max_cooldown, Duration::from_millis),
+        cooldown: raw.cooldown_ms.map_or(defaults.cooldown, Duration::from_millis),
+        max_cooldown: raw.max_cooldown_ms.map_or(defaults.max_cooldown, Duration::from_millis),
     };
     if settings.consecutive_failures == 0 {
         check.fail(
@@ -504,6 +457,13 @@ fn validate_breaker(raw: Spanned<RawBreaker>, check: &mut Checker<'_>) -> Breake
             span.clone(),
             "circuit_breaker.failure_rate must be within (0, 1]".into(),
             "e.g. 0.5 opens the breaker when more than half the requests in the window failed",
+        );
+    }
+    if settings.window.is_zero() || settings.min_requests == 0 {
+        check.fail(
+            span.clone(),
+            "circuit_breaker: window_secs and min_requests must be at least 1".into(),
+            "e.g. window_secs = 30, min_requests = 20",
         );
     }
     if settings.cooldown.is_zero() || settings.max_cooldown < settings.cooldown {
@@ -527,12 +487,14 @@ fn validate_deployment(
     let name = raw.name.get_ref().clone();
     let here = |what: &str| format!("deployment `{name}`: {what}");
 
-    for (field, value) in [("name", &raw.name), ("model", &raw.model)] {
-        if value.get_ref().trim().is_empty() {
+    for (field, value) in [("name", &raw.name), ("model", &raw.model), ("region", &raw.region)] {
+        if !is_header_safe(value.get_ref()) {
             check.fail(
                 value.span(),
-                here(&format!("`{field}` is empty")),
-                "give it a value",
+                here(&format!(
+                    "`{field}` must be 1 to 128 visible ASCII characters without spaces"
+                )),
+                "use letters, digits and punctuation such as - _ . @ / : (it is sent in response headers)",
             );
         }
     }
@@ -545,13 +507,7 @@ fn validate_deployment(
         );
     }
     let region = raw.region.get_ref();
-    if region.trim().is_empty() {
-        check.fail(
-            raw.region.span(),
-            here("`region` is empty"),
-            "name the deployment's region",
-        );
-    } else if !proximity.knows(region) {
+    if is_header_safe(region) && !proximity.knows(region) {
         check.warn(
             raw.region.span(),
             here(&format!(
@@ -575,10 +531,7 @@ fn validate_deployment(
         },
         None => None,
     };
-    let credential = raw
-        .auth
-        .as_ref()
-        .and_then(|auth| validate_auth(auth, &name, check));
+    let credential = raw.auth.as_ref().and_then(|auth| validate_auth(auth, &name, check));
 
     let provider_kind = *raw.provider.get_ref();
     let forbid = |check: &mut Checker<'_>, block: &str, span: Range<usize>| {
@@ -589,9 +542,7 @@ fn validate_deployment(
         };
         check.fail(
             span,
-            here(&format!(
-                "`{block}` does not apply to provider `{provider}`"
-            )),
+            here(&format!("`{block}` does not apply to provider `{provider}`")),
             format!("remove `{block}`, or change `provider`"),
         );
     };
@@ -615,10 +566,7 @@ fn validate_deployment(
                     "add `auth = { api_key_env = \"OPENAI_API_KEY\" }`",
                 );
             }
-            ProviderSpec::OpenAi {
-                endpoint,
-                auth: credential,
-            }
+            ProviderSpec::OpenAi { endpoint, auth: credential }
         }
         RawProviderKind::AzureOpenai => {
             if raw.endpoint.is_none() {
@@ -648,6 +596,18 @@ fn validate_deployment(
                     azure.deployment.span(),
                     here("azure.deployment must be the Azure deployment name (letters, digits, - _ .)"),
                     "copy the deployment name from the Azure AI Foundry portal",
+                );
+            }
+            if is_api_version(azure.api_version.get_ref())
+                && azure.api_version.get_ref().as_str() < MIN_AZURE_STREAM_USAGE_VERSION
+            {
+                check.warn(
+                    azure.api_version.span(),
+                    here(&format!(
+                        "azure.api_version `{}` predates stream usage reporting: streamed requests will not be token-accounted",
+                        azure.api_version.get_ref()
+                    )),
+                    format!("use {MIN_AZURE_STREAM_USAGE_VERSION}-preview, 2024-10-21 or later"),
                 );
             }
             if !is_api_version(azure.api_version.get_ref()) {
@@ -701,10 +661,7 @@ fn validate_deployment(
                     "give USD per million tokens, e.g. `{ input_per_mtok = 2.5, output_per_mtok = 10.0 }`",
                 );
             }
-            Price {
-                input_per_mtok: price.input_per_mtok,
-                output_per_mtok: price.output_per_mtok,
-            }
+            Price { input_per_mtok: price.input_per_mtok, output_per_mtok: price.output_per_mtok }
         }
         None => Price::default(),
     };
@@ -742,7 +699,7 @@ fn validate_deployment(
     let mut timeouts = Timeouts {
         connect: Duration::from_secs(3),
         first_token: Duration::from_secs(60),
-        total: Duration::from_secs(600),
+        total: Duration::from_secs(300),
     };
     if let Some(raw_timeouts) = raw.timeouts {
         let (timeouts_span, raw_timeouts) = (raw_timeouts.span(), raw_timeouts.into_inner());
@@ -758,6 +715,7 @@ fn validate_deployment(
         if timeouts.connect.is_zero()
             || timeouts.first_token.is_zero()
             || timeouts.total < timeouts.first_token
+            || timeouts.total < timeouts.connect
         {
             check.fail(
                 timeouts_span,
@@ -768,15 +726,9 @@ fn validate_deployment(
     }
     let probe = raw.health_probe.map(|probe| {
         if probe.get_ref().interval_secs == 0 {
-            check.fail(
-                probe.span(),
-                here("health_probe.interval_secs must be >= 1"),
-                "e.g. 10",
-            );
+            check.fail(probe.span(), here("health_probe.interval_secs must be >= 1"), "e.g. 10");
         }
-        ProbeSettings {
-            interval: Duration::from_secs(probe.get_ref().interval_secs),
-        }
+        ProbeSettings { interval: Duration::from_secs(probe.get_ref().interval_secs) }
     });
 
     if check.errors.len() > errors_before {
@@ -785,9 +737,7 @@ fn validate_deployment(
     let model = raw.model.into_inner();
     Some(Deployment {
         id,
-        upstream_model: raw
-            .upstream_model
-            .map_or_else(|| model.clone(), Spanned::into_inner),
+        upstream_model: raw.upstream_model.map_or_else(|| model.clone(), Spanned::into_inner),
         model,
         name,
         cloud: raw.cloud.into_inner(),
@@ -869,18 +819,14 @@ fn validate_sim(raw: Option<Spanned<RawSim>>, name: &str, check: &mut Checker<'_
     let span = raw.span();
     let raw = raw.into_inner();
     let mut fail = |what: &str, fix: &str| {
-        check.fail(
-            span.clone(),
-            format!("deployment `{name}`: sim.{what}"),
-            fix,
-        );
+        check.fail(span.clone(), format!("deployment `{name}`: sim.{what}"), fix);
     };
     if let Some(ms) = raw.ttft_ms {
         spec.time_to_first_token = Duration::from_millis(ms);
     }
     if let Some(tps) = raw.tokens_per_second {
-        if !(tps.is_finite() && tps > 0.0) {
-            fail("tokens_per_second must be > 0", "e.g. 50.0");
+        if !(0.01..=1_000_000.0).contains(&tps) {
+            fail("tokens_per_second must be within 0.01..=1000000", "e.g. 50.0");
         }
         spec.tokens_per_second = tps;
     }
@@ -892,30 +838,21 @@ fn validate_sim(raw: Option<Spanned<RawSim>>, name: &str, check: &mut Checker<'_
     }
     for (field, value, target) in [
         ("error_rate", raw.error_rate, &mut spec.error_rate),
-        (
-            "rate_limit_rate",
-            raw.rate_limit_rate,
-            &mut spec.rate_limit_rate,
-        ),
+        ("rate_limit_rate", raw.rate_limit_rate, &mut spec.rate_limit_rate),
     ] {
         if let Some(rate) = value {
             if !(0.0..=1.0).contains(&rate) {
-                fail(
-                    &format!("{field} must be within 0..=1"),
-                    "a share of requests, e.g. 0.05",
-                );
+                fail(&format!("{field} must be within 0..=1"), "a share of requests, e.g. 0.05");
             }
             *target = rate;
         }
     }
     for outage in raw.outages {
-        let valid = outage.start_secs.is_finite()
-            && outage.start_secs >= 0.0
-            && outage.duration_secs.is_finite()
+        const YEAR: f64 = 365.0 * 86_400.0;
+        let valid = (0.0..=YEAR).contains(&outage.start_secs)
             && outage.duration_secs > 0.0
-            && outage
-                .every_secs
-                .is_none_or(|every| every.is_finite() && every > outage.duration_secs);
+            && outage.duration_secs <= YEAR
+            && outage.every_secs.is_none_or(|every| every > outage.duration_secs && every <= YEAR);
         if !valid {
             fail(
                 "outages: start_secs >= 0, duration_secs > 0 and every_secs > duration_secs",
@@ -946,10 +883,7 @@ fn validate_models(
 ) -> Vec<Model> {
     let mut by_model: BTreeMap<&str, Vec<DeploymentId>> = BTreeMap::new();
     for deployment in deployments {
-        by_model
-            .entry(&deployment.model)
-            .or_default()
-            .push(deployment.id);
+        by_model.entry(&deployment.model).or_default().push(deployment.id);
     }
     let mut overrides: BTreeMap<String, RawModel> = BTreeMap::new();
     for raw in raw_models {
@@ -978,22 +912,27 @@ fn validate_models(
     let attempts_check = |value: &Option<Spanned<u32>>, check: &mut Checker<'_>| -> Option<u32> {
         let value = value.as_ref()?;
         if !(1..=10).contains(value.get_ref()) {
-            check.fail(
-                value.span(),
-                "max_attempts must be within 1..=10".into(),
-                "e.g. 3",
-            );
+            check.fail(value.span(), "max_attempts must be within 1..=10".into(), "e.g. 3");
             return None;
         }
         Some(*value.get_ref())
     };
     let default_attempts = attempts_check(&routing.max_attempts, check).unwrap_or(3);
-    let default_deadline = routing
-        .deadline_ms
-        .as_ref()
-        .map_or(Duration::from_secs(600), |d| {
-            Duration::from_millis(*d.get_ref())
-        });
+    let deadline_check =
+        |value: Option<&Spanned<u64>>, check: &mut Checker<'_>| -> Option<Duration> {
+            let value = value?;
+            if *value.get_ref() == 0 {
+                check.fail(
+                    value.span(),
+                    "deadline_ms must be at least 1".into(),
+                    "e.g. 600000 (ten minutes)",
+                );
+                return None;
+            }
+            Some(Duration::from_millis(*value.get_ref()))
+        };
+    let default_deadline =
+        deadline_check(routing.deadline_ms.as_ref(), check).unwrap_or(Duration::from_secs(600));
     let default_wait = Duration::from_millis(routing.max_retry_after_wait_ms.unwrap_or(5_000));
 
     by_model
@@ -1002,16 +941,13 @@ fn validate_models(
             let raw = overrides.get(name);
             Model {
                 name: name.to_string(),
-                strategy: raw
-                    .and_then(|r| r.strategy)
-                    .or(routing.strategy)
-                    .unwrap_or_default(),
+                strategy: raw.and_then(|r| r.strategy).or(routing.strategy).unwrap_or_default(),
                 max_attempts: raw
                     .and_then(|r| attempts_check(&r.max_attempts, check))
                     .unwrap_or(default_attempts),
                 deadline: raw
-                    .and_then(|r| r.deadline_ms.as_ref())
-                    .map_or(default_deadline, |d| Duration::from_millis(*d.get_ref())),
+                    .and_then(|r| deadline_check(r.deadline_ms.as_ref(), check))
+                    .unwrap_or(default_deadline),
                 max_retry_after_wait: raw
                     .and_then(|r| r.max_retry_after_wait_ms)
                     .map_or(default_wait, Duration::from_millis),
@@ -1030,6 +966,9 @@ fn normalize_endpoint(endpoint: &str) -> Result<String, &'static str> {
     if host.is_empty() {
         return Err("has no host");
     }
+    if host.contains('@') {
+        return Err("must not carry credentials (user:password@); name them in `auth`");
+    }
     if endpoint.contains('?') || endpoint.contains('#') {
         return Err("must not carry a query string or fragment");
     }
@@ -1037,6 +976,10 @@ fn normalize_endpoint(endpoint: &str) -> Result<String, &'static str> {
         return Err("contains whitespace");
     }
     Ok(endpoint.trim_end_matches('/').to_string())
+}
+
+fn is_header_safe(value: &str) -> bool {
+    (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn is_identifier(value: &str) -> bool {
@@ -1049,9 +992,7 @@ fn is_identifier(value: &str) -> bool {
 
 fn is_env_name(value: &str) -> bool {
     let mut chars = value.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -1062,9 +1003,7 @@ fn is_api_version(value: &str) -> bool {
             4 | 7 => *b == b'-',
             _ => b.is_ascii_digit(),
         })
-        && value[10..]
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && value[10..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 #[cfg(test)]

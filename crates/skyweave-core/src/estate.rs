@@ -202,9 +202,10 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
-    /// Until the response headers (non-streaming: the whole body) or the first
-    /// streamed chunk arrive.
+    /// Streams: until the first chunk arrives. (Non-streaming responses are
+    /// bounded by `total`: most servers send their headers only with the body.)
     pub first_token: Duration,
+    /// One attempt, from sending the request to the end of the response.
     pub total: Duration,
 }
 
@@ -286,15 +287,8 @@ mod tests {
     #[test]
     fn outage_windows() {
         let secs = Duration::from_secs;
-        let once = Outage {
-            start: secs(10),
-            duration: secs(5),
-            every: None,
-        };
-        let repeating = Outage {
-            every: Some(secs(60)),
-            ..once
-        };
+        let once = Outage { start: secs(10), duration: secs(5), every: None };
+        let repeating = Outage { every: Some(secs(60)), ..once };
         let check = |outage: &Outage, at: u64, expected: bool| {
             assert_eq!(outage.covers(secs(at)), expected, "{outage:?} at {at}s");
         };
@@ -309,10 +303,7 @@ mod tests {
 
     #[test]
     fn price_cost() {
-        let price = Price {
-            input_per_mtok: 2.5,
-            output_per_mtok: 10.0,
-        };
+        let price = Price { input_per_mtok: 2.5, output_per_mtok: 10.0 };
         assert!((price.cost_usd(1_000_000, 100_000) - 3.5).abs() < 1e-9);
         assert!((price.blended_per_mtok() - 4.375).abs() < 1e-9);
     }

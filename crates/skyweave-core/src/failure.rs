@@ -25,13 +25,14 @@ pub enum FailureKind {
     /// 5xx.
     ServerError,
     /// The upstream refused the deployment's own credentials or access (401,
-    /// 403): a configuration problem of that deployment, not the caller's.
+    /// 403), or does not know its path or model (404): a configuration
+    /// problem of that deployment, not the caller's.
     DeploymentConfig,
     /// The upstream answered something that is not its protocol.
     Protocol,
     /// The stream ended without its terminator.
     StreamCut,
-    /// The request itself was refused (400, 404, 413, 422 ...): another
+    /// The request itself was refused (400, 413, 422 ...): another
     /// deployment would refuse it too.
     InvalidRequest,
     /// The provider's content filter refused the prompt or the completion.
@@ -41,10 +42,7 @@ pub enum FailureKind {
 impl FailureKind {
     /// May the request be tried on another deployment?
     pub fn is_retryable(self) -> bool {
-        !matches!(
-            self,
-            FailureKind::InvalidRequest | FailureKind::ContentFiltered
-        )
+        !matches!(self, FailureKind::InvalidRequest | FailureKind::ContentFiltered)
     }
 
     /// Does this failure count against the deployment's health?
@@ -80,7 +78,13 @@ impl FailureKind {
             200..=299 => return None,
             408 => FailureKind::UpstreamTimeout,
             429 => FailureKind::RateLimited,
-            401 | 403 => FailureKind::DeploymentConfig,
+            // The gateway builds the upstream path itself: a 404 there means
+            // the deployment's endpoint, Azure deployment name or upstream
+            // model is wrong, not that the caller asked for something absent.
+            401 | 403 | 404 => FailureKind::DeploymentConfig,
+            // Redirects are not followed and informational answers are not
+            // final: either way the upstream did not speak the protocol.
+            100..=199 | 300..=399 => FailureKind::Protocol,
             503 | 529 => FailureKind::Overloaded,
             500..=599 => FailureKind::ServerError,
             _ => FailureKind::InvalidRequest,
@@ -103,15 +107,13 @@ mod tests {
     #[test]
     fn status_classification() {
         let check = |status: u16, expected: Option<FailureKind>| {
-            assert_eq!(
-                FailureKind::from_status(status),
-                expected,
-                "status {status}"
-            );
+            assert_eq!(FailureKind::from_status(status), expected, "status {status}");
         };
         check(200, None);
         check(400, Some(FailureKind::InvalidRequest));
-        check(404, Some(FailureKind::InvalidRequest));
+        check(404, Some(FailureKind::DeploymentConfig));
+        check(422, Some(FailureKind::InvalidRequest));
+        check(301, Some(FailureKind::Protocol));
         check(401, Some(FailureKind::DeploymentConfig));
         check(408, Some(FailureKind::UpstreamTimeout));
         check(429, Some(FailureKind::RateLimited));
@@ -132,15 +134,9 @@ mod tests {
     #[test]
     fn retry_after() {
         assert_eq!(parse_retry_after_seconds("2"), Some(Duration::from_secs(2)));
-        assert_eq!(
-            parse_retry_after_seconds(" 0.5 "),
-            Some(Duration::from_millis(500))
-        );
+        assert_eq!(parse_retry_after_seconds(" 0.5 "), Some(Duration::from_millis(500)));
         assert_eq!(parse_retry_after_seconds("-1"), None);
-        assert_eq!(
-            parse_retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT"),
-            None
-        );
+        assert_eq!(parse_retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(parse_retry_after_seconds("1e300"), None);
     }
 }

@@ -52,14 +52,8 @@ pub struct Breaker {
 #[derive(Debug, Clone, Copy)]
 enum State {
     Closed,
-    Open {
-        until: Instant,
-        cooldown: Duration,
-    },
-    HalfOpen {
-        cooldown: Duration,
-        probe_started: Option<Instant>,
-    },
+    Open { until: Instant, cooldown: Duration },
+    HalfOpen { cooldown: Duration, probe_started: Option<Instant> },
 }
 
 const MAX_RECENT: usize = 4096;
@@ -87,19 +81,14 @@ impl Breaker {
     pub fn check(&self, now: Instant) -> Admission {
         match self.state {
             State::Closed => Admission::Allowed,
-            State::Open { until, .. } if now < until => Admission::Denied {
-                retry_in: until - now,
-            },
+            State::Open { until, .. } if now < until => Admission::Denied { retry_in: until - now },
             State::Open { .. } => Admission::Probe,
-            State::HalfOpen {
-                cooldown,
-                probe_started,
-            } => match probe_started {
+            State::HalfOpen { cooldown, probe_started } => match probe_started {
                 // A probe that never reported (its client went away) does
                 // not hold the breaker half-open forever.
-                Some(started) if now < started + cooldown => Admission::Denied {
-                    retry_in: started + cooldown - now,
-                },
+                Some(started) if now < started + cooldown => {
+                    Admission::Denied { retry_in: started + cooldown - now }
+                }
                 _ => Admission::Probe,
             },
         }
@@ -113,52 +102,65 @@ impl Breaker {
                 State::Open { cooldown, .. } | State::HalfOpen { cooldown, .. } => cooldown,
                 State::Closed => self.settings.cooldown,
             };
-            self.state = State::HalfOpen {
-                cooldown,
-                probe_started: Some(now),
-            };
+            self.state = State::HalfOpen { cooldown, probe_started: Some(now) };
         }
         admission
     }
 
-    /// Lets a request through even though the breaker is open: used when
-    /// every deployment of a model is open and the least recently failed one
-    /// is tried rather than failing without trying.
-    pub fn force_probe(&mut self, now: Instant) {
+    /// Lets one request through even though the breaker is open: used when
+    /// every deployment of a model is open, so that the least recently
+    /// failed one is tried rather than failing without trying. Only one
+    /// such probe is in flight at a time; returns whether this is it.
+    pub fn force_probe(&mut self, now: Instant) -> bool {
         let cooldown = match self.state {
+            State::HalfOpen { cooldown, probe_started: Some(started) } => {
+                if now < started + cooldown {
+                    return false;
+                }
+                cooldown
+            }
             State::Open { cooldown, .. } | State::HalfOpen { cooldown, .. } => cooldown,
-            State::Closed => return,
+            State::Closed => return true,
         };
-        self.state = State::HalfOpen {
-            cooldown,
-            probe_started: Some(now),
-        };
+        self.state = State::HalfOpen { cooldown, probe_started: Some(now) };
+        true
     }
 
-    pub fn on_success(&mut self, now: Instant) {
-        self.consecutive_failures = 0;
-        self.record(now, true);
-        if !matches!(self.state, State::Closed) {
-            self.state = State::Closed;
-            self.recent.clear();
+    /// A request succeeded. Only the probe's success closes a breaker that
+    /// is not closed: a slow request admitted before the breaker opened says
+    /// nothing about the deployment now.
+    pub fn on_success(&mut self, now: Instant, was_probe: bool) {
+        match self.state {
+            State::Closed => {
+                self.consecutive_failures = 0;
+                self.record(now, true);
+            }
+            _ if was_probe => {
+                self.consecutive_failures = 0;
+                self.state = State::Closed;
+                self.recent.clear();
+            }
+            _ => {}
         }
     }
 
-    pub fn on_failure(&mut self, now: Instant) {
-        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+    /// A request failed. Once the breaker is not closed, only the probe's
+    /// failure moves it: it re-opens with a doubled cool-down.
+    pub fn on_failure(&mut self, now: Instant, was_probe: bool) {
         self.last_failure = Some(now);
-        self.record(now, false);
         match self.state {
             State::Closed => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                self.record(now, false);
                 if self.should_open() {
                     self.open(now, self.settings.cooldown);
                 }
             }
-            State::HalfOpen { cooldown, .. } => {
+            State::HalfOpen { cooldown, .. } | State::Open { cooldown, .. } if was_probe => {
                 let next = (cooldown * 2).min(self.settings.max_cooldown);
                 self.open(now, next);
             }
-            State::Open { .. } => {}
+            State::HalfOpen { .. } | State::Open { .. } => {}
         }
     }
 
@@ -167,10 +169,7 @@ impl Breaker {
     }
 
     fn open(&mut self, now: Instant, cooldown: Duration) {
-        self.state = State::Open {
-            until: now + cooldown,
-            cooldown,
-        };
+        self.state = State::Open { until: now + cooldown, cooldown };
     }
 
     fn should_open(&self) -> bool {
@@ -200,7 +199,10 @@ impl Breaker {
 /// An exponentially weighted moving average over time: a sample's weight
 /// halves every `half_life`. Peak-sensitive, as in linkerd's balancer: a
 /// sample above the average replaces it at once, so a deployment that slows
-/// down is noticed on its first slow answer and forgiven gradually.
+/// down is noticed on its first slow answer and forgiven gradually. Read
+/// with [`Ewma::get`], the value also decays toward zero while no sample
+/// arrives, so a deployment that lost every routing choice is tried again
+/// after a few half-lives instead of being starved forever.
 #[derive(Debug, Clone, Copy)]
 pub struct Ewma {
     value: Option<f64>,
@@ -210,25 +212,25 @@ pub struct Ewma {
 
 impl Ewma {
     pub fn new(half_life: Duration) -> Ewma {
-        Ewma {
-            value: None,
-            updated: None,
-            half_life,
-        }
+        Ewma { value: None, updated: None, half_life }
     }
 
-    pub fn get(&self) -> Option<f64> {
-        self.value
+    pub fn get(&self, now: Instant) -> Option<f64> {
+        let value = self.value?;
+        let updated = self.updated?;
+        Some(value * self.keep(now.saturating_duration_since(updated)))
+    }
+
+    fn keep(&self, elapsed: Duration) -> f64 {
+        0.5f64.powf(elapsed.as_secs_f64() / self.half_life.as_secs_f64().max(1e-9))
     }
 
     pub fn observe(&mut self, now: Instant, sample: f64) {
         let value = match (self.value, self.updated) {
             (Some(value), _) if sample >= value => sample,
             (Some(value), Some(updated)) => {
-                let elapsed = now.saturating_duration_since(updated).as_secs_f64();
-                let keep = 0.5f64.powf(elapsed / self.half_life.as_secs_f64().max(1e-9));
                 // At least a small step even for back-to-back samples.
-                let keep = keep.min(0.9);
+                let keep = self.keep(now.saturating_duration_since(updated)).min(0.9);
                 value * keep + sample * (1.0 - keep)
             }
             _ => sample,
@@ -258,27 +260,19 @@ mod tests {
         let start = Instant::now();
         let mut breaker = Breaker::new(settings());
         for _ in 0..2 {
-            breaker.on_failure(start);
+            breaker.on_failure(start, false);
         }
         assert_eq!(breaker.check(start), Admission::Allowed);
-        breaker.on_failure(start);
+        breaker.on_failure(start, false);
         assert_eq!(breaker.state(start), BreakerState::Open);
-        assert_eq!(
-            breaker.check(start),
-            Admission::Denied {
-                retry_in: Duration::from_secs(1)
-            }
-        );
+        assert_eq!(breaker.check(start), Admission::Denied { retry_in: Duration::from_secs(1) });
 
         let later = start + Duration::from_secs(1);
         assert_eq!(breaker.state(later), BreakerState::HalfOpen);
         assert_eq!(breaker.on_attempt(later), Admission::Probe);
         // Only one probe at a time.
-        assert!(matches!(
-            breaker.on_attempt(later),
-            Admission::Denied { .. }
-        ));
-        breaker.on_success(later);
+        assert!(matches!(breaker.on_attempt(later), Admission::Denied { .. }));
+        breaker.on_success(later, true);
         assert_eq!(breaker.state(later), BreakerState::Closed);
         assert_eq!(breaker.check(later), Admission::Allowed);
     }
@@ -288,17 +282,15 @@ mod tests {
         let mut now = Instant::now();
         let mut breaker = Breaker::new(settings());
         for _ in 0..3 {
-            breaker.on_failure(now);
+            breaker.on_failure(now, false);
         }
         let mut cooldowns = Vec::new();
         for _ in 0..4 {
-            let Admission::Denied { retry_in } = breaker.check(now) else {
-                panic!("not open")
-            };
+            let Admission::Denied { retry_in } = breaker.check(now) else { panic!("not open") };
             cooldowns.push(retry_in.as_secs());
             now += retry_in;
             assert_eq!(breaker.on_attempt(now), Admission::Probe);
-            breaker.on_failure(now);
+            breaker.on_failure(now, true);
         }
         assert_eq!(cooldowns, vec![1, 2, 4, 4]);
     }
@@ -310,9 +302,9 @@ mod tests {
         // Alternate so there are never three failures in a row: 6 of 11 fail.
         for i in 0..11 {
             if i % 2 == 0 {
-                breaker.on_failure(now);
+                breaker.on_failure(now, false);
             } else {
-                breaker.on_success(now);
+                breaker.on_success(now, false);
             }
         }
         assert_eq!(breaker.state(now), BreakerState::Open);
@@ -323,12 +315,12 @@ mod tests {
         let now = Instant::now();
         let mut breaker = Breaker::new(settings());
         for _ in 0..9 {
-            breaker.on_failure(now);
-            breaker.on_success(now);
+            breaker.on_success(now, false);
+            breaker.on_failure(now, false);
         }
         let later = now + Duration::from_secs(11);
-        breaker.on_failure(later);
-        breaker.on_success(later);
+        breaker.on_failure(later, false);
+        breaker.on_success(later, false);
         assert_eq!(breaker.state(later), BreakerState::Closed);
     }
 
@@ -337,7 +329,7 @@ mod tests {
         let now = Instant::now();
         let mut breaker = Breaker::new(settings());
         for _ in 0..3 {
-            breaker.on_failure(now);
+            breaker.on_failure(now, false);
         }
         let probe_time = now + Duration::from_secs(1);
         assert_eq!(breaker.on_attempt(probe_time), Admission::Probe);
@@ -346,16 +338,49 @@ mod tests {
     }
 
     #[test]
+    fn only_the_probe_moves_an_open_breaker() {
+        let now = Instant::now();
+        let mut breaker = Breaker::new(settings());
+        for _ in 0..3 {
+            breaker.on_failure(now, false);
+        }
+        // A request admitted before the breaker opened finishes late.
+        breaker.on_success(now, false);
+        assert_eq!(breaker.state(now), BreakerState::Open);
+        let later = now + Duration::from_secs(1);
+        assert_eq!(breaker.on_attempt(later), Admission::Probe);
+        breaker.on_failure(later, false);
+        assert_eq!(breaker.state(later), BreakerState::HalfOpen, "not the probe: no re-open");
+        breaker.on_success(later, true);
+        assert_eq!(breaker.state(later), BreakerState::Closed);
+    }
+
+    #[test]
+    fn one_forced_probe_at_a_time() {
+        let now = Instant::now();
+        let mut breaker = Breaker::new(settings());
+        for _ in 0..3 {
+            breaker.on_failure(now, false);
+        }
+        assert!(breaker.force_probe(now));
+        assert!(!breaker.force_probe(now));
+        breaker.on_failure(now, true);
+        assert!(breaker.force_probe(now), "the probe reported: the next may go");
+    }
+
+    #[test]
     fn ewma_is_peak_sensitive_and_decays() {
         let now = Instant::now();
         let mut ewma = Ewma::new(Duration::from_secs(10));
         ewma.observe(now, 100.0);
         ewma.observe(now, 500.0);
-        assert_eq!(ewma.get(), Some(500.0));
-        ewma.observe(now + Duration::from_secs(10), 100.0);
-        let value = ewma.get().unwrap();
+        assert_eq!(ewma.get(now), Some(500.0));
+        let later = now + Duration::from_secs(10);
+        assert_eq!(ewma.get(later), Some(250.0), "decays while idle");
+        ewma.observe(later, 100.0);
+        let value = ewma.get(later).unwrap();
         assert!((value - 300.0).abs() < 1e-6, "{value}");
-        ewma.observe(now + Duration::from_secs(10), 100.0);
-        assert!(ewma.get().unwrap() < value);
+        ewma.observe(later, 100.0);
+        assert!(ewma.get(later).unwrap() < value);
     }
 }

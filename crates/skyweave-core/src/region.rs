@@ -40,20 +40,11 @@ impl Proximity {
             // build defect, so it is skipped rather than reported at run time.
             if let [_, region, latitude, longitude, ..] = fields.as_slice() {
                 if let (Ok(latitude), Ok(longitude)) = (latitude.parse(), longitude.parse()) {
-                    locations.insert(
-                        region.to_string(),
-                        Location {
-                            latitude,
-                            longitude,
-                        },
-                    );
+                    locations.insert(region.to_string(), Location { latitude, longitude });
                 }
             }
         }
-        Proximity {
-            locations,
-            overrides: HashMap::new(),
-        }
+        Proximity { locations, overrides: HashMap::new() }
     }
 
     pub fn knows(&self, region: &str) -> bool {
@@ -66,10 +57,8 @@ impl Proximity {
 
     /// Overrides the estimate for a pair, in both directions.
     pub fn set_rtt(&mut self, from: &str, to: &str, rtt_ms: f64) {
-        self.overrides
-            .insert((from.to_string(), to.to_string()), rtt_ms);
-        self.overrides
-            .insert((to.to_string(), from.to_string()), rtt_ms);
+        self.overrides.insert((from.to_string(), to.to_string()), rtt_ms);
+        self.overrides.insert((to.to_string(), from.to_string()), rtt_ms);
     }
 
     /// Estimated round-trip time in milliseconds, `None` when a region is unknown.

@@ -82,9 +82,8 @@ pub fn choose<R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Option<usize> {
     let best_priority = candidates.iter().map(|c| c.priority).min()?;
-    let tier: Vec<usize> = (0..candidates.len())
-        .filter(|&i| candidates[i].priority == best_priority)
-        .collect();
+    let tier: Vec<usize> =
+        (0..candidates.len()).filter(|&i| candidates[i].priority == best_priority).collect();
     let fresh_cloud = |i: &usize| !failed_clouds.contains(&candidates[*i].cloud);
     let tier: Vec<usize> = if tier.iter().any(fresh_cloud) {
         tier.into_iter().filter(fresh_cloud).collect()
@@ -95,9 +94,7 @@ pub fn choose<R: Rng + ?Sized>(
     let best_ttft = candidates
         .iter()
         .filter_map(|c| c.ttft_ewma_ms)
-        .fold(None, |best: Option<f64>, t| {
-            Some(best.map_or(t, |b| b.min(t)))
-        });
+        .fold(None, |best: Option<f64>, t| Some(best.map_or(t, |b| b.min(t))));
     let latency_score = |c: &Candidate<'_>| {
         let ttft = c.ttft_ewma_ms.or(best_ttft).unwrap_or(UNKNOWN_TTFT_MS);
         let rtt = c.rtt_ms.unwrap_or(UNKNOWN_RTT_MS);
@@ -121,10 +118,8 @@ pub fn choose<R: Rng + ?Sized>(
         }
         Strategy::Latency => two_choices(&tier, rng, |i| latency_score(&candidates[i])),
         Strategy::Cost => {
-            let cheapest = tier
-                .iter()
-                .map(|&i| candidates[i].price_per_mtok)
-                .fold(f64::MAX, f64::min);
+            let cheapest =
+                tier.iter().map(|&i| candidates[i].price_per_mtok).fold(f64::MAX, f64::min);
             let cheap: Vec<usize> = tier
                 .into_iter()
                 .filter(|&i| candidates[i].price_per_mtok <= cheapest * 1.01 + 1e-12)
@@ -211,24 +206,14 @@ mod tests {
     fn priority_outranks_cloud_diversity() {
         let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure")];
         candidates[1].priority = 1;
-        assert_eq!(
-            shares(Strategy::Latency, &candidates, &["aws"]),
-            vec![10_000, 0]
-        );
+        assert_eq!(shares(Strategy::Latency, &candidates, &["aws"]), vec![10_000, 0]);
     }
 
     #[test]
     fn priority_is_active_passive() {
-        let mut candidates = vec![
-            candidate(0, "aws"),
-            candidate(1, "azure"),
-            candidate(2, "gcp"),
-        ];
+        let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure"), candidate(2, "gcp")];
         candidates[0].priority = 1;
-        assert_eq!(
-            shares(Strategy::Priority, &candidates, &[]),
-            vec![0, 10_000, 0]
-        );
+        assert_eq!(shares(Strategy::Priority, &candidates, &[]), vec![0, 10_000, 0]);
     }
 
     #[test]
@@ -241,11 +226,7 @@ mod tests {
 
     #[test]
     fn latency_prefers_fast_and_near_without_herding() {
-        let mut candidates = vec![
-            candidate(0, "aws"),
-            candidate(1, "azure"),
-            candidate(2, "gcp"),
-        ];
+        let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure"), candidate(2, "gcp")];
         candidates[0].ttft_ewma_ms = Some(50.0);
         candidates[2].rtt_ms = Some(120.0);
         let counts = shares(Strategy::Latency, &candidates, &[]);
@@ -264,11 +245,7 @@ mod tests {
 
     #[test]
     fn cost_prefers_cheapest_then_latency() {
-        let mut candidates = vec![
-            candidate(0, "aws"),
-            candidate(1, "azure"),
-            candidate(2, "gcp"),
-        ];
+        let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure"), candidate(2, "gcp")];
         candidates[0].price_per_mtok = 2.0;
         candidates[2].ttft_ewma_ms = Some(500.0);
         assert_eq!(shares(Strategy::Cost, &candidates, &[]), vec![0, 10_000, 0]);
@@ -281,40 +258,23 @@ mod tests {
         candidates[0].price_per_mtok = 4.0;
         candidates[0].ttft_ewma_ms = Some(30.0);
         candidates[0].rtt_ms = Some(10.0);
-        assert_eq!(
-            shares(Strategy::Balanced, &candidates, &[]),
-            vec![10_000, 0]
-        );
+        assert_eq!(shares(Strategy::Balanced, &candidates, &[]), vec![10_000, 0]);
         candidates[0].ttft_ewma_ms = Some(80.0);
-        assert_eq!(
-            shares(Strategy::Balanced, &candidates, &[]),
-            vec![0, 10_000]
-        );
+        assert_eq!(shares(Strategy::Balanced, &candidates, &[]), vec![0, 10_000]);
     }
 
     #[test]
     fn failover_prefers_another_cloud_then_falls_back() {
-        let mut candidates = vec![
-            candidate(0, "aws"),
-            candidate(1, "aws"),
-            candidate(2, "gcp"),
-        ];
+        let mut candidates = vec![candidate(0, "aws"), candidate(1, "aws"), candidate(2, "gcp")];
         candidates[2].ttft_ewma_ms = Some(1_000.0);
-        assert_eq!(
-            shares(Strategy::Latency, &candidates, &["aws"]),
-            vec![0, 0, 10_000]
-        );
+        assert_eq!(shares(Strategy::Latency, &candidates, &["aws"]), vec![0, 0, 10_000]);
         let counts = shares(Strategy::Latency, &candidates[..2], &["aws"]);
         assert_eq!(counts.iter().sum::<usize>(), 10_000);
     }
 
     #[test]
     fn unobserved_deployment_borrows_best_observation() {
-        let mut candidates = vec![
-            candidate(0, "aws"),
-            candidate(1, "azure"),
-            candidate(2, "gcp"),
-        ];
+        let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure"), candidate(2, "gcp")];
         candidates[0].ttft_ewma_ms = Some(400.0);
         candidates[1].ttft_ewma_ms = Some(50.0);
         candidates[2].ttft_ewma_ms = None;

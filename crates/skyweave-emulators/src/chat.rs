@@ -24,16 +24,8 @@ use crate::tokens::{estimate_tokens, CharCount, CowStr};
 use crate::{Behaviour, Dialect, Shared, Tracker};
 
 /// Words appended after "Hello from {name}", one per further content piece.
-const WORDS: [&str; 8] = [
-    "lorem",
-    "ipsum",
-    "dolor",
-    "sit",
-    "amet",
-    "consectetur",
-    "adipiscing",
-    "elit",
-];
+const WORDS: [&str; 8] =
+    ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit"];
 
 const SYSTEM_FINGERPRINT: &str = "fp_skyweave";
 
@@ -142,12 +134,8 @@ async fn chat(shared: Arc<Shared>, deployment: Option<String>, req: Request) -> 
     let chars: usize = messages.iter().map(|m| m.content.0).sum();
     let prompt_tokens = estimate_tokens(chars);
     let stream = parsed.stream.unwrap_or(false);
-    let include_usage = stream
-        && parsed
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
+    let include_usage =
+        stream && parsed.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
     let id = format!("chatcmpl-skyweave{}", shared.next_id());
     let created = unix_now();
     let behaviour = shared.next_behaviour();
@@ -177,35 +165,19 @@ async fn chat(shared: Arc<Shared>, deployment: Option<String>, req: Request) -> 
     head.push_str("\",\"choices\":[");
 
     let (state, pieces, cut, ttft, inter) = match behaviour {
-        Behaviour::Ok {
-            ttft_ms,
-            inter_chunk_ms,
-            chunks,
-        } => (
+        Behaviour::Ok { ttft_ms, inter_chunk_ms, chunks } => (
             SseState::Start,
             chunks,
             false,
             Duration::from_millis(ttft_ms),
             Duration::from_millis(inter_chunk_ms),
         ),
-        Behaviour::CutAfterChunks { chunks } => (
-            SseState::Start,
-            chunks,
-            true,
-            Duration::ZERO,
-            Duration::ZERO,
-        ),
-        Behaviour::Malformed => (
-            SseState::Malformed,
-            0,
-            false,
-            Duration::ZERO,
-            Duration::ZERO,
-        ),
+        Behaviour::CutAfterChunks { chunks } => {
+            (SseState::Start, chunks, true, Duration::ZERO, Duration::ZERO)
+        }
+        Behaviour::Malformed => (SseState::Malformed, 0, false, Duration::ZERO, Duration::ZERO),
         Behaviour::HangAfterHeaders => {
-            return sse_response(Body::new(PendingBody {
-                _tracker: p.tracker,
-            }));
+            return sse_response(Body::new(PendingBody { _tracker: p.tracker }));
         }
         // Answered by common_behaviour above.
         Behaviour::Status { .. }
@@ -244,10 +216,7 @@ async fn chat(shared: Arc<Shared>, deployment: Option<String>, req: Request) -> 
 fn sse_response(body: Body) -> Response {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
@@ -312,18 +281,10 @@ struct Severity {
     severity: &'static str,
 }
 
-const SAFE: Severity = Severity {
-    filtered: false,
-    severity: "safe",
-};
+const SAFE: Severity = Severity { filtered: false, severity: "safe" };
 
 fn all_safe() -> FilterResults {
-    FilterResults {
-        hate: SAFE,
-        self_harm: SAFE,
-        sexual: SAFE,
-        violence: SAFE,
-    }
+    FilterResults { hate: SAFE, self_harm: SAFE, sexual: SAFE, violence: SAFE }
 }
 
 fn completion_body(
@@ -343,11 +304,7 @@ fn completion_body(
         model,
         choices: [Choice {
             index: 0,
-            message: AssistantMessage {
-                role: "assistant",
-                content: &content,
-                refusal: None,
-            },
+            message: AssistantMessage { role: "assistant", content: &content, refusal: None },
             logprobs: None,
             finish_reason: "stop",
             content_filter_results: azure.then(all_safe),
@@ -358,12 +315,8 @@ fn completion_body(
             total_tokens: prompt_tokens + u64::from(chunks),
         },
         system_fingerprint: SYSTEM_FINGERPRINT,
-        prompt_filter_results: azure.then(|| {
-            [PromptFilterResult {
-                prompt_index: 0,
-                content_filter_results: all_safe(),
-            }]
-        }),
+        prompt_filter_results: azure
+            .then(|| [PromptFilterResult { prompt_index: 0, content_filter_results: all_safe() }]),
     };
     serde_json::to_vec(&completion).unwrap_or_default()
 }
@@ -582,9 +535,6 @@ mod tests {
         for i in 0..12 {
             push_piece(&mut joined, "Hello from x", i);
         }
-        assert_eq!(
-            String::from_utf8(joined).unwrap(),
-            reply_text("Hello from x", 12)
-        );
+        assert_eq!(String::from_utf8(joined).unwrap(), reply_text("Hello from x", 12));
     }
 }

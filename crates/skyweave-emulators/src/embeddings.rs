@@ -101,17 +101,10 @@ fn parse_inputs(v: &Value) -> Result<Vec<Input<'_>>, BadInput> {
         Value::Array(items) if items.is_empty() => Err(BadInput::Empty),
         Value::Array(items) => {
             if items.iter().all(Value::is_string) {
-                Ok(items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(Input::Text)
-                    .collect())
+                Ok(items.iter().filter_map(Value::as_str).map(Input::Text).collect())
             } else if items.iter().all(is_token) {
                 Ok(vec![Input::Tokens(items)])
-            } else if items
-                .iter()
-                .all(|i| i.as_array().is_some_and(|a| a.iter().all(is_token)))
-            {
+            } else if items.iter().all(|i| i.as_array().is_some_and(|a| a.iter().all(is_token))) {
                 Ok(items
                     .iter()
                     .filter_map(Value::as_array)
@@ -283,21 +276,14 @@ fn embeddings_body(
             } else {
                 EmbeddingData::Float(v)
             };
-            EmbeddingItem {
-                object: "embedding",
-                index,
-                embedding,
-            }
+            EmbeddingItem { object: "embedding", index, embedding }
         })
         .collect();
     serde_json::to_vec(&EmbeddingList {
         object: "list",
         data,
         model,
-        usage: EmbeddingUsage {
-            prompt_tokens,
-            total_tokens: prompt_tokens,
-        },
+        usage: EmbeddingUsage { prompt_tokens, total_tokens: prompt_tokens },
     })
     .unwrap_or_default()
 }

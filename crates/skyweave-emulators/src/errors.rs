@@ -44,22 +44,13 @@ pub(crate) fn openai_error(
 
 /// `{"error":{"code","message"}}`.
 pub(crate) fn azure_error(status: StatusCode, code: &str, message: &str) -> Response {
-    value_response(
-        status,
-        &json!({"error": {"code": code, "message": message}}),
-    )
+    value_response(status, &json!({"error": {"code": code, "message": message}}))
 }
 
 /// A 400 from request validation. Azure passes the model service's OpenAI
 /// shaped error through, so both dialects answer alike.
 pub(crate) fn invalid_request(message: &str, param: Option<&str>, code: Option<&str>) -> Response {
-    openai_error(
-        StatusCode::BAD_REQUEST,
-        message,
-        Some("invalid_request_error"),
-        param,
-        code,
-    )
+    openai_error(StatusCode::BAD_REQUEST, message, Some("invalid_request_error"), param, code)
 }
 
 /// The body was not JSON.
@@ -167,9 +158,8 @@ pub(crate) fn status_behaviour(
     message: Option<&str>,
 ) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let retry_hint = retry_after_secs
-        .map(|s| format!(" Please retry after {s} seconds."))
-        .unwrap_or_default();
+    let retry_hint =
+        retry_after_secs.map(|s| format!(" Please retry after {s} seconds.")).unwrap_or_default();
     let mut resp = match dialect {
         Dialect::OpenAi => {
             let (kind, code, default_message): (&str, Option<&str>, String) = match status.as_u16()
@@ -203,26 +193,12 @@ pub(crate) fn status_behaviour(
                         .into(),
                 ),
                 502 => ("server_error", None, "Bad gateway.".into()),
-                503 => (
-                    "server_error",
-                    None,
-                    "The server is overloaded or not ready yet.".into(),
-                ),
+                503 => ("server_error", None, "The server is overloaded or not ready yet.".into()),
                 504 => ("server_error", None, "Gateway timeout.".into()),
                 s if s >= 500 => ("server_error", None, format!("Server error {s}.")),
-                s => (
-                    "invalid_request_error",
-                    None,
-                    format!("Request failed with {s}."),
-                ),
+                s => ("invalid_request_error", None, format!("Request failed with {s}.")),
             };
-            openai_error(
-                status,
-                message.unwrap_or(&default_message),
-                Some(kind),
-                None,
-                code,
-            )
+            openai_error(status, message.unwrap_or(&default_message), Some(kind), None, code)
         }
         Dialect::Azure => {
             let (code, default_message): (String, String) = match status.as_u16() {
@@ -254,10 +230,7 @@ pub(crate) fn status_behaviour(
     if let Some(secs) = retry_after_secs {
         let h = resp.headers_mut();
         h.insert(RETRY_AFTER, HeaderValue::from(secs));
-        h.insert(
-            "retry-after-ms",
-            HeaderValue::from(secs.saturating_mul(1000)),
-        );
+        h.insert("retry-after-ms", HeaderValue::from(secs.saturating_mul(1000)));
     }
     resp
 }

@@ -87,9 +87,7 @@ impl FromStr for Dialect {
         match s.to_ascii_lowercase().as_str() {
             "openai" | "open_ai" | "open-ai" => Ok(Dialect::OpenAi),
             "azure" | "azure_openai" | "azure-openai" => Ok(Dialect::Azure),
-            other => Err(format!(
-                "unknown dialect {other:?} (expected \"openai\" or \"azure\")"
-            )),
+            other => Err(format!("unknown dialect {other:?} (expected \"openai\" or \"azure\")")),
         }
     }
 }
@@ -214,31 +212,19 @@ fn default_chunks() -> u32 {
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Behaviour::Ok {
-            ttft_ms: 0,
-            inter_chunk_ms: 0,
-            chunks: 4,
-        }
+        Behaviour::Ok { ttft_ms: 0, inter_chunk_ms: 0, chunks: 4 }
     }
 }
 
 impl Behaviour {
     /// `Ok` with the given timings.
     pub fn ok(ttft_ms: u64, inter_chunk_ms: u64, chunks: u32) -> Self {
-        Behaviour::Ok {
-            ttft_ms,
-            inter_chunk_ms,
-            chunks,
-        }
+        Behaviour::Ok { ttft_ms, inter_chunk_ms, chunks }
     }
 
     /// `Status` without Retry-After or custom message.
     pub fn status(status: u16) -> Self {
-        Behaviour::Status {
-            status,
-            retry_after_secs: None,
-            message: None,
-        }
+        Behaviour::Status { status, retry_after_secs: None, message: None }
     }
 }
 
@@ -262,10 +248,7 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// First value of a header (name matched case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// First value of a query parameter (not percent-decoded).
@@ -309,20 +292,12 @@ impl fmt::Debug for Control {
 impl Control {
     /// Default behaviour for every following request.
     pub fn set_behaviour(&self, b: Behaviour) {
-        *self
-            .shared
-            .behaviour
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = b;
+        *self.shared.behaviour.write().unwrap_or_else(|e| e.into_inner()) = b;
     }
 
     /// The current default behaviour.
     pub fn behaviour(&self) -> Behaviour {
-        self.shared
-            .behaviour
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.behaviour.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// One-shot behaviours, consumed one per request in order (after any
@@ -469,10 +444,7 @@ impl Shared {
                 return b;
             }
         }
-        self.behaviour
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.behaviour.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -483,10 +455,7 @@ impl Shared {
     pub(crate) fn track(self: &Arc<Self>) -> Tracker {
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Tracker {
-            shared: Arc::clone(self),
-            done: false,
-        }
+        Tracker { shared: Arc::clone(self), done: false }
     }
 }
 

@@ -78,12 +78,7 @@ pub(crate) async fn spawn(config: EmulatorConfig) -> std::io::Result<Emulator> {
     let router = router(Arc::clone(&shared));
     let (tx, rx) = watch::channel(());
     let accept_task = tokio::spawn(accept_loop(listener, router, Arc::clone(&shared), rx));
-    Ok(Emulator {
-        addr,
-        control: Control { shared },
-        _shutdown: tx,
-        accept_task,
-    })
+    Ok(Emulator { addr, control: Control { shared }, _shutdown: tx, accept_task })
 }
 
 async fn accept_loop(
@@ -192,32 +187,20 @@ fn router(shared: Arc<Shared>) -> Router {
             .route("/v1/models", get(models))
             .route("/v1/models/{model}", get(models)),
         Dialect::Azure => Router::new()
-            .route(
-                "/openai/deployments/{deployment}/chat/completions",
-                post(chat::chat_azure),
-            )
+            .route("/openai/deployments/{deployment}/chat/completions", post(chat::chat_azure))
             .route(
                 "/openai/deployments/{deployment}/embeddings",
                 post(embeddings::embeddings_azure),
             )
             .route("/openai/models", get(models)),
     };
-    api.route(
-        "/_emulator/behaviour",
-        put(put_behaviour).get(get_behaviour),
-    )
-    .route(
-        "/_emulator/script",
-        put(put_script).post(put_script).delete(delete_script),
-    )
-    .route("/_emulator/stats", get(get_stats))
-    .route(
-        "/_emulator/recorded",
-        get(get_recorded).delete(delete_recorded),
-    )
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed)
-    .with_state(shared)
+    api.route("/_emulator/behaviour", put(put_behaviour).get(get_behaviour))
+        .route("/_emulator/script", put(put_script).post(put_script).delete(delete_script))
+        .route("/_emulator/stats", get(get_stats))
+        .route("/_emulator/recorded", get(get_recorded).delete(delete_recorded))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
 }
 
 /// What the API handlers have once the common checks passed.
@@ -251,9 +234,7 @@ pub(crate) async fn prepare(
         Ok(b) => b,
         Err(e) => {
             let too_large = e.is_none_or(|e| {
-                e.into_inner()
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
+                e.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some()
             });
             if !too_large {
                 // The client went away (or broke the framing) mid-body: the
@@ -283,13 +264,7 @@ pub(crate) async fn prepare(
             return Err(denied.into_response(shared.dialect));
         }
     };
-    Ok(Prepared {
-        tracker,
-        conn,
-        body,
-        deployment,
-        api_version,
-    })
+    Ok(Prepared { tracker, conn, body, deployment, api_version })
 }
 
 /// Why a request was turned away before its body was looked at.
@@ -333,10 +308,7 @@ fn check_key(shared: &Shared, headers: &HeaderMap) -> Result<(), Denied> {
     let Some(key) = shared.api_key.as_deref() else {
         return Ok(());
     };
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(strip_bearer);
+    let bearer = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(strip_bearer);
     let ok = match shared.dialect {
         Dialect::OpenAi => bearer == Some(key),
         Dialect::Azure => {
@@ -360,12 +332,7 @@ fn record(shared: &Shared, parts: &Parts, body: &[u8], deployment: Option<String
     let headers = parts
         .headers
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let body = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     shared.recorded().push(RecordedRequest {
@@ -386,18 +353,11 @@ fn record_other(shared: &Shared, parts: &Parts) {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-const MODELS: [&str; 4] = [
-    "gpt-4o",
-    "gpt-4o-mini",
-    "text-embedding-3-small",
-    "text-embedding-3-large",
-];
+const MODELS: [&str; 4] =
+    ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "text-embedding-3-large"];
 
 async fn models(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
@@ -414,10 +374,7 @@ async fn models(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             "data": MODELS.iter().map(|id| model(id)).collect::<Vec<_>>(),
         }),
     };
-    json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&body).unwrap_or_default(),
-    )
+    json_response(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
 }
 
 async fn not_found(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -432,11 +389,7 @@ async fn method_not_allowed(State(shared): State<Arc<Shared>>, req: Request) -> 
     match shared.dialect {
         Dialect::OpenAi => errors::openai_error(
             StatusCode::METHOD_NOT_ALLOWED,
-            &format!(
-                "Invalid method for URL ({} {})",
-                parts.method,
-                parts.uri.path()
-            ),
+            &format!("Invalid method for URL ({} {})", parts.method, parts.uri.path()),
             Some("invalid_request_error"),
             None,
             None,
@@ -459,10 +412,7 @@ fn control_error(message: String) -> Response {
 }
 
 fn json_ok<T: serde::Serialize>(value: &T) -> Response {
-    json_response(
-        StatusCode::OK,
-        serde_json::to_vec(value).unwrap_or_default(),
-    )
+    json_response(StatusCode::OK, serde_json::to_vec(value).unwrap_or_default())
 }
 
 fn no_content() -> Response {
@@ -491,9 +441,7 @@ async fn put_script(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
             Control { shared }.push_script(bs);
             no_content()
         }
-        Err(e) => control_error(format!(
-            "invalid script (expected an array of behaviours): {e}"
-        )),
+        Err(e) => control_error(format!("invalid script (expected an array of behaviours): {e}")),
     }
 }
 
@@ -527,11 +475,7 @@ pub(crate) async fn common_behaviour(
     op: Operation,
 ) -> Result<Response, Behaviour> {
     match b {
-        Behaviour::Status {
-            status,
-            retry_after_secs,
-            message,
-        } => {
+        Behaviour::Status { status, retry_after_secs, message } => {
             p.tracker.done();
             Ok(errors::status_behaviour(
                 shared.dialect,
@@ -587,9 +531,7 @@ pub(crate) async fn non_streaming(
         Err(b) => b,
     };
     match b {
-        Behaviour::Ok {
-            ttft_ms, chunks, ..
-        } => {
+        Behaviour::Ok { ttft_ms, chunks, .. } => {
             if ttft_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(ttft_ms)).await;
             }
@@ -598,11 +540,8 @@ pub(crate) async fn non_streaming(
             json_response(StatusCode::OK, body)
         }
         Behaviour::HangAfterHeaders => {
-            let mut resp = Response::new(Body::new(PendingBody {
-                _tracker: p.tracker,
-            }));
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, errors::APPLICATION_JSON);
+            let mut resp = Response::new(Body::new(PendingBody { _tracker: p.tracker }));
+            resp.headers_mut().insert(CONTENT_TYPE, errors::APPLICATION_JSON);
             resp
         }
         Behaviour::CutAfterChunks { chunks } => {

@@ -12,10 +12,7 @@ use crate::{spawn, Behaviour, Control, Emulator, EmulatorConfig};
 const API_VERSION: &str = "2024-10-21";
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
+    reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap()
 }
 
 async fn openai(name: &str) -> Emulator {
@@ -73,9 +70,7 @@ fn sse_data(text: &str) -> Vec<String> {
     text.split("\n\n")
         .filter(|e| !e.is_empty())
         .map(|e| {
-            e.strip_prefix("data: ")
-                .unwrap_or_else(|| panic!("not a data event: {e:?}"))
-                .to_owned()
+            e.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data event: {e:?}")).to_owned()
         })
         .collect()
 }
@@ -94,10 +89,7 @@ async fn read_stream(resp: reqwest::Response) -> (String, Option<reqwest::Error>
 }
 
 fn content_of_chunks(chunks: &[Value]) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect()
+    chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect()
 }
 
 // ---- chat: OpenAI dialect -------------------------------------------------
@@ -123,10 +115,7 @@ async fn non_streaming_chat_is_a_valid_completion() {
     let choice = &v["choices"][0];
     assert_eq!(choice["index"], 0);
     assert_eq!(choice["message"]["role"], "assistant");
-    assert_eq!(
-        choice["message"]["content"],
-        "Hello from east lorem ipsum dolor"
-    );
+    assert_eq!(choice["message"]["content"], "Hello from east lorem ipsum dolor");
     assert_eq!(choice["finish_reason"], "stop");
     assert_eq!(
         v["usage"],
@@ -135,10 +124,7 @@ async fn non_streaming_chat_is_a_valid_completion() {
     assert!(v.get("prompt_filter_results").is_none());
 
     let c = &emu.control;
-    assert_eq!(
-        (c.requests(), c.completed(), c.cancelled(), c.in_flight()),
-        (1, 1, 0, 0)
-    );
+    assert_eq!((c.requests(), c.completed(), c.cancelled(), c.in_flight()), (1, 1, 0, 0));
     let rec = c.recorded();
     assert_eq!(rec.len(), 1);
     assert_eq!(rec[0].method, "POST");
@@ -178,48 +164,29 @@ async fn chunks_sets_number_of_content_pieces() {
         .await
         .unwrap();
     let data = sse_data(&text);
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks: Vec<Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     let content_chunks = chunks
         .iter()
-        .filter(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|s| !s.is_empty())
-        })
+        .filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()))
         .count();
     assert_eq!(content_chunks, 7);
-    assert_eq!(
-        content_of_chunks(&chunks),
-        "Hello from n lorem ipsum dolor sit amet consectetur"
-    );
+    assert_eq!(content_of_chunks(&chunks), "Hello from n lorem ipsum dolor sit amet consectetur");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_chat_sends_openai_chunks_then_done() {
     let emu = openai("west").await;
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(chat_url(&emu)).json(&chat_body(true)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()["content-type"],
-        "text/event-stream; charset=utf-8"
-    );
+    assert_eq!(resp.headers()["content-type"], "text/event-stream; charset=utf-8");
     assert_eq!(resp.headers()["x-emulator-name"], "west");
     let (text, err) = read_stream(resp).await;
     assert!(err.is_none());
     let data = sse_data(&text);
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks: Vec<Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     // role chunk + 4 content chunks + finish chunk
     assert_eq!(chunks.len(), 6);
     let id = chunks[0]["id"].as_str().unwrap();
@@ -227,20 +194,14 @@ async fn streaming_chat_sends_openai_chunks_then_done() {
         assert_eq!(c["object"], "chat.completion.chunk");
         assert_eq!(c["id"], id);
         assert_eq!(c["model"], "gpt-4o-mini");
-        assert!(
-            c.get("usage").is_none(),
-            "no usage key without include_usage"
-        );
+        assert!(c.get("usage").is_none(), "no usage key without include_usage");
     }
     assert_eq!(
         chunks[0]["choices"][0]["delta"],
         json!({"role": "assistant", "content": "", "refusal": null})
     );
     assert_eq!(chunks[0]["choices"][0]["finish_reason"], Value::Null);
-    assert_eq!(
-        content_of_chunks(&chunks),
-        "Hello from west lorem ipsum dolor"
-    );
+    assert_eq!(content_of_chunks(&chunks), "Hello from west lorem ipsum dolor");
     let last = &chunks[5]["choices"][0];
     assert_eq!(last["delta"], json!({}));
     assert_eq!(last["finish_reason"], "stop");
@@ -253,21 +214,12 @@ async fn include_usage_adds_final_usage_chunk_and_null_usage_elsewhere() {
     let emu = openai("u").await;
     let mut body = chat_body(true);
     body["stream_options"] = json!({"include_usage": true});
-    let text = client()
-        .post(chat_url(&emu))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text =
+        client().post(chat_url(&emu)).json(&body).send().await.unwrap().text().await.unwrap();
     let data = sse_data(&text);
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks: Vec<Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     assert_eq!(chunks.len(), 7);
     for c in &chunks[..6] {
         assert_eq!(c["usage"], Value::Null);
@@ -287,17 +239,9 @@ async fn chunks_are_flushed_as_produced_with_ttft_and_inter_chunk_delays() {
     let emu = openai("slow").await;
     emu.control.set_behaviour(Behaviour::ok(300, 150, 4));
     let start = Instant::now();
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(chat_url(&emu)).json(&chat_body(true)).send().await.unwrap();
     let head_at = start.elapsed();
-    assert!(
-        head_at < Duration::from_millis(250),
-        "head after {head_at:?}"
-    );
+    assert!(head_at < Duration::from_millis(250), "head after {head_at:?}");
     let mut arrivals = Vec::new();
     let mut stream = resp.bytes_stream();
     let mut text = String::new();
@@ -315,16 +259,10 @@ async fn chunks_are_flushed_as_produced_with_ttft_and_inter_chunk_delays() {
     // the first piece comes with the role chunk; each later one 150 ms apart
     for w in arrivals[1..].windows(2) {
         let gap = w[1] - w[0];
-        assert!(
-            gap >= Duration::from_millis(120),
-            "gap {gap:?} in {arrivals:?}"
-        );
+        assert!(gap >= Duration::from_millis(120), "gap {gap:?} in {arrivals:?}");
     }
     let total = *arrivals.last().unwrap();
-    assert!(
-        total >= Duration::from_millis(300 + 3 * 150),
-        "{arrivals:?}"
-    );
+    assert!(total >= Duration::from_millis(300 + 3 * 150), "{arrivals:?}");
     assert!(text.ends_with("data: [DONE]\n\n"));
 }
 
@@ -333,12 +271,7 @@ async fn ttft_delays_non_streaming_reply() {
     let emu = openai("t").await;
     emu.control.set_behaviour(Behaviour::ok(250, 0, 4));
     let start = Instant::now();
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(start.elapsed() >= Duration::from_millis(250));
 }
@@ -369,27 +302,14 @@ async fn unknown_fields_pass_and_bad_bodies_get_400() {
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert!(v["error"]["message"].as_str().unwrap().contains("JSON"));
 
-    let resp = c
-        .post(&url)
-        .json(&json!({"model": "gpt-4o"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).json(&json!({"model": "gpt-4o"})).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert_eq!(v["error"]["param"], "messages");
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("'messages'"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("'messages'"));
 
-    let resp = c
-        .post(&url)
-        .json(&json!({"model": "gpt-4o", "messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).json(&json!({"model": "gpt-4o", "messages": []})).send().await.unwrap();
     assert_eq!(resp.status(), 400);
 
     let resp = c
@@ -421,9 +341,7 @@ async fn unknown_fields_pass_and_bad_bodies_get_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_dialect_requires_bearer_key() {
-    let emu = spawn(EmulatorConfig::openai("k").with_api_key("sk-test-123456789"))
-        .await
-        .unwrap();
+    let emu = spawn(EmulatorConfig::openai("k").with_api_key("sk-test-123456789")).await.unwrap();
     let c = client();
     let url = chat_url(&emu);
 
@@ -442,10 +360,7 @@ async fn openai_dialect_requires_bearer_key() {
     assert_eq!(resp.status(), 401);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "invalid_api_key");
-    assert!(!v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("sk-wrong-000000000"));
+    assert!(!v["error"]["message"].as_str().unwrap().contains("sk-wrong-000000000"));
 
     // api-key is Azure's header, not OpenAI's
     let resp = c
@@ -457,29 +372,18 @@ async fn openai_dialect_requires_bearer_key() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 
-    let resp = c
-        .post(&url)
-        .bearer_auth("sk-test-123456789")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        c.post(&url).bearer_auth("sk-test-123456789").json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(emu.control.requests(), 4);
 
-    let resp = c
-        .get(format!("{}/v1/models", emu.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get(format!("{}/v1/models", emu.base_url())).send().await.unwrap();
     assert_eq!(resp.status(), 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_dialect_accepts_api_key_or_bearer() {
-    let emu = spawn(EmulatorConfig::azure("az").with_api_key("azkey"))
-        .await
-        .unwrap();
+    let emu = spawn(EmulatorConfig::azure("az").with_api_key("azkey")).await.unwrap();
     let c = client();
     let url = azure_chat_url(&emu, "gpt4o");
 
@@ -487,28 +391,13 @@ async fn azure_dialect_accepts_api_key_or_bearer() {
     assert_eq!(resp.status(), 401);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "401");
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("Access denied"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("Access denied"));
 
-    let resp = c
-        .post(&url)
-        .header("api-key", "nope")
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).header("api-key", "nope").json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 401);
 
     for (name, value) in [("api-key", "azkey"), ("authorization", "Bearer azkey")] {
-        let resp = c
-            .post(&url)
-            .header(name, value)
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = c.post(&url).header(name, value).json(&chat_body(false)).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{name}");
     }
 }
@@ -520,29 +409,15 @@ async fn azure_chat_records_deployment_and_adds_filter_results() {
     let emu = azure("swedencentral").await;
     let mut body = chat_body(false);
     body.as_object_mut().unwrap().remove("model");
-    let resp = client()
-        .post(azure_chat_url(&emu, "my-gpt4o"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(azure_chat_url(&emu, "my-gpt4o")).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-emulator-name"], "swedencentral");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "my-gpt4o", "model falls back to the deployment");
-    assert_eq!(
-        v["choices"][0]["message"]["content"],
-        "Hello from swedencentral lorem ipsum dolor"
-    );
-    assert_eq!(
-        v["prompt_filter_results"][0]["content_filter_results"]["hate"]["filtered"],
-        false
-    );
-    assert_eq!(
-        v["choices"][0]["content_filter_results"]["violence"]["severity"],
-        "safe"
-    );
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from swedencentral lorem ipsum dolor");
+    assert_eq!(v["prompt_filter_results"][0]["content_filter_results"]["hate"]["filtered"], false);
+    assert_eq!(v["choices"][0]["content_filter_results"]["violence"]["severity"], "safe");
     let rec = emu.control.recorded();
     assert_eq!(rec[0].deployment.as_deref(), Some("my-gpt4o"));
     assert_eq!(rec[0].path, "/openai/deployments/my-gpt4o/chat/completions");
@@ -579,10 +454,7 @@ async fn azure_without_api_version_is_resource_not_found() {
             .unwrap();
         assert_eq!(resp.status(), 404, "{path}");
         let v: Value = resp.json().await.unwrap();
-        assert_eq!(
-            v,
-            json!({"error": {"code": "404", "message": "Resource not found"}})
-        );
+        assert_eq!(v, json!({"error": {"code": "404", "message": "Resource not found"}}));
     }
     // counted (rejected chat/embeddings requests) and recorded with deployment
     assert_eq!(emu.control.requests(), 3);
@@ -660,10 +532,8 @@ async fn embeddings_float_base64_dimensions_and_token_inputs() {
         .await
         .unwrap();
     let raw = crate::base64::decode(b64["data"][0]["embedding"].as_str().unwrap()).unwrap();
-    let decoded: Vec<f32> = raw
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let decoded: Vec<f32> =
+        raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     assert_eq!(decoded, floats);
 
     // token arrays
@@ -693,20 +563,11 @@ async fn embeddings_float_base64_dimensions_and_token_inputs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_embeddings_and_behaviours_apply_to_embeddings() {
     let emu = azure("az").await;
-    let url = format!(
-        "{}/openai/deployments/emb/embeddings?api-version={API_VERSION}",
-        emu.base_url()
-    );
+    let url =
+        format!("{}/openai/deployments/emb/embeddings?api-version={API_VERSION}", emu.base_url());
     let c = client();
-    let v: Value = c
-        .post(&url)
-        .json(&json!({"input": "abc"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value =
+        c.post(&url).json(&json!({"input": "abc"})).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["model"], "emb");
     assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 8);
 
@@ -715,19 +576,11 @@ async fn azure_embeddings_and_behaviours_apply_to_embeddings() {
         retry_after_secs: Some(2),
         message: None,
     }]);
-    let resp = c
-        .post(&url)
-        .json(&json!({"input": "abc"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).json(&json!({"input": "abc"})).send().await.unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "2");
     let v: Value = resp.json().await.unwrap();
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("Embeddings_Create"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("Embeddings_Create"));
     assert_eq!(emu.control.recorded()[1].deployment.as_deref(), Some("emb"));
 }
 
@@ -742,12 +595,7 @@ async fn status_behaviour_in_openai_shape_with_retry_after() {
         retry_after_secs: Some(3),
         message: None,
     });
-    let resp = c
-        .post(chat_url(&emu))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(chat_url(&emu)).json(&chat_body(true)).send().await.unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "3");
     assert_eq!(resp.headers()["retry-after-ms"], "3000");
@@ -756,22 +604,13 @@ async fn status_behaviour_in_openai_shape_with_retry_after() {
     assert_eq!(v["error"]["type"], "requests");
     assert!(v["error"].as_object().unwrap().contains_key("param"));
 
-    for (status, kind) in [
-        (500, "server_error"),
-        (502, "server_error"),
-        (503, "server_error"),
-    ] {
+    for (status, kind) in [(500, "server_error"), (502, "server_error"), (503, "server_error")] {
         emu.control.set_behaviour(Behaviour::Status {
             status,
             retry_after_secs: None,
             message: Some(format!("custom {status}")),
         });
-        let resp = c
-            .post(chat_url(&emu))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = c.post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), status);
         assert!(resp.headers().get("retry-after").is_none());
         let v: Value = resp.json().await.unwrap();
@@ -779,12 +618,7 @@ async fn status_behaviour_in_openai_shape_with_retry_after() {
         assert_eq!(v["error"]["message"], format!("custom {status}"));
     }
     emu.control.set_behaviour(Behaviour::status(408));
-    let resp = c
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 408);
     assert_eq!(emu.control.completed(), 5);
 }
@@ -797,12 +631,8 @@ async fn status_behaviour_in_azure_shape() {
         retry_after_secs: Some(7),
         message: None,
     });
-    let resp = client()
-        .post(azure_chat_url(&emu, "d"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        client().post(azure_chat_url(&emu, "d")).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "7");
     assert_eq!(resp.headers()["retry-after-ms"], "7000");
@@ -820,18 +650,12 @@ async fn status_behaviour_in_azure_shape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_runs_in_order_then_falls_back_to_default() {
     let emu = openai("s").await;
-    emu.control
-        .push_script(vec![Behaviour::status(500), Behaviour::status(502)]);
+    emu.control.push_script(vec![Behaviour::status(500), Behaviour::status(502)]);
     emu.control.push_script(vec![Behaviour::ContentFilter]);
     let c = client();
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        let resp = c
-            .post(chat_url(&emu))
-            .json(&chat_body(false))
-            .send()
-            .await
-            .unwrap();
+        let resp = c.post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
         statuses.push(resp.status().as_u16());
     }
     assert_eq!(statuses, [500, 502, 400, 200, 200]);
@@ -843,12 +667,7 @@ async fn script_runs_in_order_then_falls_back_to_default() {
 async fn content_filter_in_both_dialects() {
     let az = azure("az").await;
     az.control.set_behaviour(Behaviour::ContentFilter);
-    let resp = client()
-        .post(azure_chat_url(&az, "d"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(azure_chat_url(&az, "d")).json(&chat_body(true)).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     let e = &v["error"];
@@ -864,12 +683,7 @@ async fn content_filter_in_both_dialects() {
 
     let oa = openai("oa").await;
     oa.control.set_behaviour(Behaviour::ContentFilter);
-    let resp = client()
-        .post(chat_url(&oa))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(chat_url(&oa)).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
@@ -880,23 +694,13 @@ async fn content_filter_in_both_dialects() {
 async fn malformed_bodies_are_200_but_not_json() {
     let emu = openai("m").await;
     emu.control.set_behaviour(Behaviour::Malformed);
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(!text.is_empty());
     assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
 
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(chat_url(&emu)).json(&chat_body(true)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     let data = sse_data(&text);
@@ -908,17 +712,12 @@ async fn malformed_bodies_are_200_but_not_json() {
 async fn hang_holds_until_client_leaves_and_counts_cancelled() {
     let emu = openai("h").await;
     emu.control.set_behaviour(Behaviour::Hang);
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let c = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
     let mut tasks = Vec::new();
     for stream in [false, true, false] {
         let c = c.clone();
         let url = chat_url(&emu);
-        tasks.push(tokio::spawn(async move {
-            c.post(url).json(&chat_body(stream)).send().await
-        }));
+        tasks.push(tokio::spawn(async move { c.post(url).json(&chat_body(stream)).send().await }));
     }
     wait_until("3 in flight", || emu.control.in_flight() == 3).await;
     for t in tasks {
@@ -943,10 +742,7 @@ async fn hang_after_headers_sends_sse_head_then_nothing() {
     .expect("head arrives")
     .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()["content-type"],
-        "text/event-stream; charset=utf-8"
-    );
+    assert_eq!(resp.headers()["content-type"], "text/event-stream; charset=utf-8");
     let mut stream = resp.bytes_stream();
     let first = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
     assert!(first.is_err(), "no body byte may arrive: {first:?}");
@@ -956,12 +752,7 @@ async fn hang_after_headers_sends_sse_head_then_nothing() {
     assert_eq!(emu.control.in_flight(), 0);
 
     // non-streaming: JSON head, then nothing
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body = tokio::time::timeout(Duration::from_millis(300), resp.bytes()).await;
     assert!(body.is_err());
@@ -972,12 +763,7 @@ async fn hang_after_headers_sends_sse_head_then_nothing() {
 async fn reset_is_a_connection_error_not_a_status() {
     let emu = openai("r").await;
     emu.control.set_behaviour(Behaviour::Reset);
-    let err = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap_err();
+    let err = client().post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap_err();
     assert!(err.status().is_none(), "{err:?}");
     assert!(!err.is_timeout(), "{err:?}");
 
@@ -991,9 +777,8 @@ async fn reset_is_a_connection_error_not_a_status() {
     tcp.write_all(head.as_bytes()).await.unwrap();
     tcp.write_all(&body).await.unwrap();
     let mut buf = Vec::new();
-    let res = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf))
-        .await
-        .unwrap();
+    let res =
+        tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf)).await.unwrap();
     assert_eq!(
         res.map_err(|e| e.kind()),
         Err(std::io::ErrorKind::ConnectionReset),
@@ -1008,30 +793,17 @@ async fn reset_is_a_connection_error_not_a_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_after_chunks_stream_ends_without_done() {
     let emu = openai("c").await;
-    emu.control
-        .set_behaviour(Behaviour::CutAfterChunks { chunks: 2 });
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    emu.control.set_behaviour(Behaviour::CutAfterChunks { chunks: 2 });
+    let resp = client().post(chat_url(&emu)).json(&chat_body(true)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let (text, err) = read_stream(resp).await;
-    assert!(
-        err.is_some(),
-        "the body must end in an error, got clean end: {text}"
-    );
+    assert!(err.is_some(), "the body must end in an error, got clean end: {text}");
     assert!(!text.contains("[DONE]"));
-    let chunks: Vec<Value> = sse_data(&text)
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks: Vec<Value> =
+        sse_data(&text).iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     assert_eq!(chunks.len(), 3, "role + 2 content chunks: {text}");
     assert_eq!(content_of_chunks(&chunks), "Hello from c lorem");
-    assert!(chunks
-        .iter()
-        .all(|c| c["choices"][0]["finish_reason"].is_null()));
+    assert!(chunks.iter().all(|c| c["choices"][0]["finish_reason"].is_null()));
     wait_until("completed", || emu.control.completed() == 1).await;
 
     // On the wire: the chunked body is not terminated (no 0-length chunk).
@@ -1044,9 +816,7 @@ async fn cut_after_chunks_stream_ends_without_done() {
     tcp.write_all(head.as_bytes()).await.unwrap();
     tcp.write_all(&body).await.unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf))
-        .await
-        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf)).await.unwrap();
     let raw = String::from_utf8_lossy(&buf);
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.contains("transfer-encoding: chunked"), "{raw}");
@@ -1057,14 +827,8 @@ async fn cut_after_chunks_stream_ends_without_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_non_streaming_sends_partial_body() {
     let emu = openai("c").await;
-    emu.control
-        .set_behaviour(Behaviour::CutAfterChunks { chunks: 4 });
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    emu.control.set_behaviour(Behaviour::CutAfterChunks { chunks: 4 });
+    let resp = client().post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let declared = resp.content_length().unwrap();
     let (text, err) = read_stream(resp).await;
@@ -1077,17 +841,10 @@ async fn cut_non_streaming_sends_partial_body() {
 async fn client_leaving_mid_stream_counts_as_cancelled() {
     let emu = openai("x").await;
     emu.control.set_behaviour(Behaviour::ok(0, 200, 20));
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(chat_url(&emu)).json(&chat_body(true)).send().await.unwrap();
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
-    assert!(std::str::from_utf8(&first)
-        .unwrap()
-        .contains("Hello from x"));
+    assert!(std::str::from_utf8(&first).unwrap().contains("Hello from x"));
     assert_eq!(emu.control.in_flight(), 1);
     drop(stream);
     wait_until("cancelled", || emu.control.cancelled() == 1).await;
@@ -1111,12 +868,7 @@ async fn http_control_endpoints() {
         .unwrap();
     assert_eq!(resp.status(), 204);
     assert_eq!(emu.control.behaviour(), Behaviour::status(503));
-    let resp = c
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 503);
 
     let resp = c
@@ -1133,26 +885,11 @@ async fn http_control_endpoints() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    let resp = c
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 500);
-    let v: Value = c
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        v["choices"][0]["message"]["content"],
-        "Hello from ctl lorem"
-    );
+    let v: Value =
+        c.post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from ctl lorem");
 
     let resp = c
         .put(format!("{base}/_emulator/behaviour"))
@@ -1162,18 +899,9 @@ async fn http_control_endpoints() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 
-    let stats: Value = c
-        .get(format!("{base}/_emulator/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        stats,
-        json!({"requests": 3, "completed": 3, "cancelled": 0, "in_flight": 0})
-    );
+    let stats: Value =
+        c.get(format!("{base}/_emulator/stats")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stats, json!({"requests": 3, "completed": 3, "cancelled": 0, "in_flight": 0}));
     // control requests are neither counted nor recorded
     assert_eq!(emu.control.recorded().len(), 3);
 }
@@ -1186,23 +914,13 @@ fn behaviour_json_format() {
             json!({"kind": "ok", "ttft_ms": 5, "inter_chunk_ms": 6, "chunks": 7}),
         ),
         (
-            Behaviour::Status {
-                status: 429,
-                retry_after_secs: Some(1),
-                message: Some("m".into()),
-            },
+            Behaviour::Status { status: 429, retry_after_secs: Some(1), message: Some("m".into()) },
             json!({"kind": "status", "status": 429, "retry_after_secs": 1, "message": "m"}),
         ),
         (Behaviour::Hang, json!({"kind": "hang"})),
-        (
-            Behaviour::HangAfterHeaders,
-            json!({"kind": "hang_after_headers"}),
-        ),
+        (Behaviour::HangAfterHeaders, json!({"kind": "hang_after_headers"})),
         (Behaviour::Reset, json!({"kind": "reset"})),
-        (
-            Behaviour::CutAfterChunks { chunks: 2 },
-            json!({"kind": "cut_after_chunks", "chunks": 2}),
-        ),
+        (Behaviour::CutAfterChunks { chunks: 2 }, json!({"kind": "cut_after_chunks", "chunks": 2})),
         (Behaviour::ContentFilter, json!({"kind": "content_filter"})),
         (Behaviour::Malformed, json!({"kind": "malformed"})),
     ];
@@ -1221,48 +939,23 @@ fn behaviour_json_format() {
 async fn models_and_unknown_routes() {
     let emu = openai("m").await;
     let c = client();
-    let v: Value = c
-        .get(format!("{}/v1/models", emu.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value =
+        c.get(format!("{}/v1/models", emu.base_url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["object"], "list");
-    assert!(v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["id"] == "gpt-4o-mini"));
-    let resp = c
-        .get(format!("{}/v1/nope", emu.base_url()))
-        .send()
-        .await
-        .unwrap();
+    assert!(v["data"].as_array().unwrap().iter().any(|m| m["id"] == "gpt-4o-mini"));
+    let resp = c.get(format!("{}/v1/nope", emu.base_url())).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["x-emulator-name"], "m");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    let resp = c
-        .get(format!("{}/v1/chat/completions", emu.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get(format!("{}/v1/chat/completions", emu.base_url())).send().await.unwrap();
     assert_eq!(resp.status(), 405);
-    assert_eq!(
-        emu.control.requests(),
-        0,
-        "only chat/embeddings are counted"
-    );
+    assert_eq!(emu.control.requests(), 0, "only chat/embeddings are counted");
     assert_eq!(emu.control.recorded().len(), 3);
 
     let az = azure("a").await;
     let resp = c
-        .get(format!(
-            "{}/openai/models?api-version={API_VERSION}",
-            az.base_url()
-        ))
+        .get(format!("{}/openai/models?api-version={API_VERSION}", az.base_url()))
         .send()
         .await
         .unwrap();
@@ -1271,15 +964,8 @@ async fn models_and_unknown_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recording_can_be_switched_off() {
-    let emu = spawn(EmulatorConfig::openai("quiet").with_record(false))
-        .await
-        .unwrap();
-    let resp = client()
-        .post(chat_url(&emu))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let emu = spawn(EmulatorConfig::openai("quiet").with_record(false)).await.unwrap();
+    let resp = client().post(chat_url(&emu)).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(emu.control.requests(), 1);
     assert!(emu.control.recorded().is_empty());
@@ -1299,10 +985,7 @@ async fn dropping_the_emulator_closes_listener_and_connections() {
         .expect("hung request ends when the emulator is dropped")
         .unwrap();
     assert!(res.is_err());
-    wait_until("listener closed", || {
-        std::net::TcpStream::connect(addr).is_err()
-    })
-    .await;
+    wait_until("listener closed", || std::net::TcpStream::connect(addr).is_err()).await;
     assert_eq!(control.cancelled(), 1);
 }
 
@@ -1311,12 +994,7 @@ async fn keep_alive_connection_serves_many_requests() {
     let emu = openai("ka").await;
     let c = reqwest::Client::new();
     for _ in 0..50 {
-        let resp = c
-            .post(chat_url(&emu))
-            .json(&chat_body(true))
-            .send()
-            .await
-            .unwrap();
+        let resp = c.post(chat_url(&emu)).json(&chat_body(true)).send().await.unwrap();
         let text = resp.text().await.unwrap();
         assert!(text.ends_with("data: [DONE]\n\n"));
     }
@@ -1351,10 +1029,8 @@ async fn client_leaving_mid_upload_is_cancelled_and_huge_bodies_get_413() {
     )
     .await;
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let n =
+        tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut buf)).await.unwrap().unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert_eq!(emu.control.requests(), 2);
@@ -1364,16 +1040,8 @@ async fn client_leaving_mid_upload_is_cancelled_and_huge_bodies_get_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_http2_prior_knowledge_too() {
     let emu = openai("h2").await;
-    let c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let resp = c
-        .post(chat_url(&emu))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let c = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let resp = c.post(chat_url(&emu)).json(&chat_body(true)).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.headers()["x-emulator-name"], "h2");
     let text = resp.text().await.unwrap();

@@ -27,10 +27,7 @@ fn start(args: &[&str]) -> (Child, String) {
 }
 
 fn stop(mut child: Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -62,9 +59,7 @@ async fn azure_binary_serves_and_exits_on_sigterm() {
     ]);
     let c = reqwest::Client::new();
     let v: Value = c
-        .post(format!(
-            "{url}/openai/deployments/d/chat/completions?api-version=2024-10-21"
-        ))
+        .post(format!("{url}/openai/deployments/d/chat/completions?api-version=2024-10-21"))
         .header("api-key", "k")
         .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
         .send()
@@ -73,44 +68,23 @@ async fn azure_binary_serves_and_exits_on_sigterm() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        v["choices"][0]["message"]["content"],
-        "Hello from bin lorem"
-    );
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from bin lorem");
 
-    let stats: Value = c
-        .get(format!("{url}/_emulator/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value =
+        c.get(format!("{url}/_emulator/stats")).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats["requests"], 1);
     assert_eq!(stats["completed"], 1);
     // the binary does not record requests
-    let recorded: Value = c
-        .get(format!("{url}/_emulator/recorded"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let recorded: Value =
+        c.get(format!("{url}/_emulator/recorded")).send().await.unwrap().json().await.unwrap();
     assert_eq!(recorded, json!([]));
     stop(child, "-TERM");
 }
 
 #[tokio::test]
 async fn openai_binary_takes_timings_and_exits_on_sigint() {
-    let (child, url) = start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--dialect",
-        "openai",
-        "--ttft-ms",
-        "200",
-    ]);
+    let (child, url) =
+        start(&["--listen", "127.0.0.1:0", "--dialect", "openai", "--ttft-ms", "200"]);
     let start = Instant::now();
     let resp = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))

@@ -1,6 +1,8 @@
 //! Errors as the OpenAI API shapes them:
 //! `{"error": {"message", "type", "param", "code"}}` with a matching status.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
@@ -9,13 +11,15 @@ use serde_json::{json, Value};
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    pub kind: &'static str,
-    pub param: Option<String>,
-    pub code: Option<String>,
+    pub kind: Cow<'static, str>,
+    pub param: Option<Box<str>>,
+    pub code: Option<Box<str>>,
     /// Extra fields of the error object (e.g. Azure's `innererror`, the
     /// per-deployment reasons of a 503).
     pub extra: Option<Box<Value>>,
-    pub retry_after_secs: Option<u64>,
+    pub retry_after_secs: Option<u32>,
+    /// The deployment, cloud and region that answered with this error.
+    pub served_by: Option<Box<[String; 3]>>,
 }
 
 impl ApiError {
@@ -23,22 +27,23 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
-            kind,
+            kind: Cow::Borrowed(kind),
             param: None,
             code: None,
             extra: None,
             retry_after_secs: None,
+            served_by: None,
         }
     }
 
     pub fn invalid_request(message: impl Into<String>, param: Option<&str>) -> ApiError {
         let mut error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message);
-        error.param = param.map(str::to_string);
+        error.param = param.map(Box::from);
         error
     }
 
     pub fn with_code(mut self, code: &str) -> ApiError {
-        self.code = Some(code.to_string());
+        self.code = Some(code.into());
         self
     }
 
@@ -65,12 +70,21 @@ impl IntoResponse for ApiError {
         let body = self.body().to_string();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers
+            .insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(seconds) = self.retry_after_secs {
             headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some([deployment, cloud, region]) = self.served_by.as_deref() {
+            for (name, value) in [
+                ("x-skyweave-deployment", deployment),
+                ("x-skyweave-cloud", cloud),
+                ("x-skyweave-region", region),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.insert(name, value);
+                }
+            }
         }
         response
     }

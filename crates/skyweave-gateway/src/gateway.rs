@@ -13,17 +13,19 @@ use futures::future::BoxFuture;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use skyweave_core::capacity::{Capacity, CapacityRefusal, Reservation};
-use skyweave_core::estate::{Deployment, DeploymentId, Estate, Model};
+use skyweave_core::estate::{Deployment, DeploymentId, Estate, Model, SecretSource};
 use skyweave_core::failure::FailureKind;
 use skyweave_core::health::{Admission, Breaker, BreakerState, Ewma};
 use skyweave_core::routing::{self, Candidate};
 
 use crate::metrics::{AttemptLabels, DeploymentLabels, FailoverLabels, Metrics, Name};
 use crate::providers::{self, Provider, UpstreamError, Usage};
-use crate::secrets::SecretError;
+use crate::secrets::{Secret, SecretError};
 
 pub struct Gateway {
     pub estate: Estate,
+    /// File-based secrets, re-read in the background.
+    file_secrets: Vec<Secret>,
     pub deployments: Vec<DeploymentRuntime>,
     pub metrics: Metrics,
     pub started: Instant,
@@ -61,11 +63,13 @@ impl Gateway {
     pub fn new(estate: Estate) -> Result<Arc<Gateway>, BuildError> {
         let started = Instant::now();
         let mut deployments = Vec::with_capacity(estate.deployments.len());
+        let mut file_secrets = Vec::new();
         for deployment in &estate.deployments {
-            let provider = providers::build(deployment, started).map_err(|source| BuildError {
-                deployment: deployment.name.clone(),
-                source,
-            })?;
+            let (provider, secret) = providers::build(deployment, started)
+                .map_err(|source| BuildError { deployment: deployment.name.clone(), source })?;
+            if let Some(secret) = secret.filter(|s| matches!(s.source(), SecretSource::File(_))) {
+                file_secrets.push(secret);
+            }
             deployments.push(DeploymentRuntime {
                 provider,
                 name: Arc::new(deployment.name.clone()),
@@ -83,6 +87,7 @@ impl Gateway {
         }
         Ok(Arc::new(Gateway {
             estate,
+            file_secrets,
             deployments,
             metrics: Metrics::new(),
             started,
@@ -103,12 +108,7 @@ impl Gateway {
     }
 
     pub fn breaker_state(&self, id: DeploymentId) -> BreakerState {
-        self.runtime(id)
-            .health
-            .lock()
-            .expect("health lock")
-            .breaker
-            .state(Instant::now())
+        self.runtime(id).health.lock().expect("health lock").breaker.state(Instant::now())
     }
 
     /// Refreshes the gauges that are read rather than counted.
@@ -125,10 +125,7 @@ impl Gateway {
             drop(health);
             let labels = runtime.labels();
             self.metrics.circuit_state.get_or_create(&labels).set(state);
-            self.metrics
-                .in_flight
-                .get_or_create(&labels)
-                .set(i64::from(in_flight));
+            self.metrics.in_flight.get_or_create(&labels).set(i64::from(in_flight));
         }
     }
 
@@ -137,10 +134,12 @@ impl Gateway {
         let runtime = self.runtime(id);
         let now = Instant::now();
         let mut health = runtime.health.lock().expect("health lock");
-        match result {
-            Ok(()) => health.breaker.on_success(now),
-            Err(error) if error.kind.counts_against_deployment() => health.breaker.on_failure(now),
-            Err(_) => {}
+        // A probe only detects a dead deployment: a cheap request that
+        // succeeds does not prove the real ones do, so success changes nothing.
+        if let Err(error) = result {
+            if error.kind.counts_against_deployment() {
+                health.breaker.on_failure(now, false);
+            }
         }
     }
 }
@@ -158,6 +157,8 @@ impl DeploymentRuntime {
 /// Who is asking, and what they may use.
 #[derive(Debug, Clone, Default)]
 pub struct CallerScope {
+    /// For log lines.
+    pub request_id: String,
     pub region: Option<String>,
     pub allowed_clouds: Option<Vec<String>>,
     pub allowed_regions: Option<Vec<String>>,
@@ -183,11 +184,7 @@ pub enum DispatchError {
         timed_out: bool,
     },
     /// The request itself was refused upstream; not retried.
-    Rejected {
-        error: UpstreamError,
-        deployment: DeploymentId,
-        attempts: u32,
-    },
+    Rejected { error: UpstreamError, deployment: DeploymentId, attempts: u32 },
 }
 
 /// A successful attempt: the value, who served it, and the lease that
@@ -210,6 +207,8 @@ pub struct Lease {
     deployment: DeploymentId,
     reservation: Option<Reservation>,
     started: Instant,
+    /// This attempt is its breaker's half-open probe.
+    probe: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -219,6 +218,8 @@ pub enum Outcome {
         usage: Option<Usage>,
     },
     Failure(FailureKind),
+    /// The caller's own deadline ended the attempt: not the deployment's fault.
+    CallerDeadline,
 }
 
 impl Lease {
@@ -233,39 +234,33 @@ impl Lease {
     pub fn finish(mut self, outcome: Outcome) {
         let now = Instant::now();
         let runtime = self.gateway.runtime(self.deployment);
-        let usage = match outcome {
-            Outcome::Success { usage, .. } => usage,
-            Outcome::Failure(_) => None,
+        // A failed attempt produced no tokens worth counting.
+        let tokens = match outcome {
+            Outcome::Success { usage, .. } => usage.map(|u| u.total()),
+            Outcome::Failure(_) => Some(0),
+            Outcome::CallerDeadline => None,
         };
         {
             let mut health = runtime.health.lock().expect("health lock");
             if let Some(reservation) = self.reservation.take() {
-                health
-                    .capacity
-                    .settle(now, reservation, usage.map(|u| u.total()));
+                health.capacity.settle(now, reservation, tokens);
             }
             match outcome {
-                Outcome::Success {
-                    time_to_first_token,
-                    ..
-                } => {
-                    health.breaker.on_success(now);
-                    health
-                        .ttft
-                        .observe(now, time_to_first_token.as_secs_f64() * 1000.0);
-                    health
-                        .total
-                        .observe(now, (now - self.started).as_secs_f64() * 1000.0);
+                Outcome::Success { time_to_first_token, .. } => {
+                    health.breaker.on_success(now, self.probe);
+                    health.ttft.observe(now, time_to_first_token.as_secs_f64() * 1000.0);
+                    health.total.observe(now, (now - self.started).as_secs_f64() * 1000.0);
                 }
                 Outcome::Failure(kind) if kind.counts_against_deployment() => {
-                    health.breaker.on_failure(now);
+                    health.breaker.on_failure(now, self.probe);
                 }
-                Outcome::Failure(_) => {}
+                Outcome::Failure(_) | Outcome::CallerDeadline => {}
             }
         }
         let outcome_label = match outcome {
             Outcome::Success { .. } => "ok",
             Outcome::Failure(kind) => kind.as_str(),
+            Outcome::CallerDeadline => "caller_deadline",
         };
         self.gateway
             .metrics
@@ -312,10 +307,7 @@ where
     F: FnMut(&dyn Provider) -> BoxFuture<'static, Result<T, UpstreamError>>,
 {
     let request_start = Instant::now();
-    let deadline = request_start
-        + scope
-            .deadline
-            .map_or(model.deadline, |d| d.min(model.deadline));
+    let deadline = request_start + scope.deadline.map_or(model.deadline, |d| d.min(model.deadline));
     let mut rng = SmallRng::from_entropy();
     let mut tried: Vec<DeploymentId> = Vec::new();
     let mut failed_clouds: Vec<Name> = Vec::new();
@@ -325,6 +317,7 @@ where
     let mut rate_limited: Option<Duration> = None;
     let mut only_rate_limited = true;
     let mut timed_out = false;
+    let mut paused_for: Option<Duration> = None;
 
     loop {
         let now = Instant::now();
@@ -352,15 +345,11 @@ where
                 upstream_time += waited.elapsed();
                 continue;
             }
-            Pick::Wait(_) | Pick::Nothing => {
-                let final_refusals = explain(gateway, model, scope, estimated_tokens, &tried, now);
-                for refusal in final_refusals {
-                    if !refusals.iter().any(|r| r.deployment == refusal.deployment) {
-                        refusals.push(refusal);
-                    }
-                }
+            Pick::Wait(wait) => {
+                paused_for = Some(wait);
                 break;
             }
+            Pick::Nothing => break,
         };
         attempts += 1;
         let runtime = gateway.runtime(id);
@@ -374,18 +363,15 @@ where
         let result =
             tokio::time::timeout(limit.min(remaining), call(runtime.provider.as_ref())).await;
         upstream_time += attempt_start.elapsed();
+        let mut blame_deployment = true;
         let error = match result {
             Ok(Ok(value)) => {
-                return Ok(Served {
-                    value,
-                    deployment: id,
-                    attempts,
-                    lease,
-                    upstream_time,
-                });
+                return Ok(Served { value, deployment: id, attempts, lease, upstream_time });
             }
             Ok(Err(error)) => error,
             Err(_) => {
+                // The caller's deadline, not the deployment, cut this short.
+                blame_deployment = remaining >= limit;
                 let (kind, what) = match bound {
                     _ if remaining < limit => (FailureKind::TotalTimeout, "the request's deadline"),
                     AttemptBound::FirstToken => {
@@ -395,10 +381,7 @@ where
                 };
                 UpstreamError::new(
                     kind,
-                    format!(
-                        "no answer within {what} ({} ms)",
-                        limit.min(remaining).as_millis()
-                    ),
+                    format!("no answer within {what} ({} ms)", limit.min(remaining).as_millis()),
                 )
             }
         };
@@ -421,15 +404,16 @@ where
         if !retry_later {
             tried.push(id);
         }
-        lease.finish(Outcome::Failure(error.kind));
+        lease.finish(if blame_deployment {
+            Outcome::Failure(error.kind)
+        } else {
+            Outcome::CallerDeadline
+        });
         if !error.kind.is_retryable() {
-            return Err(DispatchError::Rejected {
-                error,
-                deployment: id,
-                attempts,
-            });
+            return Err(DispatchError::Rejected { error, deployment: id, attempts });
         }
         tracing::warn!(
+            request_id = scope.request_id.as_str(),
             deployment = runtime.name.as_str(),
             cloud = runtime.cloud.as_str(),
             failure = error.kind.as_str(),
@@ -453,16 +437,20 @@ where
             reason: error.to_string(),
         });
     }
-    Err(DispatchError::NoDeployment {
-        refusals,
-        attempts,
-        rate_limited: if attempts > 0 && only_rate_limited {
-            rate_limited
-        } else {
-            None
-        },
-        timed_out,
-    })
+    // Every deployment not tried gets its reason too.
+    for refusal in explain(gateway, model, scope, estimated_tokens, &tried, Instant::now()) {
+        if !refusals.iter().any(|r| r.deployment == refusal.deployment) {
+            refusals.push(refusal);
+        }
+    }
+    let rate_limited = match (attempts, paused_for) {
+        // Nothing was tried because every candidate is paused by Retry-After.
+        (0, Some(wait)) => Some(wait),
+        (0, None) => None,
+        _ if only_rate_limited => rate_limited,
+        _ => None,
+    };
+    Err(DispatchError::NoDeployment { refusals, attempts, rate_limited, timed_out })
 }
 
 enum Pick {
@@ -514,16 +502,13 @@ fn pick_deployment(
             priority: runtime.deployment.priority,
             weight: runtime.deployment.weight,
             price_per_mtok: runtime.deployment.price.blended_per_mtok(),
-            ttft_ewma_ms: health.ttft.get(),
+            ttft_ewma_ms: health.ttft.get(now),
             rtt_ms: scope
                 .region
                 .as_deref()
                 .or(gateway.estate.server.default_caller_region.as_deref())
                 .and_then(|caller| {
-                    gateway
-                        .estate
-                        .proximity
-                        .rtt_ms(caller, &runtime.deployment.region)
+                    gateway.estate.proximity.rtt_ms(caller, &runtime.deployment.region)
                 }),
             in_flight: health.capacity.in_flight(),
         });
@@ -562,23 +547,28 @@ fn try_lease(
 ) -> Option<Lease> {
     let runtime = gateway.runtime(id);
     let mut health = runtime.health.lock().expect("health lock");
-    if force {
-        if health.capacity.check(now, estimated_tokens).is_err() {
-            return None;
-        }
-        health.breaker.force_probe(now);
-    } else if let Admission::Denied { .. } = health.breaker.check(now) {
+    if health.capacity.check(now, estimated_tokens).is_err() {
         return None;
     }
+    let probe = if force {
+        if !health.breaker.force_probe(now) {
+            return None;
+        }
+        true
+    } else {
+        match health.breaker.on_attempt(now) {
+            Admission::Allowed => false,
+            Admission::Probe => true,
+            Admission::Denied { .. } => return None,
+        }
+    };
     let reservation = health.capacity.reserve(now, estimated_tokens).ok()?;
-    if !force {
-        health.breaker.on_attempt(now);
-    }
     Some(Lease {
         gateway: gateway.clone(),
         deployment: id,
         reservation: Some(reservation),
         started: now,
+        probe,
     })
 }
 
@@ -617,10 +607,7 @@ fn explain(
             )
         } else {
             let health = runtime.health.lock().expect("health lock");
-            match (
-                health.breaker.check(now),
-                health.capacity.check(now, estimated_tokens),
-            ) {
+            match (health.breaker.check(now), health.capacity.check(now, estimated_tokens)) {
                 (Admission::Denied { retry_in }, _) => {
                     format!(
                         "circuit open after repeated failures, next probe in {} ms",
@@ -631,18 +618,38 @@ fn explain(
                 _ => "not tried: the request's attempt budget or deadline ran out".to_string(),
             }
         };
-        refusals.push(Refusal {
-            deployment: deployment.name.clone(),
-            reason,
-        });
+        refusals.push(Refusal { deployment: deployment.name.clone(), reason });
     }
     refusals
 }
 
-/// Runs active health probes for the deployments that configure them, until
-/// `stop` resolves.
-pub async fn run_probes(gateway: Arc<Gateway>, stop: impl Future<Output = ()>) {
+/// How often file-based secrets are re-read.
+pub const SECRET_REFRESH: Duration = Duration::from_secs(30);
+
+/// Runs the background work until `stop` resolves: active health probes for
+/// the deployments that configure them, and re-reading file-based secrets.
+pub async fn run_background(gateway: Arc<Gateway>, stop: impl Future<Output = ()>) {
     let mut tasks = Vec::new();
+    if !gateway.file_secrets.is_empty() {
+        let secrets = gateway.file_secrets.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(SECRET_REFRESH);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                for secret in &secrets {
+                    match secret.refresh().await {
+                        Ok(true) => tracing::info!(source = %secret.source(), "secret reloaded"),
+                        Ok(false) => {}
+                        Err(error) => tracing::warn!(
+                            error = %error,
+                            "secret reload failed; keeping the previous value"
+                        ),
+                    }
+                }
+            }
+        }));
+    }
     for runtime in &gateway.deployments {
         let Some(probe) = runtime.deployment.probe else {
             continue;

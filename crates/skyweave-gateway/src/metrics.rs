@@ -130,11 +130,7 @@ impl Metrics {
             "Time spent in the gateway itself: request handling before the upstream call plus response handling after it",
             gateway_overhead.clone(),
         );
-        registry.register(
-            "tokens",
-            "Tokens by direction (input, output)",
-            tokens.clone(),
-        );
+        registry.register("tokens", "Tokens by direction (input, output)", tokens.clone());
         registry.register(
             "cost_usd",
             "Estimated cost in USD from the deployments' prices",

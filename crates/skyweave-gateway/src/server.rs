@@ -53,7 +53,17 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(ensure_request_id))
         .with_state(gateway)
+}
+
+/// Every response carries a request id: the API handlers set the one they
+/// logged; the others (models, health, metrics, 404/405) get a fresh one.
+async fn ensure_request_id(mut response: Response) -> Response {
+    if !response.headers().contains_key(HEADER_REQUEST_ID) {
+        response.headers_mut().insert(HEADER_REQUEST_ID, request_id(&HeaderMap::new()));
+    }
+    response
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and waits for
@@ -121,10 +131,7 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     if unavailable.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        let body = format!(
-            "every deployment is open-circuited for: {}\n",
-            unavailable.join(", ")
-        );
+        let body = format!("every deployment is open-circuited for: {}\n", unavailable.join(", "));
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
@@ -204,10 +211,7 @@ async fn read_request(
         .with_code("invalid_json")
     })?;
     let Value::Object(body) = value else {
-        return Err(ApiError::invalid_request(
-            "the request body must be a JSON object",
-            None,
-        ));
+        return Err(ApiError::invalid_request("the request body must be a JSON object", None));
     };
     let model_name = match body.get("model") {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),
@@ -223,12 +227,7 @@ async fn read_request(
         return Err(missing(required));
     }
     let Some(model) = gateway.estate.model(&model_name) else {
-        let known: Vec<&str> = gateway
-            .estate
-            .models
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect();
+        let known: Vec<&str> = gateway.estate.models.iter().map(|m| m.name.as_str()).collect();
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -240,14 +239,8 @@ async fn read_request(
         .with_code("model_not_found")
         .param("model"));
     };
-    let scope = caller_scope(headers)?;
-    Ok(Incoming {
-        received,
-        request_id,
-        body,
-        model: model.clone(),
-        scope,
-    })
+    let scope = caller_scope(headers, &request_id)?;
+    Ok(Incoming { received, request_id, body, model: model.clone(), scope })
 }
 
 trait WithParam {
@@ -256,17 +249,14 @@ trait WithParam {
 
 impl WithParam for ApiError {
     fn param(mut self, param: &str) -> Self {
-        self.param = Some(param.to_string());
+        self.param = Some(param.into());
         self
     }
 }
 
 fn missing(field: &str) -> ApiError {
-    ApiError::invalid_request(
-        format!("missing required parameter: `{field}`"),
-        Some(field),
-    )
-    .with_code("missing_required_parameter")
+    ApiError::invalid_request(format!("missing required parameter: `{field}`"), Some(field))
+        .with_code("missing_required_parameter")
 }
 
 fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -280,7 +270,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(&id).expect("a hex id is a valid header value")
 }
 
-fn caller_scope(headers: &HeaderMap) -> Result<CallerScope, ApiError> {
+fn caller_scope(headers: &HeaderMap, request_id: &HeaderValue) -> Result<CallerScope, ApiError> {
     let text = |name: &str| -> Result<Option<String>, ApiError> {
         match headers.get(name) {
             None => Ok(None),
@@ -316,6 +306,7 @@ fn caller_scope(headers: &HeaderMap) -> Result<CallerScope, ApiError> {
         None => None,
     };
     Ok(CallerScope {
+        request_id: request_id.to_str().unwrap_or_default().to_string(),
         region: text(HEADER_CALLER_REGION)?,
         allowed_clouds: list(HEADER_ALLOWED_CLOUDS)?,
         allowed_regions: list(HEADER_ALLOWED_REGIONS)?,
@@ -347,19 +338,13 @@ fn output_estimate(body: &Map<String, Value>) -> u32 {
     ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|key| body.get(*key).and_then(Value::as_u64))
-        .map_or(DEFAULT_OUTPUT_ESTIMATE, |n| {
-            u32::try_from(n).unwrap_or(u32::MAX)
-        })
+        .map_or(DEFAULT_OUTPUT_ESTIMATE, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// The response to a failed dispatch.
 fn dispatch_error(gateway: &Gateway, model: &Model, error: DispatchError) -> (ApiError, u32) {
     match error {
-        DispatchError::Rejected {
-            error,
-            deployment,
-            attempts,
-        } => {
+        DispatchError::Rejected { error, deployment, attempts } => {
             let runtime = gateway.runtime(deployment);
             let status = error
                 .status
@@ -368,20 +353,19 @@ fn dispatch_error(gateway: &Gateway, model: &Model, error: DispatchError) -> (Ap
                 .unwrap_or(StatusCode::BAD_REQUEST);
             let mut api_error =
                 ApiError::new(status, "invalid_request_error", error.message.clone());
+            // The upstream's error goes back as it was; the deployment that
+            // answered is named in the x-skyweave-* headers.
             if let Some(Value::Object(object)) = &error.client_error {
+                if let Some(kind) = object.get("type").and_then(Value::as_str) {
+                    api_error.kind = kind.to_string().into();
+                }
                 api_error.message = object
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or(&error.message)
                     .to_string();
-                api_error.param = object
-                    .get("param")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                api_error.code = object
-                    .get("code")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                api_error.param = object.get("param").and_then(Value::as_str).map(Box::from);
+                api_error.code = object.get("code").and_then(Value::as_str).map(Box::from);
                 if let Some(inner) = object.get("innererror") {
                     api_error.extra = Some(Box::new(json!({ "innererror": inner })));
                 }
@@ -389,23 +373,20 @@ fn dispatch_error(gateway: &Gateway, model: &Model, error: DispatchError) -> (Ap
             if error.kind == FailureKind::ContentFiltered {
                 api_error.code = Some("content_filter".into());
             }
-            api_error.message = format!("{} (deployment `{}`)", api_error.message, runtime.name);
+            api_error.served_by = Some(Box::new([
+                runtime.name.to_string(),
+                runtime.cloud.to_string(),
+                runtime.region.to_string(),
+            ]));
             (api_error, attempts)
         }
-        DispatchError::NoDeployment {
-            refusals,
-            attempts,
-            rate_limited,
-            timed_out,
-        } => {
+        DispatchError::NoDeployment { refusals, attempts, rate_limited, timed_out } => {
             let reasons: Vec<Value> = refusals
                 .iter()
                 .map(|r| json!({ "deployment": r.deployment, "reason": r.reason }))
                 .collect();
-            let summary: Vec<String> = refusals
-                .iter()
-                .map(|r| format!("{}: {}", r.deployment, r.reason))
-                .collect();
+            let summary: Vec<String> =
+                refusals.iter().map(|r| format!("{}: {}", r.deployment, r.reason)).collect();
             let mut api_error = if let Some(retry_after) = rate_limited {
                 let mut e = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -418,7 +399,8 @@ fn dispatch_error(gateway: &Gateway, model: &Model, error: DispatchError) -> (Ap
                     ),
                 )
                 .with_code("rate_limit_exceeded");
-                e.retry_after_secs = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+                e.retry_after_secs =
+                    Some(retry_after.as_secs_f64().ceil().clamp(1.0, 86_400.0) as u32);
                 e
             } else if timed_out {
                 ApiError::new(
@@ -506,9 +488,7 @@ fn error_response(
     }
     let mut response = error.into_response();
     response.headers_mut().insert(HEADER_REQUEST_ID, request_id);
-    response
-        .headers_mut()
-        .insert(HEADER_ATTEMPTS, HeaderValue::from(attempts));
+    response.headers_mut().insert(HEADER_ATTEMPTS, HeaderValue::from(attempts));
     response
 }
 
@@ -531,23 +511,17 @@ fn record_served(
             status,
         })
         .inc();
-    let model_cloud = ModelCloudLabels {
-        model: runtime.model.clone(),
-        cloud: runtime.cloud.clone(),
-    };
-    metrics
-        .request_duration
-        .get_or_create(&model_cloud)
-        .observe(total.as_secs_f64());
+    let model_cloud =
+        ModelCloudLabels { model: runtime.model.clone(), cloud: runtime.cloud.clone() };
+    metrics.request_duration.get_or_create(&model_cloud).observe(total.as_secs_f64());
     metrics
         .time_to_first_token
         .get_or_create(&model_cloud)
         .observe(time_to_first_token.as_secs_f64());
     if let Some(usage) = usage {
-        for (direction, count) in [
-            ("input", usage.prompt_tokens),
-            ("output", usage.completion_tokens),
-        ] {
+        for (direction, count) in
+            [("input", usage.prompt_tokens), ("output", usage.completion_tokens)]
+        {
             metrics
                 .tokens
                 .get_or_create(&TokenLabels {
@@ -558,10 +532,7 @@ fn record_served(
                 })
                 .inc_by(count);
         }
-        let cost = runtime
-            .deployment
-            .price
-            .cost_usd(usage.prompt_tokens, usage.completion_tokens);
+        let cost = runtime.deployment.price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
         metrics
             .cost_usd
             .get_or_create(&CostLabels {
@@ -583,19 +554,12 @@ async fn chat_completions(
         Err(error) => return error_response(&gateway, None, request_id(&headers), error, 0),
     };
     let fail = |incoming: &Incoming, error: ApiError, attempts: u32| {
-        error_response(
-            &gateway,
-            Some(incoming),
-            incoming.request_id.clone(),
-            error,
-            attempts,
-        )
+        error_response(&gateway, Some(incoming), incoming.request_id.clone(), error, attempts)
     };
     match incoming.body.get("messages") {
         Some(Value::Array(messages)) if !messages.is_empty() => {
-            if let Some(index) = messages
-                .iter()
-                .position(|m| !m.get("role").is_some_and(Value::is_string))
+            if let Some(index) =
+                messages.iter().position(|m| !m.get("role").is_some_and(Value::is_string))
             {
                 let error = ApiError::invalid_request(
                     format!("messages[{index}] has no `role` string"),
@@ -733,25 +697,17 @@ fn complete_response<T>(
     let total = incoming.received.elapsed();
     let upstream_total = served.lease.started().elapsed();
     let mut response = Response::new(Body::from(body));
-    response.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     response
         .headers_mut()
-        .insert(HEADER_REQUEST_ID, incoming.request_id.clone());
+        .insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(HEADER_REQUEST_ID, incoming.request_id.clone());
     stamp_served(gateway, &mut response, &served);
     let deployment = served.deployment;
     let attempts = served.attempts;
     let upstream_time = served.upstream_time;
-    served.lease.finish(Outcome::Success {
-        time_to_first_token: upstream_total,
-        usage,
-    });
+    served.lease.finish(Outcome::Success { time_to_first_token: upstream_total, usage });
     record_served(gateway, deployment, 200, usage, total, total);
-    gateway
-        .metrics
-        .observe_overhead(total.saturating_sub(upstream_time));
+    gateway.metrics.observe_overhead(total.saturating_sub(upstream_time));
     let runtime = gateway.runtime(deployment);
     tracing::info!(
         request_id = incoming.request_id.to_str().unwrap_or(""),
@@ -769,11 +725,16 @@ fn complete_response<T>(
     response
 }
 
+/// Frames one event's data; data spanning several lines (legal in SSE) gets
+/// one `data:` field per line so that clients rejoin it unchanged.
 fn sse_frame(data: &[u8]) -> Bytes {
     let mut frame = Vec::with_capacity(data.len() + 8);
-    frame.extend_from_slice(b"data: ");
-    frame.extend_from_slice(data);
-    frame.extend_from_slice(b"\n\n");
+    for line in data.split(|&b| b == b'\n') {
+        frame.extend_from_slice(b"data: ");
+        frame.extend_from_slice(line);
+        frame.push(b'\n');
+    }
+    frame.push(b'\n');
     Bytes::from(frame)
 }
 
@@ -792,27 +753,20 @@ fn stream_response(
             .deadline
             .map_or(incoming.model.deadline, |d| d.min(incoming.model.deadline));
     let deadline = attempt_deadline.min(request_deadline);
+    let deadline_is_callers = request_deadline < attempt_deadline;
+    // The deployment's own time to first token (earlier attempts excluded)
+    // feeds its latency EWMA.
+    let upstream_ttft = served.lease.started().elapsed();
     let mut response = Response::new(Body::empty());
     stamp_served(&gateway, &mut response, &served);
-    let Served {
-        value: (first, rest),
-        deployment,
-        attempts,
-        lease,
-        upstream_time,
-    } = served;
+    let Served { value: (first, rest), deployment, attempts, lease, upstream_time } = served;
     let mut usage = first.usage;
-    let first_frame = if first.usage_only && !include_usage {
-        None
-    } else {
-        Some(sse_frame(&first.data))
-    };
+    let first_frame =
+        if first.usage_only && !include_usage { None } else { Some(sse_frame(&first.data)) };
     if first.usage.is_some() {
         usage = first.usage;
     }
-    gateway
-        .metrics
-        .observe_overhead(time_to_first_token.saturating_sub(upstream_time));
+    gateway.metrics.observe_overhead(time_to_first_token.saturating_sub(upstream_time));
     let relay = Relay {
         gateway: gateway.clone(),
         first: first_frame,
@@ -822,20 +776,16 @@ fn stream_response(
         usage,
         received: incoming.received,
         time_to_first_token,
+        upstream_ttft,
         deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+        deadline_is_callers,
         request_id: incoming.request_id.clone(),
         attempts,
         done: false,
     };
     let headers = response.headers_mut();
-    headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(
-        axum::http::header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache"),
-    );
+    headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(HEADER_REQUEST_ID, incoming.request_id);
     // Tells nginx-style buffering proxies in front of the gateway not to buffer.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -855,7 +805,9 @@ struct Relay {
     usage: Option<Usage>,
     received: Instant,
     time_to_first_token: Duration,
+    upstream_ttft: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline_is_callers: bool,
     request_id: HeaderValue,
     attempts: u32,
     done: bool,
@@ -895,17 +847,18 @@ impl Relay {
             outcome = match outcome {
                 Outcome::Success { .. } => "ok",
                 Outcome::Failure(kind) => kind.as_str(),
+                Outcome::CallerDeadline => "caller_deadline",
             },
             "stream served"
         );
     }
 
-    fn error_event(&mut self, kind: FailureKind, message: &str) -> Bytes {
+    fn error_event(&mut self, kind: FailureKind, message: &str, outcome: Outcome) -> Bytes {
         let deployment = self
             .lease
             .as_ref()
             .map(|lease| self.gateway.runtime(lease.deployment()).name.to_string());
-        self.finish(Outcome::Failure(kind), 200);
+        self.finish(outcome, 200);
         let body = json!({
             "error": {
                 "message": format!(
@@ -945,12 +898,13 @@ impl Stream for Relay {
                     return Poll::Ready(Some(Ok(sse_frame(&chunk.data))));
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    let frame = this.error_event(error.kind, &error.message);
+                    let frame =
+                        this.error_event(error.kind, &error.message, Outcome::Failure(error.kind));
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Poll::Ready(None) => {
                     let outcome = Outcome::Success {
-                        time_to_first_token: this.time_to_first_token,
+                        time_to_first_token: this.upstream_ttft,
                         usage: this.usage,
                     };
                     this.finish(outcome, 200);
@@ -958,10 +912,15 @@ impl Stream for Relay {
                 }
                 Poll::Pending => {
                     if this.deadline.as_mut().poll(cx).is_ready() {
-                        let frame = this.error_event(
-                            FailureKind::TotalTimeout,
-                            "the deployment's total timeout or the request's deadline passed",
-                        );
+                        let (message, outcome) = if this.deadline_is_callers {
+                            ("the request's deadline passed", Outcome::CallerDeadline)
+                        } else {
+                            (
+                                "the deployment's total timeout passed",
+                                Outcome::Failure(FailureKind::TotalTimeout),
+                            )
+                        };
+                        let frame = this.error_event(FailureKind::TotalTimeout, message, outcome);
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     return Poll::Pending;
@@ -980,23 +939,18 @@ async fn embeddings(
         Ok(incoming) => incoming,
         Err(error) => return error_response(&gateway, None, request_id(&headers), error, 0),
     };
+    // OpenAI accepts at most 2048 inputs per request.
     let valid_input = match &incoming.body["input"] {
         Value::String(s) => !s.is_empty(),
-        Value::Array(items) => !items.is_empty(),
+        Value::Array(items) => !items.is_empty() && items.len() <= 2048,
         _ => false,
     };
     if !valid_input {
         let error = ApiError::invalid_request(
-            "`input` must be a non-empty string or array of strings or token arrays",
+            "`input` must be a non-empty string, or an array of 1 to 2048 strings or token arrays",
             Some("input"),
         );
-        return error_response(
-            &gateway,
-            Some(&incoming),
-            incoming.request_id.clone(),
-            error,
-            0,
-        );
+        return error_response(&gateway, Some(&incoming), incoming.request_id.clone(), error, 0);
     }
     let prompt_tokens = estimate_prompt_tokens(&incoming.body["input"]);
     let request = EmbeddingsRequest {
@@ -1020,13 +974,7 @@ async fn embeddings(
         }
         Err(error) => {
             let (error, attempts) = dispatch_error(&gateway, &incoming.model, error);
-            error_response(
-                &gateway,
-                Some(&incoming),
-                incoming.request_id.clone(),
-                error,
-                attempts,
-            )
+            error_response(&gateway, Some(&incoming), incoming.request_id.clone(), error, attempts)
         }
     }
 }

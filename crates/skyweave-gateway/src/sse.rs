@@ -141,10 +141,7 @@ mod tests {
     }
 
     fn data(events: &[SseEvent]) -> Vec<String> {
-        events
-            .iter()
-            .map(|e| String::from_utf8(e.data.to_vec()).unwrap())
-            .collect()
+        events.iter().map(|e| String::from_utf8(e.data.to_vec()).unwrap()).collect()
     }
 
     #[test]
@@ -152,11 +149,7 @@ mod tests {
         let input = b": comment\r\ndata: {\"a\":1}\r\n\r\nevent: error\ndata: x\ndata:y\n\ndata: [DONE]\r\r";
         for piece in 1..input.len() {
             let events = parse_in_pieces(input, piece);
-            assert_eq!(
-                data(&events),
-                vec!["{\"a\":1}", "x\ny", "[DONE]"],
-                "piece {piece}"
-            );
+            assert_eq!(data(&events), vec!["{\"a\":1}", "x\ny", "[DONE]"], "piece {piece}");
             assert_eq!(events[1].event.as_deref(), Some("error"));
         }
     }
@@ -178,12 +171,57 @@ mod tests {
     fn oversized_event_is_an_error() {
         let mut parser = SseParser::new(16);
         let mut out = Vec::new();
-        assert_eq!(
-            parser.push(&[b'a'; 32], &mut out),
-            Err(SseError::TooLarge(16))
-        );
+        assert_eq!(parser.push(&[b'a'; 32], &mut out), Err(SseError::TooLarge(16)));
         let mut parser = SseParser::new(16);
         let many_lines = b"data: 1234567\ndata: 1234567\ndata: 1234567\n";
         assert!(parser.push(many_lines, &mut out).is_err());
+    }
+}
+
+/// Property tests: the parser is fed arbitrary bytes split at arbitrary
+/// points, as a hostile or broken upstream would send them.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_respect_the_limit(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+            split in 1usize..64,
+        ) {
+            let mut parser = SseParser::new(256);
+            let mut out = Vec::new();
+            for chunk in bytes.chunks(split) {
+                if parser.push(chunk, &mut out).is_err() {
+                    break;
+                }
+            }
+            for event in &out {
+                prop_assert!(event.data.len() <= 256 + 1);
+            }
+        }
+
+        #[test]
+        fn events_survive_any_chunking(
+            payloads in proptest::collection::vec("[^\r\n]{0,40}", 1..8),
+            line_ending in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+            split in 1usize..32,
+        ) {
+            let mut text = String::new();
+            for payload in &payloads {
+                text.push_str(&format!("data: {payload}{line_ending}{line_ending}"));
+            }
+            let mut parser = SseParser::new(1 << 16);
+            let mut out = Vec::new();
+            for chunk in text.as_bytes().chunks(split) {
+                parser.push(chunk, &mut out).unwrap();
+            }
+            let got: Vec<String> = out.iter().map(|e| String::from_utf8(e.data.to_vec()).unwrap()).collect();
+            prop_assert_eq!(got, payloads);
+        }
     }
 }

@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "skyweave",
-    version,
-    about = "One control plane for AI across clouds"
-)]
+#[command(name = "skyweave", version, about = "One control plane for AI across clouds")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -40,19 +40,11 @@ fn a_valid_azure_deployment() {
     assert_eq!(deployment.upstream_model, "gpt-4o");
     assert_eq!(deployment.limits.requests_per_minute, Some(600));
     match &deployment.provider {
-        ProviderSpec::AzureOpenAi {
-            endpoint,
-            deployment,
-            api_version,
-            auth,
-        } => {
+        ProviderSpec::AzureOpenAi { endpoint, deployment, api_version, auth } => {
             assert_eq!(endpoint, "https://example-eastus.openai.azure.com");
             assert_eq!(deployment, "gpt-4o-prod");
             assert_eq!(api_version, "2024-10-21");
-            assert_eq!(
-                auth.source,
-                SecretSource::Env("AZURE_OPENAI_KEY_EASTUS".into())
-            );
+            assert_eq!(auth.source, SecretSource::Env("AZURE_OPENAI_KEY_EASTUS".into()));
         }
         other => panic!("{other:?}"),
     }
@@ -64,19 +56,10 @@ fn a_valid_azure_deployment() {
 
 #[test]
 fn unknown_keys_and_types_point_at_their_place() {
-    check(
-        &AZURE.replace("region = ", "regoin = "),
-        "7:1: unknown field `regoin`",
-    );
+    check(&AZURE.replace("region = ", "regoin = "), "7:1: unknown field `regoin`");
     check("[server]\nlisten = 8080\n", "2:10: invalid type");
-    check(
-        "[[deployment]]\nname = \"a\"\n",
-        "1:1: missing field `model`",
-    );
-    check(
-        &AZURE.replace("\"azure_openai\"", "\"azure\""),
-        "5:12: unknown variant `azure`",
-    );
+    check("[[deployment]]\nname = \"a\"\n", "1:1: missing field `model`");
+    check(&AZURE.replace("\"azure_openai\"", "\"azure\""), "5:12: unknown variant `azure`");
     check("[[deployment]\n", "1:");
 }
 
@@ -86,10 +69,8 @@ fn provider_blocks_must_match_the_provider() {
         &AZURE.replace("azure = {", "sim = {}\nazure = {"),
         "9:7: deployment `gpt-4o@azure-eastus`: `sim` does not apply to provider `azure_openai`",
     );
-    let no_azure_table = AZURE.replace(
-        "azure = { deployment = \"gpt-4o-prod\", api_version = \"2024-10-21\" }\n",
-        "",
-    );
+    let no_azure_table = AZURE
+        .replace("azure = { deployment = \"gpt-4o-prod\", api_version = \"2024-10-21\" }\n", "");
     check(
         &no_azure_table,
         "2:1: deployment `gpt-4o@azure-eastus`: provider `azure_openai` needs an `azure` table",
@@ -103,10 +84,7 @@ cloud = "aws"
 region = "us-east-1"
 endpoint = "http://localhost:1"
 "#;
-    check(
-        sim_with_endpoint,
-        "8:12: deployment `s`: `endpoint` does not apply",
-    );
+    check(sim_with_endpoint, "8:12: deployment `s`: `endpoint` does not apply");
     let openai_without_key = r#"
 [[deployment]]
 name = "o"
@@ -115,10 +93,7 @@ provider = "openai"
 cloud = "openai"
 region = "us-east-1"
 "#;
-    check(
-        openai_without_key,
-        "5:12: deployment `o`: OpenAI's API needs a key",
-    );
+    check(openai_without_key, "5:12: deployment `o`: OpenAI's API needs a key");
 }
 
 #[test]
@@ -157,14 +132,8 @@ fn numbers_in_range() {
         &format!("{AZURE}timeouts = {{ first_token_ms = 5000, total_ms = 1000 }}\n"),
         "13:12: deployment `gpt-4o@azure-eastus`: timeouts",
     );
-    check(
-        &format!("[routing]\nmax_attempts = 0\n{AZURE}"),
-        "2:16: max_attempts",
-    );
-    check(
-        &format!("[server]\nlisten = \"localhost\"\n{AZURE}"),
-        "2:10: server.listen `localhost`",
-    );
+    check(&format!("[routing]\nmax_attempts = 0\n{AZURE}"), "2:16: max_attempts");
+    check(&format!("[server]\nlisten = \"localhost\"\n{AZURE}"), "2:10: server.listen `localhost`");
     check(
         &AZURE.replace("2024-10-21", "latest"),
         "9:53: deployment `gpt-4o@azure-eastus`: azure.api_version `latest`",
@@ -176,11 +145,23 @@ fn numbers_in_range() {
 }
 
 #[test]
-fn names_are_unique_and_models_exist() {
+fn review_gaps_are_closed() {
     check(
-        &format!("{AZURE}{AZURE}"),
-        "15:8: deployment name `gpt-4o@azure-eastus` is used twice",
+        &AZURE.replace("https://example-eastus", "https://user:pw@example-eastus"),
+        "8:12: deployment `gpt-4o@azure-eastus`: endpoint `https://user:pw@example-eastus.openai.azure.com/` must not carry credentials",
     );
+    check(&format!("[routing]\ndeadline_ms = 0\n{AZURE}"), "2:15: deadline_ms must be at least 1");
+    check(
+        &AZURE.replace("name = \"gpt-4o@azure-eastus\"", "name = \"gpt 4o\""),
+        "3:8: deployment `gpt 4o`: `name` must be 1 to 128 visible ASCII",
+    );
+    let old_api = parse_estate(&AZURE.replace("2024-10-21", "2024-06-01"), "estate.toml").unwrap();
+    assert!(old_api.warnings[0].message.contains("predates stream usage reporting"));
+}
+
+#[test]
+fn names_are_unique_and_models_exist() {
+    check(&format!("{AZURE}{AZURE}"), "15:8: deployment name `gpt-4o@azure-eastus` is used twice");
     check(
         &format!("[[model]]\nname = \"gpt-5\"\n{AZURE}"),
         "2:8: [[model]] `gpt-5` has no deployment",
@@ -207,10 +188,7 @@ fn unknown_region_is_a_warning_and_can_be_declared() {
         .starts_with("estate.toml:7:10: deployment `gpt-4o@azure-eastus`: region `moon-1`"));
     let declared =
         format!("[[region]]\nname = \"moon-1\"\nlatitude = 0.0\nlongitude = 0.0\n{text}");
-    assert!(parse_estate(&declared, "estate.toml")
-        .unwrap()
-        .warnings
-        .is_empty());
+    assert!(parse_estate(&declared, "estate.toml").unwrap().warnings.is_empty());
 }
 
 #[test]
@@ -235,9 +213,7 @@ region = "us-east-1"
 sim = { ttft_ms = 50, error_rate = 0.1, outages = [{ start_secs = 10, duration_secs = 5, every_secs = 60 }] }
 "#;
     let loaded = parse_estate(text, "estate.toml").unwrap();
-    let ProviderSpec::Sim(sim) = &loaded.estate.deployments[0].provider else {
-        panic!()
-    };
+    let ProviderSpec::Sim(sim) = &loaded.estate.deployments[0].provider else { panic!() };
     assert_eq!(sim.time_to_first_token, Duration::from_millis(50));
     assert_eq!(sim.outages.len(), 1);
     check(
@@ -251,4 +227,46 @@ fn line_and_column_count_characters() {
     assert_eq!(line_column("ab\ncdé f", 0), (1, 1));
     assert_eq!(line_column("ab\ncdé f", 3), (2, 1));
     assert_eq!(line_column("ab\ncdé f", "ab\ncdé ".len()), (2, 5));
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check_positions(text: &str, errors: &ConfigErrors) -> Result<(), TestCaseError> {
+        let lines = text.split('\n').count().max(1);
+        for error in &errors.0 {
+            prop_assert!(error.line >= 1 && error.line <= lines, "{error} in {lines} lines");
+            prop_assert!(error.column >= 1);
+            prop_assert!(!error.fix.is_empty());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            if let Err(errors) = parse_estate(&text, "estate.toml") {
+                check_positions(&text, &errors)?;
+            }
+        }
+
+        #[test]
+        fn mutated_valid_files_give_located_errors(
+            start in 0usize..AZURE.len(),
+            length in 0usize..20,
+            replacement in "[a-z0-9 =\"\\[\\]{},.\\n-]{0,12}",
+        ) {
+            let mut text = AZURE.to_string();
+            let start = (0..=start).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let end = (start + length).min(text.len());
+            let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+            text.replace_range(start..end, &replacement);
+            if let Err(errors) = parse_estate(&text, "estate.toml") {
+                check_positions(&text, &errors)?;
+            }
+        }
+    }
 }

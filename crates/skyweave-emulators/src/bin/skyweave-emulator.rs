@@ -12,11 +12,7 @@ use clap::Parser;
 use skyweave_emulators::{spawn, Behaviour, Dialect, EmulatorConfig};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "skyweave-emulator",
-    version,
-    about = "OpenAI / Azure OpenAI protocol emulator"
-)]
+#[command(name = "skyweave-emulator", version, about = "OpenAI / Azure OpenAI protocol emulator")]
 struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9001")]
@@ -71,10 +67,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> std::io::Result<()> {
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", args.dialect, args.listen.port()));
+    let name =
+        args.name.clone().unwrap_or_else(|| format!("{}-{}", args.dialect, args.listen.port()));
     let config = EmulatorConfig {
         name,
         dialect: args.dialect,

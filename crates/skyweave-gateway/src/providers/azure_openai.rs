@@ -8,6 +8,7 @@
 //! `openai_compat::classify`.
 
 use futures::future::BoxFuture;
+use skyweave_core::config::MIN_AZURE_STREAM_USAGE_VERSION;
 use skyweave_core::estate::{AuthScheme, Deployment};
 
 use super::openai_compat::{self, Dialect};
@@ -22,6 +23,8 @@ pub(crate) struct AzureOpenAi {
     embeddings_url: String,
     scheme: AuthScheme,
     secret: Secret,
+    /// The API version accepts `stream_options` (2024-09-01 and later).
+    stream_usage: bool,
 }
 
 impl AzureOpenAi {
@@ -40,13 +43,24 @@ impl AzureOpenAi {
             embeddings_url: format!("{base}/embeddings?api-version={api_version}"),
             scheme,
             secret,
+            stream_usage: api_version >= MIN_AZURE_STREAM_USAGE_VERSION,
         }
     }
 
     fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match self.scheme {
-            AuthScheme::ApiKey => request.header("api-key", self.secret.expose()),
-            AuthScheme::BearerToken => request.bearer_auth(self.secret.expose()),
+            AuthScheme::ApiKey => {
+                // Sensitive: never indexed by HTTP/2 header compression nor
+                // shown by debug output.
+                match reqwest::header::HeaderValue::from_str(&self.secret.value()) {
+                    Ok(mut value) => {
+                        value.set_sensitive(true);
+                        request.header("api-key", value)
+                    }
+                    Err(_) => request,
+                }
+            }
+            AuthScheme::BearerToken => request.bearer_auth(self.secret.value()),
         }
     }
 
@@ -65,13 +79,9 @@ impl Provider for AzureOpenAi {
         &self,
         request: &ChatRequest,
     ) -> BoxFuture<'static, Result<ChatResponse, UpstreamError>> {
-        let body = openai_compat::chat_body(&request.body, None, request.stream);
+        let body = openai_compat::chat_body(&request.body, None, request.stream, self.stream_usage);
         let http = self.post(&self.chat_url, body);
-        Box::pin(openai_compat::send_chat(
-            http,
-            request.stream,
-            Dialect::Azure,
-        ))
+        Box::pin(openai_compat::send_chat(http, request.stream, Dialect::Azure))
     }
 
     fn embeddings(

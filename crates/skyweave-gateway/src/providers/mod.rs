@@ -47,18 +47,12 @@ impl Usage {
     /// Reads an OpenAI `usage` object.
     pub fn from_json(value: &Value) -> Option<Usage> {
         let prompt_tokens = value.get("prompt_tokens")?.as_u64()?;
-        let completion_tokens = value
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        Some(Usage {
-            prompt_tokens,
-            completion_tokens,
-        })
+        let completion_tokens = value.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+        Some(Usage { prompt_tokens, completion_tokens })
     }
 
     pub fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 
@@ -136,30 +130,33 @@ pub trait Provider: Send + Sync {
     }
 }
 
-/// Builds the provider for a deployment, resolving its credential.
-/// `started` is when the gateway started (the simulator's outage clock).
-pub fn build(deployment: &Deployment, started: Instant) -> Result<Arc<dyn Provider>, SecretError> {
+/// Builds the provider for a deployment, resolving its credential, and
+/// returns it with its secret, if it has one (shared with the provider, so
+/// refreshing it updates the provider). `started` is when the gateway started
+/// (the simulator's outage clock).
+pub fn build(
+    deployment: &Deployment,
+    started: Instant,
+) -> Result<(Arc<dyn Provider>, Option<Secret>), SecretError> {
     let secret: Option<Secret> = match deployment.provider.credential() {
         Some(credential) => Some(resolve(credential)?),
         None => None,
     };
-    Ok(match &deployment.provider {
+    let provider: Arc<dyn Provider> = match &deployment.provider {
         ProviderSpec::OpenAi { endpoint, .. } => {
-            Arc::new(openai::OpenAi::new(deployment, endpoint, secret))
+            Arc::new(openai::OpenAi::new(deployment, endpoint, secret.clone()))
         }
-        ProviderSpec::AzureOpenAi {
-            endpoint,
-            deployment: azure_deployment,
-            api_version,
-            auth,
-        } => Arc::new(azure_openai::AzureOpenAi::new(
-            deployment,
-            endpoint,
-            azure_deployment,
-            api_version,
-            auth.scheme,
-            secret.expect("azure_openai always has a credential"),
-        )),
+        ProviderSpec::AzureOpenAi { endpoint, deployment: azure_deployment, api_version, auth } => {
+            Arc::new(azure_openai::AzureOpenAi::new(
+                deployment,
+                endpoint,
+                azure_deployment,
+                api_version,
+                auth.scheme,
+                secret.clone().expect("azure_openai always has a credential"),
+            ))
+        }
         ProviderSpec::Sim(spec) => Arc::new(sim::Sim::new(deployment, spec.clone(), started)),
-    })
+    };
+    Ok((provider, secret))
 }

@@ -40,7 +40,7 @@ impl OpenAi {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         match &self.key {
-            Some(key) => request.bearer_auth(key.expose()),
+            Some(key) => request.bearer_auth(key.value()),
             None => request,
         }
     }
@@ -51,8 +51,12 @@ impl Provider for OpenAi {
         &self,
         request: &ChatRequest,
     ) -> BoxFuture<'static, Result<ChatResponse, UpstreamError>> {
-        let body =
-            openai_compat::chat_body(&request.body, Some(&self.upstream_model), request.stream);
+        let body = openai_compat::chat_body(
+            &request.body,
+            Some(&self.upstream_model),
+            request.stream,
+            true,
+        );
         let http = self.post(&self.chat_url, body);
         let stream = request.stream;
         Box::pin(openai_compat::send_chat(http, stream, Dialect::OpenAi))
@@ -70,12 +74,8 @@ impl Provider for OpenAi {
     fn probe(&self) -> BoxFuture<'static, Result<(), UpstreamError>> {
         let mut request = self.client.get(&self.models_url);
         if let Some(key) = &self.key {
-            request = request.bearer_auth(key.expose());
+            request = request.bearer_auth(key.value());
         }
-        Box::pin(async move {
-            openai_compat::send(request, Dialect::OpenAi)
-                .await
-                .map(drop)
-        })
+        Box::pin(async move { openai_compat::send(request, Dialect::OpenAi).await.map(drop) })
     }
 }

@@ -46,6 +46,7 @@ pub(crate) fn chat_body(
     body: &Map<String, Value>,
     upstream_model: Option<&str>,
     stream: bool,
+    ask_for_usage: bool,
 ) -> Bytes {
     let mut body = body.clone();
     match upstream_model {
@@ -57,10 +58,11 @@ pub(crate) fn chat_body(
             body.remove("model");
         }
     }
-    if stream {
-        let options = body
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
+    if stream && ask_for_usage {
+        let options = body.entry("stream_options").or_insert(Value::Null);
+        if options.is_null() {
+            *options = Value::Object(Map::new());
+        }
         if let Value::Object(options) = options {
             options.insert("include_usage".into(), Value::Bool(true));
         }
@@ -132,12 +134,14 @@ pub(crate) async fn send(
 }
 
 fn transport_error(error: reqwest::Error) -> UpstreamError {
-    // The error's Display never contains request headers, so no key leaks.
-    let kind = if error.is_timeout() {
+    // The message carries no request header (so no key) and, without its
+    // URL, nothing of the deployment's endpoint either: it may reach callers.
+    let kind = if error.is_timeout() && !error.is_connect() {
         FailureKind::FirstTokenTimeout
     } else {
         FailureKind::Connect
     };
+    let error = error.without_url();
     let mut message = error.to_string();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
@@ -149,10 +153,7 @@ fn transport_error(error: reqwest::Error) -> UpstreamError {
 }
 
 async fn read_body(response: reqwest::Response) -> Result<Bytes, UpstreamError> {
-    if response
-        .content_length()
-        .is_some_and(|len| len > MAX_UPSTREAM_BODY as u64)
-    {
+    if response.content_length().is_some_and(|len| len > MAX_UPSTREAM_BODY as u64) {
         return Err(UpstreamError::new(
             FailureKind::Protocol,
             "the upstream response is larger than 64 MiB",
@@ -180,17 +181,23 @@ async fn read_body(response: reqwest::Response) -> Result<Bytes, UpstreamError> 
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     // Azure sends the precise `retry-after-ms` beside `retry-after`.
+    // Both are bounded by a day, so a confused upstream cannot park its
+    // deployment for longer.
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms < 86_400_000)
     {
         return Some(Duration::from_millis(ms));
     }
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after_seconds)
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after_seconds(value).or_else(|| {
+        // The HTTP-date form (RFC 9110 section 10.2.3).
+        let when = httpdate::parse_http_date(value.trim()).ok()?;
+        let wait = when.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        (wait < Duration::from_secs(86_400)).then_some(wait)
+    })
 }
 
 #[derive(Deserialize)]
@@ -231,7 +238,7 @@ pub(crate) fn classify(
         }
     };
     let code = field("code").unwrap_or_default();
-    let upstream_message = field("message").unwrap_or_else(|| {
+    let upstream_message = redact(&field("message").unwrap_or_else(|| {
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
         if text.is_empty() {
@@ -239,7 +246,7 @@ pub(crate) fn classify(
         } else {
             text.chars().take(300).collect()
         }
-    });
+    }));
 
     let mut kind = FailureKind::from_status(status).unwrap_or(FailureKind::ServerError);
     let mut message = format!("upstream answered {status}: {upstream_message}");
@@ -256,23 +263,23 @@ pub(crate) fn classify(
 
     let client_error = match kind {
         FailureKind::InvalidRequest | FailureKind::ContentFiltered => {
+            // The caller gets the upstream's own words (our fuller wording
+            // for a content filter, which names the categories).
+            let client_message = if kind == FailureKind::ContentFiltered {
+                message.clone()
+            } else {
+                upstream_message.clone()
+            };
             let mut object = Map::new();
-            object.insert("message".into(), Value::String(message.clone()));
+            object.insert("message".into(), Value::String(client_message));
             object.insert(
                 "type".into(),
                 Value::String(field("type").unwrap_or_else(|| "invalid_request_error".into())),
             );
-            object.insert(
-                "param".into(),
-                field("param").map_or(Value::Null, Value::String),
-            );
+            object.insert("param".into(), field("param").map_or(Value::Null, Value::String));
             object.insert(
                 "code".into(),
-                if code.is_empty() {
-                    Value::Null
-                } else {
-                    Value::String(code)
-                },
+                if code.is_empty() { Value::Null } else { Value::String(code) },
             );
             if let Some(inner) = error_object.as_ref().and_then(|e| e.get("innererror")) {
                 object.insert("innererror".into(), inner.clone());
@@ -281,13 +288,30 @@ pub(crate) fn classify(
         }
         _ => None,
     };
-    UpstreamError {
-        kind,
-        status: Some(status),
-        message,
-        retry_after,
-        client_error,
-    }
+    UpstreamError { kind, status: Some(status), message, retry_after, client_error }
+}
+
+/// Masks what looks like key material in an upstream's message: OpenAI, for
+/// one, echoes a refused key with only its middle starred out.
+pub(crate) fn redact(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|word| {
+            let core = word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '*');
+            let keyish = core.starts_with("sk-")
+                || core.contains("***")
+                || (core.len() >= 24
+                    && core.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    && core.chars().any(|c| c.is_ascii_digit())
+                    && core.chars().any(|c| c.is_ascii_alphabetic()));
+            if keyish && !core.is_empty() {
+                word.replace(core, "[redacted]")
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn content_filter_message(
@@ -304,12 +328,10 @@ fn content_filter_message(
             results
                 .iter()
                 .filter(|(_, result)| result.get("filtered").and_then(Value::as_bool) == Some(true))
-                .map(
-                    |(category, result)| match result.get("severity").and_then(Value::as_str) {
-                        Some(severity) => format!("{category} ({severity})"),
-                        None => category.clone(),
-                    },
-                )
+                .map(|(category, result)| match result.get("severity").and_then(Value::as_str) {
+                    Some(severity) => format!("{category} ({severity})"),
+                    None => category.clone(),
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -391,36 +413,20 @@ fn chunk_stream(response: reqwest::Response) -> ChunkStream {
 
 fn chunk_from_event(event: SseEvent) -> Result<StreamChunk, UpstreamError> {
     let peek: Peek = serde_json::from_slice(&event.data).map_err(|error| {
-        UpstreamError::new(
-            FailureKind::Protocol,
-            format!("a streamed event is not JSON: {error}"),
-        )
+        UpstreamError::new(FailureKind::Protocol, format!("a streamed event is not JSON: {error}"))
     })?;
     if let Some(error) = peek.error {
         let body = serde_json::json!({ "error": error });
-        let status = error
-            .get("code")
-            .and_then(Value::as_u64)
-            .and_then(|c| u16::try_from(c).ok());
-        let mut upstream_error = classify(
-            status.unwrap_or(500),
-            None,
-            body.to_string().as_bytes(),
-            Dialect::OpenAi,
-        );
-        upstream_error.message = format!(
-            "the upstream sent an error mid-stream: {}",
-            upstream_error.message
-        );
+        let status = error.get("code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok());
+        let mut upstream_error =
+            classify(status.unwrap_or(500), None, body.to_string().as_bytes(), Dialect::OpenAi);
+        upstream_error.message =
+            format!("the upstream sent an error mid-stream: {}", upstream_error.message);
         return Err(upstream_error);
     }
     let usage = peek.usage.as_ref().and_then(Usage::from_json);
     let usage_only = usage.is_some() && peek.choices.as_ref().is_some_and(Vec::is_empty);
-    Ok(StreamChunk {
-        data: event.data,
-        usage,
-        usage_only,
-    })
+    Ok(StreamChunk { data: event.data, usage, usage_only })
 }
 
 #[cfg(test)]
@@ -434,13 +440,51 @@ mod tests {
         )
         .unwrap();
         let sent: Value =
-            serde_json::from_slice(&chat_body(&body, Some("gpt-4o-2024"), true)).unwrap();
+            serde_json::from_slice(&chat_body(&body, Some("gpt-4o-2024"), true, true)).unwrap();
         assert_eq!(sent["model"], "gpt-4o-2024");
         assert_eq!(sent["stream_options"]["include_usage"], true);
         assert_eq!(sent["tools"][0]["type"], "function");
         assert_eq!(sent["seed"], 7);
-        let azure: Value = serde_json::from_slice(&chat_body(&body, None, false)).unwrap();
+        let azure: Value = serde_json::from_slice(&chat_body(&body, None, false, true)).unwrap();
         assert!(azure.get("model").is_none() && azure.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn key_material_is_redacted_from_upstream_messages() {
+        let body = r#"{"error":{"message":"Incorrect API key provided: sk-VKMIs***************wjh3. You can find your API key at https://platform.openai.com.","code":"invalid_api_key"}}"#;
+        let error = classify(401, None, body.as_bytes(), Dialect::OpenAi);
+        assert_eq!(error.kind, FailureKind::DeploymentConfig);
+        assert!(
+            !error.message.contains("VKMI") && !error.message.contains("wjh3"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("Incorrect API key provided: [redacted]."),
+            "{}",
+            error.message
+        );
+        assert_eq!(redact("token abcdef0123456789abcdef0123 refused"), "token [redacted] refused");
+        assert_eq!(
+            redact("model gpt-4o-2024-08-06 not found"),
+            "model gpt-4o-2024-08-06 not found"
+        );
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("retry-after", "3".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert("retry-after-ms", "250".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
+        headers.insert("retry-after-ms", "999999999999".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)), "absurd ms ignored");
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(5));
+        let mut dated = reqwest::header::HeaderMap::new();
+        dated.insert("retry-after", soon.parse().unwrap());
+        let wait = retry_after(&dated).unwrap();
+        assert!(wait > Duration::from_secs(3) && wait <= Duration::from_secs(5), "{wait:?}");
     }
 
     #[test]
@@ -450,11 +494,7 @@ mod tests {
             assert_eq!(error.kind, kind, "{status} {body}: {error}");
             error
         };
-        check(
-            429,
-            r#"{"error":{"code":"429","message":"slow down"}}"#,
-            FailureKind::RateLimited,
-        );
+        check(429, r#"{"error":{"code":"429","message":"slow down"}}"#, FailureKind::RateLimited);
         check(
             429,
             r#"{"error":{"code":"insufficient_quota","message":"pay"}}"#,
@@ -481,5 +521,42 @@ mod tests {
             "the prompt was refused by Azure OpenAI's content filter: hate (high)"
         );
         assert_eq!(filtered.client_error.unwrap()["code"], "content_filter");
+    }
+}
+
+/// Property tests: whatever an upstream sends as an error body or a stream
+/// event, classification neither panics nor lets it through as data.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn error_bodies_are_classified_without_panicking(
+            status in 100u16..600,
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let error = classify(status, None, &body, Dialect::Azure);
+            prop_assert!(!error.message.is_empty());
+        }
+
+        #[test]
+        fn stream_events_are_json_or_errors(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let event = SseEvent { event: None, data: Bytes::from(data.clone()) };
+            match chunk_from_event(event) {
+                Ok(chunk) => prop_assert!(serde_json::from_slice::<Value>(&chunk.data).is_ok()),
+                Err(error) => prop_assert!(!error.message.is_empty()),
+            }
+        }
+
+        #[test]
+        fn json_shaped_error_bodies_keep_the_upstream_message(message in "[a-z ]{1,60}", status in 400u16..600) {
+            let body = serde_json::json!({ "error": { "message": message, "code": null } }).to_string();
+            let error = classify(status, None, body.as_bytes(), Dialect::OpenAi);
+            prop_assert!(error.message.contains(message.trim()) || error.kind == FailureKind::ContentFiltered);
+        }
     }
 }

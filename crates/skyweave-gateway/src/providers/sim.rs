@@ -36,39 +36,20 @@ impl Sim {
             deployment.name, deployment.cloud, deployment.region
         );
         let mut words: Vec<String> = intro.split(' ').map(str::to_string).collect();
-        let filler = [
-            "This",
-            "reply",
-            "was",
-            "generated",
-            "by",
-            "the",
-            "skyweave",
-            "simulator.",
-        ];
+        let filler = ["This", "reply", "was", "generated", "by", "the", "skyweave", "simulator."];
         let mut index = 0;
         while words.len() < spec.output_tokens as usize {
             words.push(filler[index % filler.len()].to_string());
             index += 1;
         }
         words.truncate(spec.output_tokens as usize);
-        Sim {
-            spec,
-            started,
-            model: deployment.upstream_model.clone(),
-            words,
-        }
+        Sim { spec, started, model: deployment.upstream_model.clone(), words }
     }
 
     /// The failure this request meets, if any.
     fn fault(&self) -> Option<UpstreamError> {
         let since_start = self.started.elapsed();
-        if self
-            .spec
-            .outages
-            .iter()
-            .any(|outage| outage.covers(since_start))
-        {
+        if self.spec.outages.iter().any(|outage| outage.covers(since_start)) {
             let mut error = UpstreamError::new(FailureKind::Overloaded, "simulated outage (503)");
             error.status = Some(503);
             return Some(error);
@@ -95,9 +76,7 @@ impl Sim {
             .iter()
             .find_map(|key| request.body.get(*key).and_then(Value::as_u64))
             .unwrap_or(u64::MAX);
-        self.words
-            .len()
-            .min(usize::try_from(limit.max(1)).unwrap_or(usize::MAX))
+        self.words.len().min(usize::try_from(limit.max(1)).unwrap_or(usize::MAX))
     }
 
     fn per_token(&self) -> Duration {
@@ -106,9 +85,7 @@ impl Sim {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn completion_id() -> String {
@@ -125,11 +102,7 @@ impl Provider for Sim {
         let per_token = self.per_token();
         let tokens = self.reply_tokens(request);
         let words: Vec<String> = self.words[..tokens].to_vec();
-        let finish_reason = if tokens < self.words.len() {
-            "length"
-        } else {
-            "stop"
-        };
+        let finish_reason = if tokens < self.words.len() { "length" } else { "stop" };
         let model = self.model.clone();
         let usage = Usage {
             prompt_tokens: u64::from(request.estimated_prompt_tokens),
@@ -166,23 +139,25 @@ impl Provider for Sim {
                 });
             }
             tokio::time::sleep(ttft).await;
+            let (usage_id, usage_model) = (id.clone(), model.clone());
             let chunk = move |delta: Value, finish: Value| -> StreamChunk {
                 let value = json!({
                     "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "system_fingerprint": "skyweave-sim",
                     "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
                 });
-                StreamChunk {
-                    data: Bytes::from(value.to_string()),
-                    usage: None,
-                    usage_only: false,
-                }
+                StreamChunk { data: Bytes::from(value.to_string()), usage: None, usage_only: false }
             };
             let first = chunk(json!({ "role": "assistant", "content": "" }), Value::Null);
             let last = chunk(json!({}), Value::String(finish_reason.into()));
             let usage_chunk = StreamChunk {
                 data: Bytes::from(
-                    json!({ "object": "chat.completion.chunk", "choices": [], "usage": usage_json }).to_string(),
+                    json!({
+                        "id": usage_id, "object": "chat.completion.chunk", "created": created,
+                        "model": usage_model, "system_fingerprint": "skyweave-sim",
+                        "choices": [], "usage": usage_json,
+                    })
+                    .to_string(),
                 ),
                 usage: Some(usage),
                 usage_only: true,
@@ -220,9 +195,7 @@ impl Provider for Sim {
             .body
             .get("dimensions")
             .and_then(Value::as_u64)
-            .map_or(self.spec.embedding_dimensions as usize, |d| {
-                d.clamp(1, 8192) as usize
-            });
+            .map_or(self.spec.embedding_dimensions as usize, |d| d.clamp(1, 8192) as usize);
         let base64 = request.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
         let ttft = self.spec.time_to_first_token;
         let model = self.model.clone();
@@ -253,10 +226,7 @@ impl Provider for Sim {
             });
             Ok(EmbeddingsResponse {
                 body: Bytes::from(body.to_string()),
-                usage: Some(Usage {
-                    prompt_tokens,
-                    completion_tokens: 0,
-                }),
+                usage: Some(Usage { prompt_tokens, completion_tokens: 0 }),
             })
         })
     }
@@ -284,12 +254,7 @@ fn embed(text: &str, dimensions: usize) -> Vec<f32> {
             (hash % 2001) as f32 / 1000.0 - 1.0
         })
         .collect();
-    let norm = vector
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::MIN_POSITIVE);
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
     vector.iter_mut().for_each(|x| *x /= norm);
     vector
 }

@@ -38,10 +38,8 @@ pub fn summary(file: &str, estate: &Estate) -> String {
     );
     let _ = writeln!(out, "\nclouds and regions:");
     for (cloud, regions) in estate.clouds() {
-        let regions: Vec<String> = regions
-            .iter()
-            .map(|(region, names)| format!("{region} ({})", names.len()))
-            .collect();
+        let regions: Vec<String> =
+            regions.iter().map(|(region, names)| format!("{region} ({})", names.len())).collect();
         let _ = writeln!(out, "  {cloud:<8} {}", regions.join(", "));
     }
     let _ = writeln!(out, "\nmodels:");
@@ -126,16 +124,10 @@ fn describe(deployment: &Deployment) -> String {
 /// deployment on another cloud.
 fn failover_order(estate: &Estate, model: &Model) -> String {
     let caller = estate.server.default_caller_region.as_deref();
-    let mut order: Vec<&Deployment> = model
-        .deployments
-        .iter()
-        .map(|id| estate.deployment(*id))
-        .collect();
-    let rtt = |d: &Deployment| {
-        caller
-            .and_then(|c| estate.proximity.rtt_ms(c, &d.region))
-            .unwrap_or(50.0)
-    };
+    let mut order: Vec<&Deployment> =
+        model.deployments.iter().map(|id| estate.deployment(*id)).collect();
+    let rtt =
+        |d: &Deployment| caller.and_then(|c| estate.proximity.rtt_ms(c, &d.region)).unwrap_or(50.0);
     let key = |d: &Deployment| -> f64 {
         match model.strategy {
             Strategy::Priority => 0.0,
@@ -168,9 +160,6 @@ fn failover_order(estate: &Estate, model: &Model) -> String {
         failed_clouds.push(&next.cloud);
         chain.push(next);
     }
-    let names: Vec<String> = chain
-        .iter()
-        .map(|d| format!("{} ({})", d.name, d.cloud))
-        .collect();
+    let names: Vec<String> = chain.iter().map(|d| format!("{} ({})", d.name, d.cloud)).collect();
     names.join(" -> ")
 }

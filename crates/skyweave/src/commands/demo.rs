@@ -16,11 +16,8 @@ use skyweave_gateway::Gateway;
 const DEMO_ESTATE: &str = include_str!("../../../../examples/demo.toml");
 
 pub async fn run(listen: Option<SocketAddr>, tour_only: bool) -> anyhow::Result<ExitCode> {
-    if std::env::var_os("RUST_LOG").is_none() {
-        // The tour prints its own narration; keep the JSON logs for problems.
-        std::env::set_var("RUST_LOG", "error");
-    }
-    super::init_logging();
+    // The tour prints its own narration; the JSON logs only report problems.
+    let _logging = super::init_logging("error");
     let loaded = parse_estate(DEMO_ESTATE, "examples/demo.toml")
         .map_err(|errors| anyhow::anyhow!("the embedded demo estate is invalid: {errors}"))?;
     let mut estate = loaded.estate;
@@ -40,9 +37,8 @@ pub async fn run(listen: Option<SocketAddr>, tour_only: bool) -> anyhow::Result<
     let tour_result_slot = tour_result.clone();
     let stop = async move {
         if tour_only {
-            let result = tour_done_rx
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the tour stopped")));
+            let result =
+                tour_done_rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("the tour stopped")));
             *tour_result_slot.lock().expect("tour result") = Some(result);
         } else {
             super::serve::shutdown_signal().await;
@@ -84,10 +80,7 @@ async fn tour(address: SocketAddr, gateway: Arc<Gateway>) -> anyhow::Result<()> 
     let from_eu = burst(&client, &base, "chat-large", "westeurope", 12).await?;
     print_tally("   12 requests from a caller in westeurope", &from_eu);
     let small = burst(&client, &base, "chat-small", "eastus", 12).await?;
-    print_tally(
-        "   12 chat-small requests (cost strategy: cheapest first)",
-        &small,
-    );
+    print_tally("   12 chat-small requests (cost strategy: cheapest first)", &small);
 
     println!("\n2. Streaming: tokens are relayed as they are generated");
     stream_once(&client, &base).await?;
@@ -104,30 +97,15 @@ async fn tour(address: SocketAddr, gateway: Arc<Gateway>) -> anyhow::Result<()> 
     }
     println!("\n3. Failover: chat-large@aws-us-east-1 is now down (simulated 503s)");
     let during = burst(&client, &base, "chat-large", "us-east-1", 12).await?;
-    print_tally(
-        "   12 requests from a caller in us-east-1 during the outage",
-        &during,
-    );
+    print_tally("   12 requests from a caller in us-east-1 during the outage", &during);
     let failed_over: usize = during.values().map(|t| t.retried).sum();
     println!("   {failed_over} request(s) failed over to another cloud; every request was served.");
     let circuit = gateway.breaker_state(skyweave_core::estate::DeploymentId(0));
-    println!(
-        "   circuit breaker of chat-large@aws-us-east-1: {}",
-        circuit.as_str()
-    );
+    println!("   circuit breaker of chat-large@aws-us-east-1: {}", circuit.as_str());
 
     println!("\n4. Metrics at http://{address}/metrics, e.g.:");
-    let metrics = client
-        .get(format!("http://{address}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    for line in metrics
-        .lines()
-        .filter(|l| l.starts_with("skyweave_failovers_total"))
-        .take(3)
-    {
+    let metrics = client.get(format!("http://{address}/metrics")).send().await?.text().await?;
+    for line in metrics.lines().filter(|l| l.starts_with("skyweave_failovers_total")).take(3) {
         println!("   {line}");
     }
     println!("\nTour done in {:.1} s.", started.elapsed().as_secs_f64());
@@ -180,10 +158,7 @@ async fn burst(
     });
     let mut tally: BTreeMap<String, Tally> = BTreeMap::new();
     // Four at a time, like a few concurrent users.
-    let results: Vec<_> = futures::stream::iter(requests)
-        .buffer_unordered(4)
-        .collect()
-        .await;
+    let results: Vec<_> = futures::stream::iter(requests).buffer_unordered(4).collect().await;
     for result in results {
         let (served_by, attempts, ok) =
             result.context("a demo request failed to reach the gateway")?;
@@ -222,11 +197,7 @@ async fn stream_once(client: &reqwest::Client, base: &str) -> anyhow::Result<()>
         "max_tokens": 12,
     });
     let started = Instant::now();
-    let response = client
-        .post(format!("{base}/chat/completions"))
-        .json(&body)
-        .send()
-        .await?;
+    let response = client.post(format!("{base}/chat/completions")).json(&body).send().await?;
     let served_by = response
         .headers()
         .get("x-skyweave-deployment")

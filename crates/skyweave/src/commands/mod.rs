@@ -28,14 +28,18 @@ pub fn load_estate(path: &Path) -> anyhow::Result<Result<Loaded, String>> {
     Ok(parse_estate(&text, &path.display().to_string()).map_err(|errors| errors.to_string()))
 }
 
-/// JSON logs on stderr, `RUST_LOG` to filter (default `info`).
-pub fn init_logging() {
+/// JSON logs on stderr, `RUST_LOG` to filter (else `default_filter`).
+/// Lines are written by a background thread so that a slow stderr never
+/// blocks a request; keep the returned guard alive until exit, it flushes.
+pub fn init_logging(default_filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_current_span(false)
         .try_init();
+    guard
 }

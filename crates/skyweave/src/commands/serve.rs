@@ -10,7 +10,7 @@ use skyweave_core::estate::Estate;
 use skyweave_gateway::Gateway;
 
 pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
-    super::init_logging();
+    let _logging = super::init_logging("info");
     let loaded = match super::load_estate(config)? {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -48,24 +48,16 @@ pub async fn serve_estate(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (probes_stop_tx, probes_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let probes = tokio::spawn(skyweave_gateway::gateway::run_probes(
-        gateway.clone(),
-        async move {
+    let probes =
+        tokio::spawn(skyweave_gateway::gateway::run_background(gateway.clone(), async move {
             let _ = probes_stop_rx.await;
-        },
-    ));
-    let server = tokio::spawn(skyweave_gateway::server::serve(
-        gateway.clone(),
-        listener,
-        async move {
+        }));
+    let server =
+        tokio::spawn(skyweave_gateway::server::serve(gateway.clone(), listener, async move {
             let _ = stop_rx.await;
-        },
-    ));
+        }));
     stop.await;
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: draining in-flight requests"
-    );
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining in-flight requests");
     gateway.begin_shutdown();
     let _ = stop_tx.send(());
     let _ = probes_stop_tx.send(());

@@ -17,19 +17,9 @@ fn check_summarizes_the_examples_without_secrets() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("azure    eastus (1), swedencentral (1)"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("environment variable AZURE_OPENAI_KEY_EASTUS (set)"),
-        "{stdout}"
-    );
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("azure    eastus (1), swedencentral (1)"), "{stdout}");
+    assert!(stdout.contains("environment variable AZURE_OPENAI_KEY_EASTUS (set)"), "{stdout}");
     assert!(stdout.contains(
         "failover: gpt-4o@azure-eastus (azure) -> gpt-4o@azure-swedencentral (azure) -> gpt-4o@openai (openai)"
     ), "{stdout}");
@@ -47,46 +37,28 @@ fn check_summarizes_the_examples_without_secrets() {
 fn check_bad(text: &str, expected: &str) {
     let dir = TempDir::new();
     let path = dir.write("estate.toml", text);
-    let output = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     let expected = format!("{}:{expected}", path.display());
-    assert!(
-        stderr.contains(&expected),
-        "expected {expected:?} in:\n{stderr}"
-    );
+    assert!(stderr.contains(&expected), "expected {expected:?} in:\n{stderr}");
     assert!(stderr.contains("fix: "), "{stderr}");
 }
 
 #[test]
 fn bad_estate_files_are_reported_with_file_line_column_and_fix() {
     let good = "[[deployment]]\nname = \"a\"\nmodel = \"m\"\nprovider = \"sim\"\ncloud = \"aws\"\nregion = \"us-east-1\"\n";
-    check_bad(
-        &good.replace("region =", "regoin ="),
-        "6:1: unknown field `regoin`",
-    );
-    check_bad(
-        &good.replace("\"sim\"", "\"bedrock2\""),
-        "4:12: unknown variant `bedrock2`",
-    );
+    check_bad(&good.replace("region =", "regoin ="), "6:1: unknown field `regoin`");
+    check_bad(&good.replace("\"sim\"", "\"bedrock2\""), "4:12: unknown variant `bedrock2`");
     check_bad(
         &format!("{good}limits = {{ rpm = 0 }}\n"),
         "7:10: deployment `a`: limits must be at least 1",
     );
-    check_bad(
-        &format!("{good}{good}"),
-        "8:8: deployment name `a` is used twice",
-    );
+    check_bad(&format!("{good}{good}"), "8:8: deployment name `a` is used twice");
     check_bad("[server\n", "1:8:");
 
-    let missing = Command::new(BIN)
-        .args(["check", "--config", "/nonexistent/estate.toml"])
-        .output()
-        .unwrap();
+    let missing =
+        Command::new(BIN).args(["check", "--config", "/nonexistent/estate.toml"]).output().unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr)
         .contains("cannot read the estate file /nonexistent/estate.toml"));
@@ -120,24 +92,13 @@ fn demo_tour_shows_routing_and_failover() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("SIMULATED"), "{stdout}");
     assert!(stdout.contains("every request was served"), "{stdout}");
-    assert!(
-        stdout.contains("circuit breaker of chat-large@aws-us-east-1: open"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("circuit breaker of chat-large@aws-us-east-1: open"), "{stdout}");
     let during = stdout.split("3. Failover").nth(1).unwrap();
     assert!(
-        !during
-            .split("4. Metrics")
-            .next()
-            .unwrap()
-            .contains("chat-large@aws-us-east-1   "),
+        !during.split("4. Metrics").next().unwrap().contains("chat-large@aws-us-east-1   "),
         "{during}"
     );
 }

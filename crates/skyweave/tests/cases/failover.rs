@@ -15,35 +15,15 @@ async fn check_fails_over(behaviour: Behaviour, primary_extra: &str) {
     primary.control.set_behaviour(behaviour.clone());
     let estate = format!(
         "{}{}",
-        openai_deployment(
-            "m@primary",
-            "m",
-            "aws",
-            "us-east-1",
-            &primary,
-            primary_extra
-        ),
+        openai_deployment("m@primary", "m", "aws", "us-east-1", &primary, primary_extra),
         openai_deployment("m@backup", "m", "azure", "eastus", &backup, "priority = 1")
     );
     let gateway = Gateway::start(&estate).await;
     let started = Instant::now();
     let response = gateway.chat("m").await;
-    assert_eq!(
-        response.status(),
-        200,
-        "{behaviour:?}: {}",
-        response.text().await.unwrap()
-    );
-    assert_eq!(
-        header(&response, "x-skyweave-deployment"),
-        "m@backup",
-        "{behaviour:?}"
-    );
-    assert_eq!(
-        header(&response, "x-skyweave-attempts"),
-        "2",
-        "{behaviour:?}"
-    );
+    assert_eq!(response.status(), 200, "{behaviour:?}: {}", response.text().await.unwrap());
+    assert_eq!(header(&response, "x-skyweave-deployment"), "m@backup", "{behaviour:?}");
+    assert_eq!(header(&response, "x-skyweave-attempts"), "2", "{behaviour:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{behaviour:?} took {:?}",
@@ -52,11 +32,7 @@ async fn check_fails_over(behaviour: Behaviour, primary_extra: &str) {
     assert_eq!(primary.control.requests(), 1, "{behaviour:?}");
     let metrics = gateway.metrics().await;
     assert_eq!(
-        metric_value(
-            &metrics,
-            "skyweave_failovers_total",
-            &["from_cloud=\"aws\""]
-        ),
+        metric_value(&metrics, "skyweave_failovers_total", &["from_cloud=\"aws\""]),
         Some(1.0),
         "{behaviour:?}: {metrics}"
     );
@@ -64,27 +40,26 @@ async fn check_fails_over(behaviour: Behaviour, primary_extra: &str) {
 
 #[tokio::test]
 async fn server_errors_fail_over() {
-    for status in [500, 502, 503, 504, 408] {
+    // 404: the deployment's path, Azure deployment name or upstream model is
+    // wrong (Azure's DeploymentNotFound): the deployment's problem, not the caller's.
+    for status in [500, 502, 503, 504, 408, 404, 401] {
         check_fails_over(Behaviour::status(status), "").await;
     }
 }
 
 #[tokio::test]
 async fn rate_limits_fail_over() {
-    let limited = Behaviour::Status {
-        status: 429,
-        retry_after_secs: Some(30),
-        message: None,
-    };
+    let limited = Behaviour::Status { status: 429, retry_after_secs: Some(30), message: None };
     check_fails_over(limited, "").await;
 }
 
 #[tokio::test]
 async fn resets_hangs_and_lies_fail_over() {
     check_fails_over(Behaviour::Reset, "").await;
+    // Non-streaming requests are bounded by the total timeout, not the first-token one.
     check_fails_over(
         Behaviour::Hang,
-        "timeouts = { total_ms = 400, first_token_ms = 400 }",
+        "timeouts = { connect_ms = 200, first_token_ms = 300, total_ms = 500 }",
     )
     .await;
     check_fails_over(Behaviour::Malformed, "").await;
@@ -180,10 +155,7 @@ async fn short_retry_after_is_waited_out_when_nothing_else_serves() {
     let started = Instant::now();
     let response = gateway.chat("m").await;
     assert_eq!(response.status(), 200);
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "Retry-After honoured"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(900), "Retry-After honoured");
     assert_eq!(only.control.requests(), 2);
 }
 
@@ -232,24 +204,15 @@ async fn exhausted_deployments_give_503_with_reasons() {
         .unwrap()
         .iter()
         .map(|r| {
-            format!(
-                "{}: {}",
-                r["deployment"].as_str().unwrap(),
-                r["reason"].as_str().unwrap()
-            )
+            format!("{}: {}", r["deployment"].as_str().unwrap(), r["reason"].as_str().unwrap())
         })
         .collect();
     assert_eq!(reasons.len(), 2, "{error}");
     assert!(
-        reasons
-            .iter()
-            .any(|r| r.starts_with("m@a: server_error: upstream answered 500")),
+        reasons.iter().any(|r| r.starts_with("m@a: server_error: upstream answered 500")),
         "{reasons:?}"
     );
-    assert!(
-        reasons.iter().any(|r| r.starts_with("m@b: connect:")),
-        "{reasons:?}"
-    );
+    assert!(reasons.iter().any(|r| r.starts_with("m@b: connect:")), "{reasons:?}");
 }
 
 #[tokio::test]
@@ -267,16 +230,25 @@ async fn deadline_header_bounds_the_whole_request() {
         .unwrap();
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(3));
+    // The caller's short deadline is not the deployment's fault.
+    let estate_breaker_threshold = 5;
+    for _ in 0..estate_breaker_threshold {
+        let cut_short = client()
+            .post(gateway.url("/v1/chat/completions"))
+            .header("x-skyweave-deadline-ms", "20")
+            .json(&json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cut_short.status(), 504);
+    }
+    assert_eq!(circuit_state(&gateway, "m@a").await, 0.0, "still closed");
 }
 
 async fn circuit_state(gateway: &Gateway, deployment: &str) -> f64 {
     let metrics = gateway.metrics().await;
-    metric_value(
-        &metrics,
-        "skyweave_circuit_state",
-        &[&format!("deployment=\"{deployment}\"")],
-    )
-    .unwrap()
+    metric_value(&metrics, "skyweave_circuit_state", &[&format!("deployment=\"{deployment}\"")])
+        .unwrap()
 }
 
 #[tokio::test]
@@ -300,11 +272,7 @@ async fn circuit_opens_probes_half_open_and_closes() {
         let response = gateway.chat("m").await;
         assert_eq!(header(&response, "x-skyweave-attempts"), "1");
     }
-    assert_eq!(
-        flaky.control.requests(),
-        2,
-        "an open circuit gets no traffic"
-    );
+    assert_eq!(flaky.control.requests(), 2, "an open circuit gets no traffic");
 
     // After the cool-down one probe is let through; it fails: open again, longer.
     tokio::time::sleep(Duration::from_millis(350)).await;
@@ -344,4 +312,27 @@ async fn with_every_circuit_open_the_least_recently_failed_is_still_tried() {
     let response = gateway.chat("m").await;
     assert_eq!(response.status(), 200, "tried despite the open circuit");
     assert_eq!(only.control.requests(), 3);
+}
+
+#[tokio::test]
+async fn active_probes_open_the_circuit_of_a_dead_deployment_without_traffic() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let estate = format!(
+        "{FAST_BREAKER}[[deployment]]\nname = \"m@dead\"\nmodel = \"m\"\nprovider = \"openai\"\ncloud = \"aws\"\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:{port}/v1\"\nhealth_probe = {{ interval_secs = 1 }}\n"
+    );
+    let gateway = Gateway::start(&estate).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = reqwest::get(gateway.url("/readyz")).await.unwrap();
+        if ready.status() == 503 {
+            assert_eq!(ready.text().await.unwrap(), "every deployment is open-circuited for: m\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the probes never opened the circuit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(circuit_state(&gateway, "m@dead").await, 2.0);
+    assert!(gateway.logs().contains("health probe failed"));
 }

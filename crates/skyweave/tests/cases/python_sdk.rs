@@ -13,9 +13,8 @@ use crate::support::*;
 #[tokio::test]
 async fn the_official_openai_python_sdk_works_unchanged() {
     let python = std::env::var("SKYWEAVE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python)
-        .args(["-c", "import openai; print(openai.__version__)"])
-        .output();
+    let probe =
+        Command::new(&python).args(["-c", "import openai; print(openai.__version__)"]).output();
     let version = match probe {
         Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout).trim().to_string(),
         _ => panic!(
@@ -25,35 +24,26 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     };
 
     let key = "azure-sdk-test-key";
-    let azure = spawn(EmulatorConfig::azure("azure-east").with_api_key(key))
-        .await
-        .unwrap();
+    let azure = spawn(EmulatorConfig::azure("azure-east").with_api_key(key)).await.unwrap();
     let openai = spawn(EmulatorConfig::openai("vllm")).await.unwrap();
+    let cut = spawn(EmulatorConfig::openai("cut")).await.unwrap();
+    cut.control.set_behaviour(skyweave_emulators::Behaviour::CutAfterChunks { chunks: 1 });
     let estate = format!(
-        "{}{}[[deployment]]\nname = \"embed@sim\"\nmodel = \"embed\"\nprovider = \"sim\"\ncloud = \"gcp\"\nregion = \"us-east4\"\nsim = {{ ttft_ms = 1 }}\n",
+        "{}{}{}[[deployment]]\nname = \"embed@sim\"\nmodel = \"embed\"\nprovider = \"sim\"\ncloud = \"gcp\"\nregion = \"us-east4\"\nsim = {{ ttft_ms = 1 }}\n",
         azure_deployment("chat@azure", "chat", "eastus", &azure, "AZ_KEY", ""),
-        openai_deployment("chat@vllm", "chat", "aws", "us-east-1", &openai, "")
+        openai_deployment("chat@vllm", "chat", "aws", "us-east-1", &openai, ""),
+        openai_deployment("cut@vllm", "cut", "aws", "us-east-1", &cut, "")
     );
     let gateway = Gateway::start_with_env(&estate, &[("AZ_KEY", key)]).await;
-    let script = format!(
-        "{}/tests/python/openai_sdk_test.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let script = format!("{}/tests/python/openai_sdk_test.py", env!("CARGO_MANIFEST_DIR"));
     let base_url = gateway.url("/v1");
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(&python)
-            .arg(&script)
-            .env("SKYWEAVE_BASE_URL", base_url)
-            .output()
-            .unwrap()
+        Command::new(&python).arg(&script).env("SKYWEAVE_BASE_URL", base_url).output().unwrap()
     })
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "openai {version}:\n{stdout}\n{stderr}"
-    );
+    assert!(output.status.success(), "openai {version}:\n{stdout}\n{stderr}");
     assert!(stdout.contains("all SDK checks passed"), "{stdout}");
 }

@@ -30,9 +30,7 @@ async fn served_by(
         for response in futures::future::join_all(requests).await {
             let response = response.unwrap();
             assert_eq!(response.status(), 200);
-            *tally
-                .entry(header(&response, "x-skyweave-deployment").to_string())
-                .or_insert(0) += 1;
+            *tally.entry(header(&response, "x-skyweave-deployment").to_string()).or_insert(0) += 1;
         }
     }
     tally
@@ -41,11 +39,7 @@ async fn served_by(
 async fn emulators(n: usize) -> Vec<Emulator> {
     let mut all = Vec::new();
     for i in 0..n {
-        all.push(
-            spawn(EmulatorConfig::openai(&format!("e{i}")).with_record(false))
-                .await
-                .unwrap(),
-        );
+        all.push(spawn(EmulatorConfig::openai(&format!("e{i}")).with_record(false)).await.unwrap());
     }
     all
 }
@@ -112,30 +106,12 @@ async fn latency_counts_the_callers_proximity() {
         openai_deployment("m@eu", "m", "azure", "westeurope", &e[1], "")
     );
     let gateway = Gateway::start(&estate).await;
-    let from_eu = served_by(
-        &gateway,
-        "m",
-        40,
-        1,
-        &[("x-skyweave-caller-region", "europe-west4")],
-    )
-    .await;
-    assert!(
-        from_eu.get("m@eu").copied().unwrap_or(0) >= 36,
-        "{from_eu:?}"
-    );
-    let from_us = served_by(
-        &gateway,
-        "m",
-        40,
-        1,
-        &[("x-skyweave-caller-region", "us-east-1")],
-    )
-    .await;
-    assert!(
-        from_us.get("m@us").copied().unwrap_or(0) >= 36,
-        "{from_us:?}"
-    );
+    let from_eu =
+        served_by(&gateway, "m", 40, 1, &[("x-skyweave-caller-region", "europe-west4")]).await;
+    assert!(from_eu.get("m@eu").copied().unwrap_or(0) >= 36, "{from_eu:?}");
+    let from_us =
+        served_by(&gateway, "m", 40, 1, &[("x-skyweave-caller-region", "us-east-1")]).await;
+    assert!(from_us.get("m@us").copied().unwrap_or(0) >= 36, "{from_us:?}");
 }
 
 #[tokio::test]
@@ -216,23 +192,12 @@ async fn caller_scope_limits_clouds_and_regions() {
         openai_deployment("m@azure", "m", "azure", "westeurope", &e[1], "")
     );
     let gateway = Gateway::start(&estate).await;
-    let only_azure = served_by(
-        &gateway,
-        "m",
-        12,
-        3,
-        &[("x-skyweave-allowed-clouds", "azure")],
-    )
-    .await;
+    let only_azure =
+        served_by(&gateway, "m", 12, 3, &[("x-skyweave-allowed-clouds", "azure")]).await;
     assert_eq!(only_azure, BTreeMap::from([("m@azure".to_string(), 12)]));
-    let only_us = served_by(
-        &gateway,
-        "m",
-        12,
-        3,
-        &[("x-skyweave-allowed-regions", "us-east-1, us-east-2")],
-    )
-    .await;
+    let only_us =
+        served_by(&gateway, "m", 12, 3, &[("x-skyweave-allowed-regions", "us-east-1, us-east-2")])
+            .await;
     assert_eq!(only_us, BTreeMap::from([("m@aws".to_string(), 12)]));
 
     let nowhere = client()
@@ -248,10 +213,7 @@ async fn caller_scope_limits_clouds_and_regions() {
     let reasons = error["error"]["deployments"].as_array().unwrap();
     assert_eq!(reasons.len(), 2);
     assert!(
-        reasons[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not allowed for this caller"),
+        reasons[0]["reason"].as_str().unwrap().contains("not allowed for this caller"),
         "{error}"
     );
 }
@@ -262,23 +224,12 @@ async fn rpm_limit_moves_traffic_to_the_next_deployment() {
     let estate = format!(
         "{}{}{}",
         model_strategy("m", "priority"),
-        openai_deployment(
-            "m@small",
-            "m",
-            "aws",
-            "us-east-1",
-            &e[0],
-            "limits = { rpm = 5 }"
-        ),
+        openai_deployment("m@small", "m", "aws", "us-east-1", &e[0], "limits = { rpm = 5 }"),
         openai_deployment("m@big", "m", "azure", "eastus", &e[1], "priority = 1")
     );
     let gateway = Gateway::start(&estate).await;
     let tally = served_by(&gateway, "m", 20, 10, &[]).await;
-    assert_eq!(
-        tally.get("m@small"),
-        Some(&5),
-        "exactly the rpm limit: {tally:?}"
-    );
+    assert_eq!(tally.get("m@small"), Some(&5), "exactly the rpm limit: {tally:?}");
     assert_eq!(tally.get("m@big"), Some(&15), "{tally:?}");
     assert_eq!(e[0].control.requests(), 5);
 }

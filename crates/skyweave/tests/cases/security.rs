@@ -10,12 +10,8 @@ use crate::support::*;
 async fn keys_reach_the_upstream_and_nothing_else() {
     let good_key = "sk-skyweave-good-5b1c9e";
     let wrong_key = "sk-skyweave-wrong-77aa02";
-    let openai = spawn(EmulatorConfig::openai("openai").with_api_key(good_key))
-        .await
-        .unwrap();
-    let azure = spawn(EmulatorConfig::azure("azure").with_api_key(good_key))
-        .await
-        .unwrap();
+    let openai = spawn(EmulatorConfig::openai("openai").with_api_key(good_key)).await.unwrap();
+    let azure = spawn(EmulatorConfig::azure("azure").with_api_key(good_key)).await.unwrap();
     let backup = spawn(EmulatorConfig::openai("backup")).await.unwrap();
     let estate = format!(
         "{FAST_BREAKER}{}{}{}",
@@ -43,17 +39,10 @@ async fn keys_reach_the_upstream_and_nothing_else() {
     // The OpenAI deployment got its key as a bearer token.
     let sent = openai.control.recorded();
     assert!(!sent.is_empty());
-    assert_eq!(
-        sent[0].header("authorization"),
-        Some(&*format!("Bearer {good_key}"))
-    );
+    assert_eq!(sent[0].header("authorization"), Some(&*format!("Bearer {good_key}")));
     // The Azure deployment's key is refused (401): its circuit opens after two
     // failures and its requests were served elsewhere.
-    assert!(
-        azure.control.requests() <= 3,
-        "{}",
-        azure.control.requests()
-    );
+    assert!(azure.control.requests() <= 3, "{}", azure.control.requests());
     let metrics = gateway.metrics().await;
     assert!(
         metric_value(
@@ -79,8 +68,5 @@ async fn keys_reach_the_upstream_and_nothing_else() {
         assert!(!metrics.contains(secret), "a key leaked into the metrics");
         assert!(!bodies.contains(secret), "a key leaked into a response");
     }
-    assert!(
-        logs.contains("\"request_id\""),
-        "logs are structured and carry the request id"
-    );
+    assert!(logs.contains("\"request_id\""), "logs are structured and carry the request id");
 }

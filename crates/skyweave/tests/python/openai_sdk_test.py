@@ -60,7 +60,7 @@ print("embeddings ok")
 
 # Models.
 ids = sorted(model.id for model in client.models.list())
-assert ids == ["chat", "embed"], ids
+assert ids == ["chat", "cut", "embed"], ids
 print("models ok:", ids)
 
 # Errors are OpenAI-shaped, so the SDK raises its typed exceptions.
@@ -76,6 +76,15 @@ try:
     raise AssertionError("empty messages accepted")
 except openai.BadRequestError as error:
     assert error.param == "messages", error.param
+# A stream cut after its first chunk ends with an error event: the SDK raises.
+try:
+    for chunk in client.chat.completions.create(
+        model="cut", messages=[{"role": "user", "content": "x"}], stream=True
+    ):
+        pass
+    raise AssertionError("a cut stream ended cleanly")
+except openai.APIError as error:
+    assert "upstream stream failed" in str(error), error
 print("errors ok")
 
 print("all SDK checks passed")

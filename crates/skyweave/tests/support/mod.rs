@@ -103,12 +103,7 @@ impl Gateway {
                 );
             }
         };
-        Gateway {
-            child,
-            addr,
-            logs,
-            _dir: dir,
-        }
+        Gateway { child, addr, logs, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -141,12 +136,7 @@ impl Gateway {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
     }
 
     pub async fn chat(&self, model: &str) -> reqwest::Response {
@@ -177,10 +167,7 @@ fn listening_address(line: &str) -> Option<SocketAddr> {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// An `openai`-provider deployment pointed at an emulator.
@@ -219,11 +206,7 @@ pub const FAST_BREAKER: &str =
     "[circuit_breaker]\nconsecutive_failures = 2\ncooldown_ms = 300\nmax_cooldown_ms = 1000\n";
 
 pub fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 /// Reads an SSE body into its `data:` payloads.

@@ -975,6 +975,9 @@ fn normalize_endpoint(endpoint: &str) -> Result<String, &'static str> {
     if endpoint.chars().any(char::is_whitespace) {
         return Err("contains whitespace");
     }
+    if url::Url::parse(endpoint).is_err() {
+        return Err("is not a valid URL");
+    }
     Ok(endpoint.trim_end_matches('/').to_string())
 }
 

@@ -18,7 +18,9 @@ use skyweave_core::failure::FailureKind;
 use skyweave_core::health::{Admission, Breaker, BreakerState, Ewma};
 use skyweave_core::routing::{self, Candidate};
 
-use crate::metrics::{AttemptLabels, DeploymentLabels, FailoverLabels, Metrics, Name};
+use crate::metrics::{
+    AttemptLabels, DeploymentLabels, DeploymentMetrics, FailoverLabels, Metrics, Name,
+};
 use crate::providers::{self, Provider, UpstreamError, Usage};
 use crate::secrets::{Secret, SecretError};
 
@@ -39,6 +41,7 @@ pub struct DeploymentRuntime {
     pub cloud: Name,
     pub region: Name,
     pub model: Name,
+    pub metrics: DeploymentMetrics,
     health: Mutex<Health>,
 }
 
@@ -62,6 +65,7 @@ impl Gateway {
     /// deployment whose secret is missing.
     pub fn new(estate: Estate) -> Result<Arc<Gateway>, BuildError> {
         let started = Instant::now();
+        let metrics = Metrics::new();
         let mut deployments = Vec::with_capacity(estate.deployments.len());
         let mut file_secrets = Vec::new();
         for deployment in &estate.deployments {
@@ -70,12 +74,16 @@ impl Gateway {
             if let Some(secret) = secret.filter(|s| matches!(s.source(), SecretSource::File(_))) {
                 file_secrets.push(secret);
             }
+            let name = Arc::new(deployment.name.clone());
+            let cloud = Arc::new(deployment.cloud.clone());
+            let model = Arc::new(deployment.model.clone());
             deployments.push(DeploymentRuntime {
                 provider,
-                name: Arc::new(deployment.name.clone()),
-                cloud: Arc::new(deployment.cloud.clone()),
+                metrics: metrics.for_deployment(&model, &name, &cloud),
+                name,
+                cloud,
                 region: Arc::new(deployment.region.clone()),
-                model: Arc::new(deployment.model.clone()),
+                model,
                 health: Mutex::new(Health {
                     breaker: Breaker::new(estate.breaker),
                     capacity: Capacity::new(deployment.limits, started),
@@ -89,7 +97,7 @@ impl Gateway {
             estate,
             file_secrets,
             deployments,
-            metrics: Metrics::new(),
+            metrics,
             started,
             shutting_down: AtomicBool::new(false),
         }))
@@ -258,7 +266,10 @@ impl Lease {
             }
         }
         let outcome_label = match outcome {
-            Outcome::Success { .. } => "ok",
+            Outcome::Success { .. } => {
+                runtime.metrics.attempts_ok.inc();
+                return;
+            }
             Outcome::Failure(kind) => kind.as_str(),
             Outcome::CallerDeadline => "caller_deadline",
         };
@@ -308,7 +319,8 @@ where
 {
     let request_start = Instant::now();
     let deadline = request_start + scope.deadline.map_or(model.deadline, |d| d.min(model.deadline));
-    let mut rng = SmallRng::from_entropy();
+    // Seeded from the thread's generator: no system call per request.
+    let mut rng = SmallRng::seed_from_u64(rand::Rng::gen(&mut rand::thread_rng()));
     let mut tried: Vec<DeploymentId> = Vec::new();
     let mut failed_clouds: Vec<Name> = Vec::new();
     let mut refusals: Vec<Refusal> = Vec::new();

@@ -183,6 +183,77 @@ impl Metrics {
     }
 }
 
+/// One deployment's series with fixed labels, looked up once at start so
+/// that a served request costs atomic increments, not hash-map lookups.
+#[derive(Clone)]
+pub struct DeploymentMetrics {
+    pub requests_ok: Counter,
+    pub duration: Histogram,
+    pub time_to_first_token: Histogram,
+    pub tokens_in: Counter,
+    pub tokens_out: Counter,
+    pub cost_usd: Counter<f64, AtomicU64>,
+    pub attempts_ok: Counter,
+}
+
+impl Metrics {
+    pub fn for_deployment(
+        &self,
+        model: &Name,
+        deployment: &Name,
+        cloud: &Name,
+    ) -> DeploymentMetrics {
+        let model_cloud = ModelCloudLabels { model: model.clone(), cloud: cloud.clone() };
+        let tokens = |direction| TokenLabels {
+            model: model.clone(),
+            deployment: deployment.clone(),
+            cloud: cloud.clone(),
+            direction,
+        };
+        // Each lookup is its own statement: a family's read guard lives to the
+        // end of the statement, and a second lookup of the same family in the
+        // same statement would wait for it forever.
+        let requests_ok = self
+            .requests
+            .get_or_create(&RequestLabels {
+                model: model.clone(),
+                deployment: deployment.clone(),
+                cloud: cloud.clone(),
+                status: 200,
+            })
+            .clone();
+        let duration = self.request_duration.get_or_create(&model_cloud).clone();
+        let time_to_first_token = self.time_to_first_token.get_or_create(&model_cloud).clone();
+        let tokens_in = self.tokens.get_or_create(&tokens("input")).clone();
+        let tokens_out = self.tokens.get_or_create(&tokens("output")).clone();
+        let cost_usd = self
+            .cost_usd
+            .get_or_create(&CostLabels {
+                model: model.clone(),
+                deployment: deployment.clone(),
+                cloud: cloud.clone(),
+            })
+            .clone();
+        let attempts_ok = self
+            .attempts
+            .get_or_create(&AttemptLabels {
+                deployment: deployment.clone(),
+                cloud: cloud.clone(),
+                outcome: "ok",
+            })
+            .clone();
+        DeploymentMetrics {
+            requests_ok,
+            duration,
+            time_to_first_token,
+            tokens_in,
+            tokens_out,
+            cost_usd,
+            attempts_ok,
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()

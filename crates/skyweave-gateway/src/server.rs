@@ -24,7 +24,7 @@ use crate::api_error::ApiError;
 use crate::gateway::{
     dispatch, AttemptBound, CallerScope, DispatchError, Gateway, Lease, Outcome, Served,
 };
-use crate::metrics::{CostLabels, ModelCloudLabels, RequestLabels, TokenLabels};
+use crate::metrics::RequestLabels;
 use crate::providers::{
     ChatRequest, ChatResponse, ChunkStream, EmbeddingsRequest, StreamChunk, UpstreamError, Usage,
 };
@@ -266,7 +266,12 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return given.clone();
         }
     }
-    let id = format!("req_{}", uuid::Uuid::new_v4().simple());
+    // 128 random bits from the thread's generator: no system call per request.
+    let (high, low): (u64, u64) = {
+        let mut rng = rand::thread_rng();
+        (rand::Rng::gen(&mut rng), rand::Rng::gen(&mut rng))
+    };
+    let id = format!("req_{high:016x}{low:016x}");
     HeaderValue::from_str(&id).expect("a hex id is a valid header value")
 }
 
@@ -501,46 +506,29 @@ fn record_served(
     time_to_first_token: Duration,
 ) {
     let runtime = gateway.runtime(deployment);
-    let metrics = &gateway.metrics;
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            model: runtime.model.clone(),
-            deployment: runtime.name.clone(),
-            cloud: runtime.cloud.clone(),
-            status,
-        })
-        .inc();
-    let model_cloud =
-        ModelCloudLabels { model: runtime.model.clone(), cloud: runtime.cloud.clone() };
-    metrics.request_duration.get_or_create(&model_cloud).observe(total.as_secs_f64());
-    metrics
-        .time_to_first_token
-        .get_or_create(&model_cloud)
-        .observe(time_to_first_token.as_secs_f64());
-    if let Some(usage) = usage {
-        for (direction, count) in
-            [("input", usage.prompt_tokens), ("output", usage.completion_tokens)]
-        {
-            metrics
-                .tokens
-                .get_or_create(&TokenLabels {
-                    model: runtime.model.clone(),
-                    deployment: runtime.name.clone(),
-                    cloud: runtime.cloud.clone(),
-                    direction,
-                })
-                .inc_by(count);
-        }
-        let cost = runtime.deployment.price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
-        metrics
-            .cost_usd
-            .get_or_create(&CostLabels {
+    let series = &runtime.metrics;
+    if status == 200 {
+        series.requests_ok.inc();
+    } else {
+        gateway
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
                 model: runtime.model.clone(),
                 deployment: runtime.name.clone(),
                 cloud: runtime.cloud.clone(),
+                status,
             })
-            .inc_by(cost);
+            .inc();
+    }
+    series.duration.observe(total.as_secs_f64());
+    series.time_to_first_token.observe(time_to_first_token.as_secs_f64());
+    if let Some(usage) = usage {
+        series.tokens_in.inc_by(usage.prompt_tokens);
+        series.tokens_out.inc_by(usage.completion_tokens);
+        series.cost_usd.inc_by(
+            runtime.deployment.price.cost_usd(usage.prompt_tokens, usage.completion_tokens),
+        );
     }
 }
 
@@ -549,7 +537,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let incoming = match read_request(&gateway, &headers, body, "messages").await {
+    let mut incoming = match read_request(&gateway, &headers, body, "messages").await {
         Ok(incoming) => incoming,
         Err(error) => return error_response(&gateway, None, request_id(&headers), error, 0),
     };
@@ -609,7 +597,7 @@ async fn chat_completions(
     let prompt_tokens = estimate_prompt_tokens(&incoming.body["messages"]);
     let estimated_tokens = prompt_tokens.saturating_add(output_estimate(&incoming.body));
     let request = ChatRequest {
-        body: Arc::new(incoming.body.clone()),
+        body: Arc::new(std::mem::take(&mut incoming.body)),
         stream,
         include_usage,
         estimated_prompt_tokens: prompt_tokens,
@@ -875,6 +863,10 @@ impl Relay {
     }
 }
 
+/// Chunks already received are written together, up to this many bytes:
+/// one write per burst instead of one per event, and never a wait for more.
+const RELAY_BATCH_BYTES: usize = 64 * 1024;
+
 impl Stream for Relay {
     type Item = Result<Bytes, Infallible>;
 
@@ -883,8 +875,9 @@ impl Stream for Relay {
         if this.done {
             return Poll::Ready(None);
         }
+        let mut batch: Vec<u8> = Vec::new();
         if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(Ok(first)));
+            batch.extend_from_slice(&first);
         }
         loop {
             match this.upstream.poll_next_unpin(cx) {
@@ -895,12 +888,16 @@ impl Stream for Relay {
                     if chunk.usage_only && !this.include_usage {
                         continue;
                     }
-                    return Poll::Ready(Some(Ok(sse_frame(&chunk.data))));
+                    batch.extend_from_slice(&sse_frame(&chunk.data));
+                    if batch.len() >= RELAY_BATCH_BYTES {
+                        return Poll::Ready(Some(Ok(Bytes::from(batch))));
+                    }
                 }
                 Poll::Ready(Some(Err(error))) => {
                     let frame =
                         this.error_event(error.kind, &error.message, Outcome::Failure(error.kind));
-                    return Poll::Ready(Some(Ok(frame)));
+                    batch.extend_from_slice(&frame);
+                    return Poll::Ready(Some(Ok(Bytes::from(batch))));
                 }
                 Poll::Ready(None) => {
                     let outcome = Outcome::Success {
@@ -908,9 +905,13 @@ impl Stream for Relay {
                         usage: this.usage,
                     };
                     this.finish(outcome, 200);
-                    return Poll::Ready(Some(Ok(Bytes::from_static(b"data: [DONE]\n\n"))));
+                    batch.extend_from_slice(b"data: [DONE]\n\n");
+                    return Poll::Ready(Some(Ok(Bytes::from(batch))));
                 }
                 Poll::Pending => {
+                    if !batch.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(batch))));
+                    }
                     if this.deadline.as_mut().poll(cx).is_ready() {
                         let (message, outcome) = if this.deadline_is_callers {
                             ("the request's deadline passed", Outcome::CallerDeadline)
@@ -935,7 +936,7 @@ async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let incoming = match read_request(&gateway, &headers, body, "input").await {
+    let mut incoming = match read_request(&gateway, &headers, body, "input").await {
         Ok(incoming) => incoming,
         Err(error) => return error_response(&gateway, None, request_id(&headers), error, 0),
     };
@@ -954,7 +955,7 @@ async fn embeddings(
     }
     let prompt_tokens = estimate_prompt_tokens(&incoming.body["input"]);
     let request = EmbeddingsRequest {
-        body: Arc::new(incoming.body.clone()),
+        body: Arc::new(std::mem::take(&mut incoming.body)),
         estimated_prompt_tokens: prompt_tokens,
     };
     let result = dispatch(

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use skyweave_core::config::MIN_AZURE_STREAM_USAGE_VERSION;
 use skyweave_core::estate::{AuthScheme, Deployment};
 
-use super::openai_compat::{self, Dialect};
+use super::openai_compat::{self, url, Dialect};
 use super::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Provider, UpstreamError,
 };
@@ -19,8 +19,8 @@ use crate::secrets::Secret;
 
 pub(crate) struct AzureOpenAi {
     client: reqwest::Client,
-    chat_url: String,
-    embeddings_url: String,
+    chat_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
     scheme: AuthScheme,
     secret: Secret,
     /// The API version accepts `stream_options` (2024-09-01 and later).
@@ -39,8 +39,8 @@ impl AzureOpenAi {
         let base = format!("{endpoint}/openai/deployments/{azure_deployment}");
         AzureOpenAi {
             client: openai_compat::http_client(&deployment.timeouts),
-            chat_url: format!("{base}/chat/completions?api-version={api_version}"),
-            embeddings_url: format!("{base}/embeddings?api-version={api_version}"),
+            chat_url: url(format!("{base}/chat/completions?api-version={api_version}")),
+            embeddings_url: url(format!("{base}/embeddings?api-version={api_version}")),
             scheme,
             secret,
             stream_usage: api_version >= MIN_AZURE_STREAM_USAGE_VERSION,
@@ -64,10 +64,10 @@ impl AzureOpenAi {
         }
     }
 
-    fn post(&self, url: &str, body: bytes::Bytes) -> reqwest::RequestBuilder {
+    fn post(&self, url: &reqwest::Url, body: bytes::Bytes) -> reqwest::RequestBuilder {
         self.authorize(
             self.client
-                .post(url)
+                .post(url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body),
         )

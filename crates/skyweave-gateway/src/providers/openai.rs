@@ -6,7 +6,7 @@
 use futures::future::BoxFuture;
 use skyweave_core::estate::Deployment;
 
-use super::openai_compat::{self, Dialect};
+use super::openai_compat::{self, url, Dialect};
 use super::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Provider, UpstreamError,
 };
@@ -14,9 +14,9 @@ use crate::secrets::Secret;
 
 pub(crate) struct OpenAi {
     client: reqwest::Client,
-    chat_url: String,
-    embeddings_url: String,
-    models_url: String,
+    chat_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
+    models_url: reqwest::Url,
     upstream_model: String,
     key: Option<Secret>,
 }
@@ -25,18 +25,18 @@ impl OpenAi {
     pub(crate) fn new(deployment: &Deployment, endpoint: &str, key: Option<Secret>) -> OpenAi {
         OpenAi {
             client: openai_compat::http_client(&deployment.timeouts),
-            chat_url: format!("{endpoint}/chat/completions"),
-            embeddings_url: format!("{endpoint}/embeddings"),
-            models_url: format!("{endpoint}/models"),
+            chat_url: url(format!("{endpoint}/chat/completions")),
+            embeddings_url: url(format!("{endpoint}/embeddings")),
+            models_url: url(format!("{endpoint}/models")),
             upstream_model: deployment.upstream_model.clone(),
             key,
         }
     }
 
-    fn post(&self, url: &str, body: bytes::Bytes) -> reqwest::RequestBuilder {
+    fn post(&self, url: &reqwest::Url, body: bytes::Bytes) -> reqwest::RequestBuilder {
         let request = self
             .client
-            .post(url)
+            .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         match &self.key {
@@ -72,7 +72,7 @@ impl Provider for OpenAi {
     }
 
     fn probe(&self) -> BoxFuture<'static, Result<(), UpstreamError>> {
-        let mut request = self.client.get(&self.models_url);
+        let mut request = self.client.get(self.models_url.clone());
         if let Some(key) = &self.key {
             request = request.bearer_auth(key.value());
         }

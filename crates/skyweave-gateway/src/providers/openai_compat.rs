@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::IgnoredAny;
-use serde::Deserialize;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use skyweave_core::estate::Timeouts;
 use skyweave_core::failure::{parse_retry_after_seconds, FailureKind};
@@ -26,6 +27,11 @@ pub(crate) enum Dialect {
     Azure,
 }
 
+/// Parses an upstream URL built from a validated endpoint.
+pub(crate) fn url(text: String) -> reqwest::Url {
+    reqwest::Url::parse(&text).expect("endpoints are validated as URLs when the estate loads")
+}
+
 pub(crate) fn http_client(timeouts: &Timeouts) -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(timeouts.connect)
@@ -39,48 +45,70 @@ pub(crate) fn http_client(timeouts: &Timeouts) -> reqwest::Client {
 }
 
 /// The request body sent upstream: the client's body with the model replaced
-/// by the deployment's upstream name and, when streaming, usage requested so
-/// that token accounting is exact (the usage chunk is withheld from clients
-/// that did not ask for it).
+/// by the deployment's upstream name (Azure: removed, the URL names the
+/// deployment) and, when streaming, usage requested so that token accounting
+/// is exact (the usage chunk is withheld from clients that did not ask for
+/// it). Serialized straight from the client's map, without copying it.
 pub(crate) fn chat_body(
     body: &Map<String, Value>,
     upstream_model: Option<&str>,
     stream: bool,
     ask_for_usage: bool,
 ) -> Bytes {
-    let mut body = body.clone();
-    match upstream_model {
-        Some(model) => {
-            body.insert("model".into(), Value::String(model.to_string()));
-        }
-        // Azure names the model by the deployment in the URL.
-        None => {
-            body.remove("model");
-        }
-    }
-    if stream && ask_for_usage {
-        let options = body.entry("stream_options").or_insert(Value::Null);
-        if options.is_null() {
-            *options = Value::Object(Map::new());
-        }
-        if let Value::Object(options) = options {
-            options.insert("include_usage".into(), Value::Bool(true));
-        }
-    }
-    Bytes::from(serde_json::to_vec(&body).expect("a JSON map serializes"))
+    let upstream =
+        UpstreamBody { body, model: upstream_model, stream_usage: stream && ask_for_usage };
+    Bytes::from(serde_json::to_vec(&upstream).expect("a JSON map serializes"))
 }
 
 pub(crate) fn embeddings_body(body: &Map<String, Value>, upstream_model: Option<&str>) -> Bytes {
-    let mut body = body.clone();
-    match upstream_model {
-        Some(model) => {
-            body.insert("model".into(), Value::String(model.to_string()));
+    let upstream = UpstreamBody { body, model: upstream_model, stream_usage: false };
+    Bytes::from(serde_json::to_vec(&upstream).expect("a JSON map serializes"))
+}
+
+struct UpstreamBody<'a> {
+    body: &'a Map<String, Value>,
+    model: Option<&'a str>,
+    stream_usage: bool,
+}
+
+impl Serialize for UpstreamBody<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.body {
+            match key.as_str() {
+                "model" => {}
+                "stream_options" if self.stream_usage => {}
+                _ => map.serialize_entry(key, value)?,
+            }
         }
-        None => {
-            body.remove("model");
+        if let Some(model) = self.model {
+            map.serialize_entry("model", model)?;
         }
+        if self.stream_usage {
+            let client_options = match self.body.get("stream_options") {
+                Some(Value::Object(options)) => Some(options),
+                _ => None,
+            };
+            map.serialize_entry("stream_options", &StreamOptions(client_options))?;
+        }
+        map.end()
     }
-    Bytes::from(serde_json::to_vec(&body).expect("a JSON map serializes"))
+}
+
+/// The client's `stream_options` (if any) with `include_usage: true`.
+struct StreamOptions<'a>(Option<&'a Map<String, Value>>);
+
+impl Serialize for StreamOptions<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.0.into_iter().flatten() {
+            if key != "include_usage" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.serialize_entry("include_usage", &true)?;
+        map.end()
+    }
 }
 
 pub(crate) async fn send_chat(
@@ -153,6 +181,14 @@ fn transport_error(error: reqwest::Error) -> UpstreamError {
 }
 
 async fn read_body(response: reqwest::Response) -> Result<Bytes, UpstreamError> {
+    if response.content_length().is_some_and(|len| len <= MAX_UPSTREAM_BODY as u64) {
+        return response.bytes().await.map_err(|error| {
+            UpstreamError::new(
+                FailureKind::StreamCut,
+                format!("the upstream response was cut: {}", error.without_url()),
+            )
+        });
+    }
     if response.content_length().is_some_and(|len| len > MAX_UPSTREAM_BODY as u64) {
         return Err(UpstreamError::new(
             FailureKind::Protocol,
@@ -441,6 +477,13 @@ mod tests {
         .unwrap();
         let sent: Value =
             serde_json::from_slice(&chat_body(&body, Some("gpt-4o-2024"), true, true)).unwrap();
+        let with_options: Map<String, Value> = serde_json::from_str(
+            r#"{"model":"m","messages":[],"stream_options":{"include_usage":false,"x":1}}"#,
+        )
+        .unwrap();
+        let merged: Value =
+            serde_json::from_slice(&chat_body(&with_options, Some("m"), true, true)).unwrap();
+        assert_eq!(merged["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
         assert_eq!(sent["model"], "gpt-4o-2024");
         assert_eq!(sent["stream_options"]["include_usage"], true);
         assert_eq!(sent["tools"][0]["type"], "function");

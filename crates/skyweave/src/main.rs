@@ -5,11 +5,6 @@ mod commands;
 
 use clap::Parser;
 
-// The gateway allocates small, short-lived buffers per request; mimalloc's
-// thread-local free lists serve them faster than glibc's malloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

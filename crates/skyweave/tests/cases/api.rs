@@ -283,3 +283,52 @@ async fn upstream_client_errors_are_returned_not_retried() {
     assert_eq!(error["error"]["type"], "invalid_request_error");
     assert_eq!(second.control.requests(), 0);
 }
+
+#[tokio::test]
+async fn oversized_bodies_without_a_length_are_refused_too() {
+    let upstream = spawn(EmulatorConfig::openai("a")).await.unwrap();
+    let estate = format!(
+        "[server]\nmax_body_bytes = 2048\n{}",
+        openai_deployment("m@aws", "m", "aws", "us-east-1", &upstream, "")
+    );
+    let gateway = Gateway::start(&estate).await;
+    // A chunked body: no Content-Length to judge by up front.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..8).map(|_| Ok(vec![b' '; 1024])).collect();
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "request_too_large");
+}
+
+#[tokio::test]
+async fn tokens_per_minute_limit_moves_traffic_and_counts_real_usage() {
+    let small = spawn(EmulatorConfig::openai("small")).await.unwrap();
+    let big = spawn(EmulatorConfig::openai("big")).await.unwrap();
+    // Slow enough that the four requests overlap.
+    small.control.set_behaviour(Behaviour::ok(300, 0, 4));
+    // Each request reserves its prompt estimate plus max_tokens (100) up
+    // front; the emulator then reports the real, smaller usage.
+    let estate = format!(
+        "[[model]]\nname = \"m\"\nstrategy = \"priority\"\n{}{}",
+        openai_deployment("m@small", "m", "aws", "us-east-1", &small, "limits = { tpm = 250 }"),
+        openai_deployment("m@big", "m", "azure", "eastus", &big, "priority = 1")
+    );
+    let gateway = Gateway::start(&estate).await;
+    let body = json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 100 });
+    // Concurrent requests see the up-front reservations: only two fit in 250.
+    let responses =
+        futures::future::join_all((0..4).map(|_| gateway.post_chat(body.clone()))).await;
+    let served_small =
+        responses.iter().filter(|r| header(r, "x-skyweave-deployment") == "m@small").count();
+    assert_eq!(served_small, 2);
+    // Settled with the real usage (a few tokens each), the window has room again.
+    let response = gateway.post_chat(body.clone()).await;
+    assert_eq!(header(&response, "x-skyweave-deployment"), "m@small");
+}

@@ -69,4 +69,10 @@ async fn keys_reach_the_upstream_and_nothing_else() {
         assert!(!bodies.contains(secret), "a key leaked into a response");
     }
     assert!(logs.contains("\"request_id\""), "logs are structured and carry the request id");
+    let failover_lines: Vec<&str> = logs.lines().filter(|l| l.contains("failing over")).collect();
+    assert!(!failover_lines.is_empty());
+    assert!(
+        failover_lines.iter().all(|l| l.contains("\"request_id\":\"req_")),
+        "{failover_lines:?}"
+    );
 }

@@ -211,3 +211,45 @@ async fn graceful_shutdown_drains_in_flight_streams() {
     assert!(text.trim_end().ends_with("data: [DONE]"), "the in-flight stream finished: {text}");
     assert!(logs.contains("drained"), "{logs}");
 }
+
+#[tokio::test]
+async fn a_stream_over_its_total_timeout_ends_with_an_error_event() {
+    let upstream = spawn(EmulatorConfig::openai("slow")).await.unwrap();
+    upstream.control.set_behaviour(Behaviour::ok(0, 300, 20));
+    let estate = openai_deployment(
+        "m@slow",
+        "m",
+        "aws",
+        "us-east-1",
+        &upstream,
+        "timeouts = { connect_ms = 500, first_token_ms = 500, total_ms = 1000 }",
+    );
+    let gateway = Gateway::start(&estate).await;
+    let started = Instant::now();
+    let events = sse_events(gateway.post_chat(stream_body(None)).await).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_total_timeout", "{last}");
+}
+
+#[tokio::test]
+async fn rate_limited_and_timed_out_streams_fail_over() {
+    for behaviour in [
+        Behaviour::Status { status: 429, retry_after_secs: Some(10), message: None },
+        Behaviour::status(408),
+    ] {
+        let primary = spawn(EmulatorConfig::openai("primary")).await.unwrap();
+        let backup = spawn(EmulatorConfig::openai("backup")).await.unwrap();
+        primary.control.set_behaviour(behaviour.clone());
+        let estate = format!(
+            "{}{}",
+            openai_deployment("m@primary", "m", "aws", "us-east-1", &primary, ""),
+            openai_deployment("m@backup", "m", "azure", "eastus", &backup, "priority = 1")
+        );
+        let gateway = Gateway::start(&estate).await;
+        let response = gateway.post_chat(stream_body(None)).await;
+        assert_eq!(header(&response, "x-skyweave-deployment"), "m@backup", "{behaviour:?}");
+        assert_eq!(sse_events(response).await.last().unwrap(), "[DONE]", "{behaviour:?}");
+    }
+}

@@ -14,16 +14,18 @@
 //! - `priority`: the first deployment in estate order (active/passive).
 //! - `weighted`: random, proportional to `weight`.
 //! - `latency`: power of two choices on the latency score
-//!   `(ttft_ewma + rtt) * (in_flight + 1) / weight`.
+//!   `(latency_ewma + rtt) * (in_flight + 1) / weight`.
 //! - `cost`: the cheapest blended price; deployments within 1% of it are
 //!   split by power of two choices on the latency score.
 //! - `balanced` (default): power of two choices on
 //!   `latency_score * sqrt(price / cheapest_price)`: a deployment that costs
 //!   four times as much must answer twice as fast to win.
 //!
-//! `ttft_ewma` is the deployment's peak-sensitive EWMA of time to first token;
-//! a deployment with no observation yet borrows the best observed one, so new
-//! or recovered deployments get traffic. `rtt` is the estimated round trip
+//! `latency_ewma` is the deployment's peak-sensitive EWMA of the latency that
+//! matters to the request: time to first token for a stream, total time for
+//! a non-streaming request (each falls back to the other when a deployment
+//! has only seen one kind). A deployment with no observation yet borrows the
+//! best observed one, so new or recovered deployments get traffic. `rtt` is the estimated round trip
 //! from the caller's region to the deployment's region (50 ms when either
 //! region is unknown). Power of two choices picks two candidates at random and
 //! keeps the better: traffic leans to the best deployment without herding on it.
@@ -65,7 +67,9 @@ pub struct Candidate<'a> {
     pub weight: f64,
     /// Blended USD per million tokens.
     pub price_per_mtok: f64,
-    pub ttft_ewma_ms: Option<f64>,
+    /// The latency that matters for this request, as the deployment's EWMA:
+    /// time to first token for a stream, total time otherwise.
+    pub latency_ewma_ms: Option<f64>,
     pub rtt_ms: Option<f64>,
     pub in_flight: u32,
 }
@@ -93,10 +97,10 @@ pub fn choose<R: Rng + ?Sized>(
 
     let best_ttft = candidates
         .iter()
-        .filter_map(|c| c.ttft_ewma_ms)
+        .filter_map(|c| c.latency_ewma_ms)
         .fold(None, |best: Option<f64>, t| Some(best.map_or(t, |b| b.min(t))));
     let latency_score = |c: &Candidate<'_>| {
-        let ttft = c.ttft_ewma_ms.or(best_ttft).unwrap_or(UNKNOWN_TTFT_MS);
+        let ttft = c.latency_ewma_ms.or(best_ttft).unwrap_or(UNKNOWN_TTFT_MS);
         let rtt = c.rtt_ms.unwrap_or(UNKNOWN_RTT_MS);
         (ttft + rtt) * f64::from(c.in_flight + 1) / c.weight.max(f64::MIN_POSITIVE)
     };
@@ -180,7 +184,7 @@ mod tests {
             priority: 0,
             weight: 1.0,
             price_per_mtok: 1.0,
-            ttft_ewma_ms: Some(100.0),
+            latency_ewma_ms: Some(100.0),
             rtt_ms: Some(10.0),
             in_flight: 0,
         }
@@ -227,7 +231,7 @@ mod tests {
     #[test]
     fn latency_prefers_fast_and_near_without_herding() {
         let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure"), candidate(2, "gcp")];
-        candidates[0].ttft_ewma_ms = Some(50.0);
+        candidates[0].latency_ewma_ms = Some(50.0);
         candidates[2].rtt_ms = Some(120.0);
         let counts = shares(Strategy::Latency, &candidates, &[]);
         // Two choices: the best wins every draw it is in (2/3), the worst none.
@@ -238,7 +242,7 @@ mod tests {
     #[test]
     fn load_spreads_traffic() {
         let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure")];
-        candidates[0].ttft_ewma_ms = Some(50.0);
+        candidates[0].latency_ewma_ms = Some(50.0);
         candidates[0].in_flight = 4;
         assert_eq!(shares(Strategy::Latency, &candidates, &[])[1], 10_000);
     }
@@ -247,7 +251,7 @@ mod tests {
     fn cost_prefers_cheapest_then_latency() {
         let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure"), candidate(2, "gcp")];
         candidates[0].price_per_mtok = 2.0;
-        candidates[2].ttft_ewma_ms = Some(500.0);
+        candidates[2].latency_ewma_ms = Some(500.0);
         assert_eq!(shares(Strategy::Cost, &candidates, &[]), vec![0, 10_000, 0]);
     }
 
@@ -256,17 +260,17 @@ mod tests {
         // Four times the price but more than twice as fast: it wins.
         let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure")];
         candidates[0].price_per_mtok = 4.0;
-        candidates[0].ttft_ewma_ms = Some(30.0);
+        candidates[0].latency_ewma_ms = Some(30.0);
         candidates[0].rtt_ms = Some(10.0);
         assert_eq!(shares(Strategy::Balanced, &candidates, &[]), vec![10_000, 0]);
-        candidates[0].ttft_ewma_ms = Some(80.0);
+        candidates[0].latency_ewma_ms = Some(80.0);
         assert_eq!(shares(Strategy::Balanced, &candidates, &[]), vec![0, 10_000]);
     }
 
     #[test]
     fn failover_prefers_another_cloud_then_falls_back() {
         let mut candidates = vec![candidate(0, "aws"), candidate(1, "aws"), candidate(2, "gcp")];
-        candidates[2].ttft_ewma_ms = Some(1_000.0);
+        candidates[2].latency_ewma_ms = Some(1_000.0);
         assert_eq!(shares(Strategy::Latency, &candidates, &["aws"]), vec![0, 0, 10_000]);
         let counts = shares(Strategy::Latency, &candidates[..2], &["aws"]);
         assert_eq!(counts.iter().sum::<usize>(), 10_000);
@@ -275,9 +279,9 @@ mod tests {
     #[test]
     fn unobserved_deployment_borrows_best_observation() {
         let mut candidates = vec![candidate(0, "aws"), candidate(1, "azure"), candidate(2, "gcp")];
-        candidates[0].ttft_ewma_ms = Some(400.0);
-        candidates[1].ttft_ewma_ms = Some(50.0);
-        candidates[2].ttft_ewma_ms = None;
+        candidates[0].latency_ewma_ms = Some(400.0);
+        candidates[1].latency_ewma_ms = Some(50.0);
+        candidates[2].latency_ewma_ms = None;
         let counts = shares(Strategy::Latency, &candidates, &[]);
         assert_eq!(counts[0], 0, "{counts:?}");
         assert!(counts[2] > 4_000, "{counts:?}");

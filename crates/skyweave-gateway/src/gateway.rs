@@ -222,7 +222,8 @@ pub struct Lease {
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
     Success {
-        time_to_first_token: Duration,
+        /// Streams only: the deployment's own time to its first chunk.
+        time_to_first_token: Option<Duration>,
         usage: Option<Usage>,
     },
     Failure(FailureKind),
@@ -256,8 +257,11 @@ impl Lease {
             match outcome {
                 Outcome::Success { time_to_first_token, .. } => {
                     health.breaker.on_success(now, self.probe);
-                    health.ttft.observe(now, time_to_first_token.as_secs_f64() * 1000.0);
-                    health.total.observe(now, (now - self.started).as_secs_f64() * 1000.0);
+                    let elapsed_ms = (now - self.started).as_secs_f64() * 1000.0;
+                    match time_to_first_token {
+                        Some(ttft) => health.ttft.observe(now, ttft.as_secs_f64() * 1000.0),
+                        None => health.total.observe(now, elapsed_ms),
+                    }
                 }
                 Outcome::Failure(kind) if kind.counts_against_deployment() => {
                     health.breaker.on_failure(now, self.probe);
@@ -344,6 +348,7 @@ where
             model,
             scope,
             estimated_tokens,
+            bound,
             &tried,
             &failed_clouds,
             now,
@@ -478,6 +483,7 @@ fn pick_deployment(
     model: &Model,
     scope: &CallerScope,
     estimated_tokens: u32,
+    bound: AttemptBound,
     tried: &[DeploymentId],
     failed_clouds: &[Name],
     now: Instant,
@@ -514,7 +520,10 @@ fn pick_deployment(
             priority: runtime.deployment.priority,
             weight: runtime.deployment.weight,
             price_per_mtok: runtime.deployment.price.blended_per_mtok(),
-            ttft_ewma_ms: health.ttft.get(now),
+            latency_ewma_ms: match bound {
+                AttemptBound::FirstToken => health.ttft.get(now).or(health.total.get(now)),
+                AttemptBound::Total => health.total.get(now).or(health.ttft.get(now)),
+            },
             rtt_ms: scope
                 .region
                 .as_deref()

@@ -683,7 +683,6 @@ fn complete_response<T>(
     usage: Option<Usage>,
 ) -> Response {
     let total = incoming.received.elapsed();
-    let upstream_total = served.lease.started().elapsed();
     let mut response = Response::new(Body::from(body));
     response
         .headers_mut()
@@ -693,7 +692,7 @@ fn complete_response<T>(
     let deployment = served.deployment;
     let attempts = served.attempts;
     let upstream_time = served.upstream_time;
-    served.lease.finish(Outcome::Success { time_to_first_token: upstream_total, usage });
+    served.lease.finish(Outcome::Success { time_to_first_token: None, usage });
     record_served(gateway, deployment, 200, usage, total, total);
     gateway.metrics.observe_overhead(total.saturating_sub(upstream_time));
     let runtime = gateway.runtime(deployment);
@@ -901,7 +900,7 @@ impl Stream for Relay {
                 }
                 Poll::Ready(None) => {
                     let outcome = Outcome::Success {
-                        time_to_first_token: this.upstream_ttft,
+                        time_to_first_token: Some(this.upstream_ttft),
                         usage: this.usage,
                     };
                     this.finish(outcome, 200);

@@ -44,13 +44,6 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Reads an OpenAI `usage` object.
-    pub fn from_json(value: &Value) -> Option<Usage> {
-        let prompt_tokens = value.get("prompt_tokens")?.as_u64()?;
-        let completion_tokens = value.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
-        Some(Usage { prompt_tokens, completion_tokens })
-    }
-
     pub fn total(&self) -> u64 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
     }

@@ -236,11 +236,28 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     })
 }
 
+/// The parts of a response body or stream event the gateway reads; the rest
+/// is only checked to be JSON, without building a tree of it.
 #[derive(Deserialize)]
 struct Peek {
-    usage: Option<Value>,
+    usage: Option<UsagePeek>,
     error: Option<Value>,
     choices: Option<Vec<IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+struct UsagePeek {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+impl UsagePeek {
+    fn usage(&self) -> Option<Usage> {
+        Some(Usage {
+            prompt_tokens: self.prompt_tokens?,
+            completion_tokens: self.completion_tokens.unwrap_or(0),
+        })
+    }
 }
 
 /// Checks that a body is JSON and reads its usage.
@@ -251,7 +268,7 @@ fn peek_json(body: &[u8]) -> Result<Option<Usage>, UpstreamError> {
             format!("the upstream answered 200 with a body that is not JSON: {error}"),
         )
     })?;
-    Ok(peek.usage.as_ref().and_then(Usage::from_json))
+    Ok(peek.usage.as_ref().and_then(UsagePeek::usage))
 }
 
 /// Turns an upstream error answer into an [`UpstreamError`].
@@ -460,7 +477,7 @@ fn chunk_from_event(event: SseEvent) -> Result<StreamChunk, UpstreamError> {
             format!("the upstream sent an error mid-stream: {}", upstream_error.message);
         return Err(upstream_error);
     }
-    let usage = peek.usage.as_ref().and_then(Usage::from_json);
+    let usage = peek.usage.as_ref().and_then(UsagePeek::usage);
     let usage_only = usage.is_some() && peek.choices.as_ref().is_some_and(Vec::is_empty);
     Ok(StreamChunk { data: event.data, usage, usage_only })
 }

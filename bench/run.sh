@@ -5,22 +5,32 @@
 #   direct   -> skyweave-emulator
 #   nginx    -> nginx (proxy_pass, upstream keepalive) -> skyweave-emulator
 #   skyweave -> skyweave serve                          -> skyweave-emulator
-# for a non-streaming case at fixed concurrency and a streaming case, then
-# 1,000 slow streams are held open through each to read resident memory.
+# with two kinds of load:
+#   closed loop: 64 connections each sending as fast as it can (throughput,
+#                CPU per request; on 2 CPUs this saturates the machine);
+#   fixed rate:  open loop, requests sent at a fixed rate well below
+#                saturation, latency measured from each intended send time
+#                (the added-latency targets are judged on these);
+# non-streaming and streaming each, then 1,000 slow streams are held open
+# through each proxy to read resident memory.
 #
 # Prints a table and writes bench/RESULTS.md. See bench/README.md.
 # Every setting below can be overridden from the environment, e.g.
-#   DURATION=30s CONNECTIONS=128 PIN=none bench/run.sh
+#   DURATION=30s CONNECTIONS=128 RATE=8000 PIN=none bench/run.sh
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-CONNECTIONS=${CONNECTIONS:-64}             # non-streaming case
-STREAM_CONNECTIONS=${STREAM_CONNECTIONS:-64} # streaming case
+CONNECTIONS=${CONNECTIONS:-64}             # closed loop, non-streaming
+STREAM_CONNECTIONS=${STREAM_CONNECTIONS:-64} # closed loop, streaming
+RATE=${RATE:-5000}                         # fixed rate, non-streaming: requests/s
+RATE_CONNECTIONS=${RATE_CONNECTIONS:-64}
+STREAM_RATE=${STREAM_RATE:-2000}           # fixed rate, streaming: streams/s
+STREAM_RATE_CONNECTIONS=${STREAM_RATE_CONNECTIONS:-64}
 DURATION=${DURATION:-10s}                  # measured time per run
 WARMUP=${WARMUP:-2s}                       # load before measuring
-ROUNDS=${ROUNDS:-3}                        # runs per case and target; the median-rps run is reported
+ROUNDS=${ROUNDS:-3}                        # runs per case and target; the median run is reported
 HOLD_STREAMS=${HOLD_STREAMS:-1000}
 GATEWAY_THREADS=${GATEWAY_THREADS:-2}      # skyweave runtime threads = nginx worker_processes
 EMU_CHUNKS=${EMU_CHUNKS:-4}
@@ -325,25 +335,40 @@ log "smoke test passed: direct, nginx and skyweave all answer"
 
 # ---------------------------------------------------------------- load cases
 # Targets run one after the other, alternating per round, so that each sees
-# the same machine state; with ROUNDS>1 the run with the median rps is kept.
+# the same machine state. With ROUNDS>1 the median run is kept: by req/s for
+# the closed-loop cases, by the judged p99 for the fixed-rate ones.
+#   rps, stream              closed loop, CONNECTIONS / STREAM_CONNECTIONS
+#   rps-rate, stream-rate    open loop at RATE / STREAM_RATE
 RUNS=$WORK/runs
 mkdir -p "$RUNS"
 run_case() { # CASE TARGET ROUND
-    local c=$1 t=$2 r=$3 body=$BODY conns=$CONNECTIONS
-    if [ "$c" = stream ]; then body=$STREAM_BODY; conns=$STREAM_CONNECTIONS; fi
-    log "$c: $t (round $r/$ROUNDS, $conns connections, ${WARMUP} warm-up + ${DURATION})"
+    local c=$1 t=$2 r=$3 kind body=$BODY conns what
+    local rate=()
+    case "$c" in
+        rps) kind=rps; conns=$CONNECTIONS ;;
+        stream) kind=stream; body=$STREAM_BODY; conns=$STREAM_CONNECTIONS ;;
+        rps-rate) kind=rps; conns=$RATE_CONNECTIONS; rate=(--rate "$RATE") ;;
+        stream-rate) kind=stream; body=$STREAM_BODY; conns=$STREAM_RATE_CONNECTIONS; rate=(--rate "$STREAM_RATE") ;;
+    esac
+    what="$conns connections"
+    [ ${#rate[@]} -eq 0 ] || what="${rate[1]}/s over $what"
+    log "$c: $t (round $r/$ROUNDS, $what, ${WARMUP} warm-up + ${DURATION})"
     # shellcheck disable=SC2046 # pid_args is a list of flags
-    run_fg "${LOAD[@]}" "$c" --url "$(url_of "$t" "$c")" --body "$body" --connections "$conns" \
-        --warmup "$WARMUP" --duration "$DURATION" $(pid_args "$t") --json >"$RUNS/$c-$t-$r.json" ||
+    run_fg "${LOAD[@]}" "$kind" --url "$(url_of "$t" "$kind")" --body "$body" --connections "$conns" \
+        "${rate[@]}" --warmup "$WARMUP" --duration "$DURATION" $(pid_args "$t") --json >"$RUNS/$c-$t-$r.json" ||
         die "$c run against $t failed: $(cat "$RUNS/$c-$t-$r.json")"
 }
-for c in rps stream; do
+for c in rps stream rps-rate stream-rate; do
+    case "$c" in
+        rps | stream) key=.rps ;;
+        rps-rate) key=.latency.p99_ms ;;
+        stream-rate) key=.ttft.p99_ms ;;
+    esac
     for r in $(seq 1 "$ROUNDS"); do
         for t in direct nginx skyweave; do run_case "$c" "$t" "$r"; done
     done
     for t in direct nginx skyweave; do
-        # shellcheck disable=SC2012
-        jq -s 'sort_by(.rps) | .[(length - 1) / 2 | floor]' "$RUNS/$c-$t-"*.json >"$RUNS/$c-$t.json"
+        jq -s "sort_by($key) | .[(length - 1) / 2 | floor]" "$RUNS/$c-$t-"*.json >"$RUNS/$c-$t.json"
     done
 done
 
@@ -366,6 +391,7 @@ j() { jq -r "$2" "$RUNS/$1.json"; }
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { if (v == "" || v == "null") print "n/a"; else printf f, v }'; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 verdict() { awk "BEGIN { print (($1) ? \"PASS\" : \"FAIL\") }"; }
+ms() { fmt "$(j "$1" "$2")" %.3f; }
 
 rps_table=$(
     printf '| target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU µs/req |\n'
@@ -373,10 +399,8 @@ rps_table=$(
     for t in direct nginx skyweave; do
         printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
             "$(fmt "$(j "rps-$t" .rps)" %.0f)" \
-            "$(fmt "$(j "rps-$t" .latency.p50_ms)" %.3f)" \
-            "$(fmt "$(j "rps-$t" .latency.p90_ms)" %.3f)" \
-            "$(fmt "$(j "rps-$t" .latency.p99_ms)" %.3f)" \
-            "$(fmt "$(j "rps-$t" .latency.max_ms)" %.3f)" \
+            "$(ms "rps-$t" .latency.p50_ms)" "$(ms "rps-$t" .latency.p90_ms)" \
+            "$(ms "rps-$t" .latency.p99_ms)" "$(ms "rps-$t" .latency.max_ms)" \
             "$(j "rps-$t" .errors)" \
             "$(fmt "$(j "rps-$t" .cpu.us_per_request)" %.1f)"
     done
@@ -387,13 +411,40 @@ stream_table=$(
     for t in direct nginx skyweave; do
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
             "$(fmt "$(j "stream-$t" .rps)" %.0f)" \
-            "$(fmt "$(j "stream-$t" .ttft.p50_ms)" %.3f)" \
-            "$(fmt "$(j "stream-$t" .ttft.p99_ms)" %.3f)" \
-            "$(fmt "$(j "stream-$t" .latency.p50_ms)" %.3f)" \
-            "$(fmt "$(j "stream-$t" .latency.p99_ms)" %.3f)" \
+            "$(ms "stream-$t" .ttft.p50_ms)" "$(ms "stream-$t" .ttft.p99_ms)" \
+            "$(ms "stream-$t" .latency.p50_ms)" "$(ms "stream-$t" .latency.p99_ms)" \
             "$(fmt "$(j "stream-$t" .events_per_stream)" %.1f)" \
             "$(j "stream-$t" .errors)" \
             "$(fmt "$(j "stream-$t" .cpu.us_per_request)" %.1f)"
+    done
+)
+rps_rate_table=$(
+    printf '| target | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | CPU µs/req | send lag p99 ms |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    for t in direct nginx skyweave; do
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+            "$(fmt "$(j "rps-rate-$t" .rps)" %.0f)" \
+            "$(ms "rps-rate-$t" .latency.p50_ms)" "$(ms "rps-rate-$t" .latency.p90_ms)" \
+            "$(ms "rps-rate-$t" .latency.p99_ms)" "$(ms "rps-rate-$t" .latency.p999_ms)" \
+            "$(ms "rps-rate-$t" .latency.max_ms)" \
+            "$(j "rps-rate-$t" .errors)" \
+            "$(fmt "$(j "rps-rate-$t" .cpu.us_per_request)" %.1f)" \
+            "$(ms "rps-rate-$t" .send_delay.p99_ms)"
+    done
+)
+stream_rate_table=$(
+    printf '| target | achieved streams/s | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | TTFT p99.9 ms | TTFT max ms | total p99 ms | data lines/stream | errors | CPU µs/stream | send lag p99 ms |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    for t in direct nginx skyweave; do
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+            "$(fmt "$(j "stream-rate-$t" .rps)" %.0f)" \
+            "$(ms "stream-rate-$t" .ttft.p50_ms)" "$(ms "stream-rate-$t" .ttft.p90_ms)" \
+            "$(ms "stream-rate-$t" .ttft.p99_ms)" "$(ms "stream-rate-$t" .ttft.p999_ms)" \
+            "$(ms "stream-rate-$t" .ttft.max_ms)" "$(ms "stream-rate-$t" .latency.p99_ms)" \
+            "$(fmt "$(j "stream-rate-$t" .events_per_stream)" %.1f)" \
+            "$(j "stream-rate-$t" .errors)" \
+            "$(fmt "$(j "stream-rate-$t" .cpu.us_per_request)" %.1f)" \
+            "$(ms "stream-rate-$t" .send_delay.p99_ms)"
     done
 )
 hold_table=$(
@@ -410,31 +461,56 @@ hold_table=$(
     done
 )
 
+# A fixed-rate run held its rate if no scheduled request was left unfinished
+# and the achieved rate is within 3% of the target.
+held() { # RUN
+    jq -e '.unfinished == 0 and .rps >= 0.97 * .target_rate' "$RUNS/$1.json" >/dev/null
+}
+# Verdict on a fixed-rate latency target: meaningful only if direct held the
+# rate; skyweave fails outright if it did not hold the rate or had errors.
+rate_verdict() { # CASE CONDITION
+    if ! held "$1-direct"; then echo "n/a (direct did not hold the rate)"
+    elif ! held "$1-skyweave"; then echo "FAIL (rate not held)"
+    elif [ "$(j "$1-skyweave" .errors)" != 0 ]; then echo "FAIL (errors)"
+    else verdict "$2"; fi
+}
+added() { # CASE FIELD TARGET: TARGET's FIELD minus direct's, in ms
+    calc %.3f "$(j "$1-$3" "$2") - $(j "$1-direct" "$2")"
+}
+
 rps_sky=$(j rps-skyweave .rps); rps_ngx=$(j rps-nginx .rps); rps_dir=$(j rps-direct .rps)
-p99_sky=$(j rps-skyweave .latency.p99_ms); p99_ngx=$(j rps-nginx .latency.p99_ms); p99_dir=$(j rps-direct .latency.p99_ms)
-tt_sky=$(j stream-skyweave .ttft.p99_ms); tt_ngx=$(j stream-nginx .ttft.p99_ms); tt_dir=$(j stream-direct .ttft.p99_ms)
 rss_sky=$(jq -r '.rss_mib // "null"' "$RUNS/hold-skyweave.json" 2>/dev/null || echo null)
 open_sky=$(jq -r '.streams_open // 0' "$RUNS/hold-skyweave.json" 2>/dev/null || echo 0)
 
 ratio=$(calc %.3f "$rps_sky / $rps_ngx")
-added_p99=$(calc %.3f "$p99_sky - $p99_dir")
-added_p99_ngx=$(calc %.3f "$p99_ngx - $p99_dir")
-ttft_over=$(calc %.3f "$tt_sky - $tt_dir")
-ttft_over_ngx=$(calc %.3f "$tt_ngx - $tt_dir")
+added_p99=$(added rps-rate .latency.p99_ms skyweave)
+added_ttft=$(added stream-rate .ttft.p99_ms skyweave)
 if [ "$rss_sky" = null ] || [ "$open_sky" -lt "$HOLD_STREAMS" ]; then rss_ok=FAIL; else rss_ok=$(verdict "$rss_sky < 50"); fi
 targets_table=$(
     printf '| figure | skyweave | nginx (reference) | target | verdict |\n'
     printf '|---|---:|---:|---|---|\n'
-    printf '| req/s relative to nginx | %s x | 1.000 x (direct: %s x) | >= 0.9 x | %s |\n' \
-        "$ratio" "$(calc %.3f "$rps_dir / $rps_ngx")" "$(verdict "$ratio >= 0.9")"
-    printf '| added p99 latency over direct, %s connections | %s ms | %s ms | <= 0.5 ms | %s |\n' \
-        "$CONNECTIONS" "$added_p99" "$added_p99_ngx" "$(verdict "$added_p99 <= 0.5")"
-    printf '| added TTFT p99 over direct, %s streams | %s ms | %s ms | <= 0.5 ms | %s |\n' \
-        "$STREAM_CONNECTIONS" "$ttft_over" "$ttft_over_ngx" "$(verdict "$ttft_over <= 0.5")"
+    printf '| req/s relative to nginx (closed loop, %s connections) | %s x | 1.000 x (direct: %s x) | >= 0.9 x | %s |\n' \
+        "$CONNECTIONS" "$ratio" "$(calc %.3f "$rps_dir / $rps_ngx")" "$(verdict "$ratio >= 0.9")"
+    printf '| added p99 latency over direct (fixed rate, %s req/s over %s connections) | %s ms | %s ms | <= 0.5 ms | %s |\n' \
+        "$RATE" "$RATE_CONNECTIONS" "$added_p99" "$(added rps-rate .latency.p99_ms nginx)" \
+        "$(rate_verdict rps-rate "$added_p99 <= 0.5")"
+    printf '| added TTFT p99 over direct (fixed rate, %s streams/s over %s connections) | %s ms | %s ms | <= 0.5 ms | %s |\n' \
+        "$STREAM_RATE" "$STREAM_RATE_CONNECTIONS" "$added_ttft" "$(added stream-rate .ttft.p99_ms nginx)" \
+        "$(rate_verdict stream-rate "$added_ttft <= 0.5")"
     printf '| RSS with %s open streams | %s MiB | %s MiB | < 50 MiB | %s |\n' "$HOLD_STREAMS" \
         "$(fmt "$rss_sky" %.1f)" "$(fmt "$(jq -r '.rss_mib // "null"' "$RUNS/hold-nginx.json" 2>/dev/null || echo null)" %.1f)" \
         "$rss_ok"
+    printf '| *reference only:* added p99 latency over direct (closed loop, %s connections, saturated) | %s ms | %s ms | not judged | |\n' \
+        "$CONNECTIONS" "$(added rps .latency.p99_ms skyweave)" "$(added rps .latency.p99_ms nginx)"
+    printf '| *reference only:* added TTFT p99 over direct (closed loop, %s connections, saturated) | %s ms | %s ms | not judged | |\n' \
+        "$STREAM_CONNECTIONS" "$(added stream .ttft.p99_ms skyweave)" "$(added stream .ttft.p99_ms nginx)"
 )
+rate_notes=""
+for c in rps-rate stream-rate; do
+    for t in direct nginx skyweave; do
+        held "$c-$t" || rate_notes+="- **Warning:** $t did not hold the fixed rate in $c: achieved $(fmt "$(j "$c-$t" .rps)" %.0f)/s of $(j "$c-$t" .target_rate)/s, $(j "$c-$t" .unfinished) unfinished."$'\n'
+    done
+done
 
 case "$PIN" in
     split) pin_note="pinned with taskset: proxy under test (nginx workers / skyweave) on CPU 0; emulator and load generator on CPU 1" ;;
@@ -455,22 +531,36 @@ Generated by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). See \`bench/R
 
 - Machine: $NPROC CPUs, $cpu_model, $mem_total, Linux $(uname -r)
 - Versions: skyweave $git_rev; $nginx_version; $rustc_version
-- Load: closed loop, keep-alive HTTP/1.1, $WARMUP warm-up then $DURATION measured, $ROUNDS round(s) per target (median kept)
+- Load: keep-alive HTTP/1.1, $WARMUP warm-up then $DURATION measured, $ROUNDS round(s) per case and target, targets alternating; median run kept (by req/s for closed loop, by the judged p99 for fixed rate)
+- Closed loop: each connection sends its next request as soon as the previous response is read; this saturates the machine. Fixed rate: open loop at a set arrival rate well below saturation, latencies from each request's intended send time.
 - Upstream: skyweave-emulator (openai dialect, $EMU_CHUNKS chunks per stream); held streams: $SLOW_ARGS
 - nginx: worker_processes $GATEWAY_THREADS, upstream keepalive, HTTP/1.1, access_log off, proxy_buffering off for streams; skyweave: $GATEWAY_THREADS runtime threads, RUST_LOG=warn
 - CPU placement: $pin_note. The load generator runs on the same machine, so absolute figures are lower than on separate hosts; compare within a run.
 
 ## Targets
 
-$targets_table
+Throughput is judged on the closed loop; the two latency targets on the fixed-rate runs, where the machine is not saturated so p99 is not mostly queueing. nginx's own figures are the reference for what a mature proxy adds on the same machine.
 
-## Non-streaming: $CONNECTIONS connections
+$targets_table
+${rate_notes:+
+$rate_notes}
+## Fixed rate, non-streaming: $RATE req/s over $RATE_CONNECTIONS connections
+
+Open loop: request *i* is due *i* / $RATE s after the start and goes out on the first free connection; latencies run from that intended time, so any queueing counts. *Send lag* is the time from the intended time until a connection took the request: the load generator's own timer lateness (the same for every target) plus any wait for a free connection.
+
+$rps_rate_table
+
+## Fixed rate, streaming: $STREAM_RATE streams/s over $STREAM_RATE_CONNECTIONS connections
+
+$stream_rate_table
+
+## Closed loop, non-streaming: $CONNECTIONS connections
 
 CPU µs/req is the user+system CPU time of the proxy (nginx: master and workers) per request in the measured window; for direct it is the emulator's.
 
 $rps_table
 
-## Streaming: $STREAM_CONNECTIONS connections
+## Closed loop, streaming: $STREAM_CONNECTIONS connections
 
 $stream_table
 

@@ -7,22 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hdrhistogram::Histogram;
-use http_body_util::BodyExt;
 use tokio::time::{sleep, timeout_at};
 
-use crate::common::{
-    keep_first, latency_json, latency_line, new_histogram, record, SseScanner, Target,
+use crate::common::{keep_first, record, Target};
+use crate::report::{
+    finish_cpu_sampler, one_request, spawn_cpu_sampler, Mode, Outcome, Report, Stats,
 };
-use crate::procfs::total_cpu_seconds;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Measure the whole request/response time.
-    Rps,
-    /// Also measure the time to the first SSE `data:` line.
-    Stream,
-}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -33,150 +23,6 @@ pub struct Options {
     /// Processes whose CPU time is measured over the window (may be empty).
     pub pids: Vec<u32>,
     pub include_children: bool,
-}
-
-/// What one connection saw inside the measurement window.
-struct Worker {
-    total: Histogram<u64>,
-    ttft: Histogram<u64>,
-    ok: u64,
-    /// Non-2xx responses.
-    http_errors: u64,
-    /// Connect, send or body errors, and streams without any `data:` line.
-    transport_errors: u64,
-    reconnects: u64,
-    events: u64,
-    first_error: Option<String>,
-}
-
-impl Worker {
-    fn new() -> Self {
-        Self {
-            total: new_histogram(),
-            ttft: new_histogram(),
-            ok: 0,
-            http_errors: 0,
-            transport_errors: 0,
-            reconnects: 0,
-            events: 0,
-            first_error: None,
-        }
-    }
-}
-
-pub struct Report {
-    pub mode: Mode,
-    pub url: String,
-    pub connections: usize,
-    pub seconds: f64,
-    pub ok: u64,
-    pub http_errors: u64,
-    pub transport_errors: u64,
-    pub reconnects: u64,
-    pub events: u64,
-    pub total: Histogram<u64>,
-    pub ttft: Histogram<u64>,
-    pub first_error: Option<String>,
-    /// CPU seconds used by the `--pid` processes during the window.
-    pub cpu_seconds: Option<f64>,
-}
-
-impl Report {
-    pub fn rps(&self) -> f64 {
-        self.ok as f64 / self.seconds
-    }
-
-    pub fn errors(&self) -> u64 {
-        self.http_errors + self.transport_errors
-    }
-
-    /// CPU time of the measured processes per successful request.
-    pub fn cpu_us_per_request(&self) -> Option<f64> {
-        let cpu = self.cpu_seconds?;
-        (self.ok > 0).then(|| cpu * 1e6 / self.ok as f64)
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "mode": match self.mode { Mode::Rps => "rps", Mode::Stream => "stream" },
-            "url": self.url,
-            "connections": self.connections,
-            "seconds": self.seconds,
-            "requests": self.ok,
-            "rps": self.rps(),
-            "errors": self.errors(),
-            "http_errors": self.http_errors,
-            "transport_errors": self.transport_errors,
-            "reconnects": self.reconnects,
-            "latency": latency_json(&self.total),
-            "first_error": self.first_error,
-        });
-        if let Some(cpu) = self.cpu_seconds {
-            v["cpu"] = serde_json::json!({
-                "seconds": cpu,
-                "utilisation": cpu / self.seconds,
-                "us_per_request": self.cpu_us_per_request(),
-            });
-        }
-        if self.mode == Mode::Stream {
-            v["ttft"] = latency_json(&self.ttft);
-            v["events_per_stream"] = serde_json::json!(if self.ok > 0 {
-                self.events as f64 / self.ok as f64
-            } else {
-                0.0
-            });
-        }
-        v
-    }
-
-    pub fn to_text(&self) -> String {
-        let what = match self.mode {
-            Mode::Rps => "requests",
-            Mode::Stream => "streams",
-        };
-        let mut out = format!(
-            "{} over {} connections for {:.1}s\n{what}: {}   {what}/s: {:.1}   errors: {} (http {}, transport {})   reconnects: {}\n",
-            self.url,
-            self.connections,
-            self.seconds,
-            self.ok,
-            self.rps(),
-            self.errors(),
-            self.http_errors,
-            self.transport_errors,
-            self.reconnects,
-        );
-        if self.mode == Mode::Stream {
-            out.push_str(&latency_line("ttft", &self.ttft));
-            out.push('\n');
-            out.push_str(&latency_line("total", &self.total));
-            out.push('\n');
-            if self.ok > 0 {
-                out.push_str(&format!(
-                    "data lines per stream: {:.1}\n",
-                    self.events as f64 / self.ok as f64
-                ));
-            }
-        } else {
-            out.push_str(&latency_line("latency", &self.total));
-            out.push('\n');
-        }
-        if let (Some(cpu), Some(per)) = (self.cpu_seconds, self.cpu_us_per_request()) {
-            out.push_str(&format!(
-                "CPU of measured processes: {:.2}s ({:.0}% of one CPU), {per:.1} µs per {}\n",
-                cpu,
-                100.0 * cpu / self.seconds,
-                match self.mode {
-                    Mode::Rps => "request",
-                    Mode::Stream => "stream",
-                }
-            ));
-        }
-        if let Some(e) = &self.first_error {
-            out.push_str(&format!("first error: {e}\n"));
-        }
-        out
-    }
 }
 
 pub async fn run(target: Arc<Target>, opts: Options) -> Result<Report> {
@@ -192,22 +38,7 @@ pub async fn run(target: Arc<Target>, opts: Options) -> Result<Report> {
     let start = Instant::now();
     let measure_start = start + opts.warmup;
     let end = measure_start + opts.duration;
-
-    // Fail early, too, if a --pid cannot be read.
-    if !opts.pids.is_empty() {
-        total_cpu_seconds(&opts.pids, opts.include_children)?;
-    }
-    let sampler = (!opts.pids.is_empty()).then(|| {
-        let pids = opts.pids.clone();
-        let children = opts.include_children;
-        tokio::spawn(async move {
-            tokio::time::sleep_until(measure_start.into()).await;
-            let before = total_cpu_seconds(&pids, children)?;
-            tokio::time::sleep_until(end.into()).await;
-            let after = total_cpu_seconds(&pids, children)?;
-            anyhow::Ok(after - before)
-        })
-    });
+    let sampler = spawn_cpu_sampler(&opts.pids, opts.include_children, measure_start, end)?;
 
     let mut tasks = Vec::with_capacity(opts.connections);
     for _ in 0..opts.connections {
@@ -217,45 +48,19 @@ pub async fn run(target: Arc<Target>, opts: Options) -> Result<Report> {
             async move { worker(target, mode, measure_start, end.into()).await },
         ));
     }
-    let mut workers = Vec::with_capacity(tasks.len());
+    let mut stats = Stats::default();
     for t in tasks {
-        workers.push(t.await.context("load task failed")?);
+        stats.merge(t.await.context("load task failed")?)?;
     }
-    let mut report = Report {
+    Ok(Report {
         mode: opts.mode,
         url: target.url.clone(),
         connections: opts.connections,
         seconds: opts.duration.as_secs_f64(),
-        ok: 0,
-        http_errors: 0,
-        transport_errors: 0,
-        reconnects: 0,
-        events: 0,
-        total: new_histogram(),
-        ttft: new_histogram(),
-        first_error: None,
-        cpu_seconds: None,
-    };
-    if let Some(sampler) = sampler {
-        let cpu = sampler
-            .await
-            .context("CPU sampler failed")?
-            .context("reading the CPU time of --pid")?;
-        report.cpu_seconds = Some(cpu);
-    }
-    for w in workers {
-        report.ok += w.ok;
-        report.http_errors += w.http_errors;
-        report.transport_errors += w.transport_errors;
-        report.reconnects += w.reconnects;
-        report.events += w.events;
-        report.total.add(&w.total).context("merging histograms")?;
-        report.ttft.add(&w.ttft).context("merging histograms")?;
-        if report.first_error.is_none() {
-            report.first_error = w.first_error;
-        }
-    }
-    Ok(report)
+        stats,
+        cpu_seconds: finish_cpu_sampler(sampler).await?,
+        open: None,
+    })
 }
 
 async fn worker(
@@ -263,8 +68,8 @@ async fn worker(
     mode: Mode,
     measure_start: Instant,
     end: tokio::time::Instant,
-) -> Worker {
-    let mut w = Worker::new();
+) -> Stats {
+    let mut w = Stats::default();
     let mut sender = None;
     loop {
         if tokio::time::Instant::now() >= end {
@@ -298,20 +103,20 @@ async fn worker(
         }
 
         let t0 = Instant::now();
-        let outcome = timeout_at(end, one_request(s, &target, mode, t0)).await;
+        let outcome = timeout_at(end, one_request(s, &target, mode)).await;
         let done = Instant::now();
         let Ok(outcome) = outcome else {
             break; // still in flight when the run ended: not counted
         };
         let in_window = done >= measure_start;
         match outcome {
-            Ok(Outcome { status, ttft, events }) => {
+            Ok(Outcome { status, first_data, events }) => {
                 if !status.is_success() {
                     if in_window {
                         w.http_errors += 1;
                         keep_first(&mut w.first_error, format_args!("HTTP status {status}"));
                     }
-                } else if mode == Mode::Stream && ttft.is_none() {
+                } else if mode == Mode::Stream && first_data.is_none() {
                     if in_window {
                         w.transport_errors += 1;
                         keep_first(&mut w.first_error, "stream ended without any SSE data line");
@@ -320,8 +125,8 @@ async fn worker(
                     w.ok += 1;
                     w.events += events;
                     record(&mut w.total, done - t0);
-                    if let Some(t) = ttft {
-                        record(&mut w.ttft, t);
+                    if let Some(t) = first_data {
+                        record(&mut w.ttft, t - t0);
                     }
                 }
             }
@@ -335,34 +140,4 @@ async fn worker(
         }
     }
     w
-}
-
-struct Outcome {
-    status: http::StatusCode,
-    ttft: Option<Duration>,
-    events: u64,
-}
-
-async fn one_request(
-    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
-    target: &Target,
-    mode: Mode,
-    t0: Instant,
-) -> Result<Outcome> {
-    let resp = sender.send_request(target.request()).await.context("request failed")?;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    let mut scanner = SseScanner::default();
-    let mut ttft = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.context("reading response body")?;
-        if mode == Mode::Stream {
-            if let Some(data) = frame.data_ref() {
-                if scanner.feed(data) > 0 && ttft.is_none() {
-                    ttft = Some(t0.elapsed());
-                }
-            }
-        }
-    }
-    Ok(Outcome { status, ttft, events: scanner.events })
 }

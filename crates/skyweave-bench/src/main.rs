@@ -1,14 +1,20 @@
 //! `skyweave-load`: a small, low-overhead HTTP/1.1 load generator for the
 //! side-by-side benchmark in `bench/run.sh`.
 //!
-//! * `rps`    closed-loop keep-alive POSTs; requests/s and latency percentiles.
-//! * `stream` closed-loop streaming POSTs; time to first SSE data line and total time.
+//! * `rps`    keep-alive POSTs; requests/s and latency percentiles.
+//! * `stream` streaming POSTs; time to first SSE data line and total time.
 //! * `hold`   many concurrent open streams; resident memory of the process under test.
+//!
+//! `rps` and `stream` run closed loop (each connection sends its next request
+//! when the previous response has been read) unless `--rate` is given, which
+//! makes them open loop at that fixed arrival rate.
 
 mod closed_loop;
 mod common;
 mod hold;
+mod open_loop;
 mod procfs;
+mod report;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +24,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use common::{load_body, parse_duration, Target};
+use report::Mode;
 
 const DEFAULT_BODY: &str = r#"{"model":"bench-model","messages":[{"role":"user","content":"hi"}]}"#;
 const DEFAULT_STREAM_BODY: &str =
@@ -58,6 +65,15 @@ struct LoopArgs {
     /// Concurrent keep-alive connections, one request in flight on each.
     #[arg(long, short = 'c', default_value_t = 64)]
     connections: usize,
+    /// Open loop: send this many requests (or streams) per second in all,
+    /// each at its scheduled time on the first free connection, and measure
+    /// latency from that scheduled time. Without it: closed loop.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Open loop: after the measured window, how long to wait for requests
+    /// still queued or in flight before counting them as unfinished.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain: Duration,
     /// Measured time, after the warm-up (e.g. 10s, 500ms).
     #[arg(long, short = 'd', default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
@@ -75,14 +91,16 @@ struct LoopArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Closed-loop non-streaming load: requests/s and latency percentiles.
+    /// Non-streaming load (closed loop, or open loop with --rate): requests/s
+    /// and latency percentiles.
     Rps {
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
         load: LoopArgs,
     },
-    /// Closed-loop streaming load: time to first SSE data line and total time.
+    /// Streaming load (closed loop, or open loop with --rate): time to first
+    /// SSE data line and total time.
     Stream {
         #[command(flatten)]
         common: Common,
@@ -139,11 +157,9 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Rps { common, load } => {
-            closed(common, load, closed_loop::Mode::Rps, DEFAULT_BODY).await
-        }
+        Command::Rps { common, load } => load_run(common, load, Mode::Rps, DEFAULT_BODY).await,
         Command::Stream { common, load } => {
-            closed(common, load, closed_loop::Mode::Stream, DEFAULT_STREAM_BODY).await
+            load_run(common, load, Mode::Stream, DEFAULT_STREAM_BODY).await
         }
         Command::Hold {
             common,
@@ -189,32 +205,60 @@ async fn target(common: &Common, default_body: &str) -> Result<Arc<Target>> {
     Ok(Arc::new(target))
 }
 
-async fn closed(
+async fn load_run(
     common: Common,
     load: LoopArgs,
-    mode: closed_loop::Mode,
+    mode: Mode,
     default_body: &str,
 ) -> Result<ExitCode> {
     let target = target(&common, default_body).await?;
-    let report = closed_loop::run(
-        target,
-        closed_loop::Options {
-            connections: load.connections,
-            warmup: load.warmup,
-            duration: load.duration,
-            mode,
-            pids: load.pids,
-            include_children: load.include_children,
-        },
-    )
-    .await?;
+    let report = match load.rate {
+        None => {
+            closed_loop::run(
+                target,
+                closed_loop::Options {
+                    connections: load.connections,
+                    warmup: load.warmup,
+                    duration: load.duration,
+                    mode,
+                    pids: load.pids,
+                    include_children: load.include_children,
+                },
+            )
+            .await?
+        }
+        Some(rate) => {
+            open_loop::run(
+                target,
+                open_loop::Options {
+                    connections: load.connections,
+                    rate,
+                    warmup: load.warmup,
+                    duration: load.duration,
+                    drain: load.drain,
+                    mode,
+                    pids: load.pids,
+                    include_children: load.include_children,
+                },
+            )
+            .await?
+        }
+    };
     print(common.json, report.to_json(), report.to_text());
-    Ok(if report.ok == 0 {
+    Ok(if report.stats.ok == 0 {
         eprintln!("skyweave-load: no request succeeded");
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A positive, finite number of requests per second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("invalid rate {s:?}: give requests per second, e.g. 5000")),
+    }
 }
 
 fn print(json: bool, value: serde_json::Value, text: String) {

@@ -156,6 +156,7 @@ struct RawModel {
 enum RawProviderKind {
     Openai,
     AzureOpenai,
+    Bedrock,
     Sim,
 }
 
@@ -170,6 +171,8 @@ struct RawDeployment {
     endpoint: Option<Spanned<String>>,
     upstream_model: Option<Spanned<String>>,
     azure: Option<Spanned<RawAzure>>,
+    bedrock: Option<Spanned<RawBedrock>>,
+    aws: Option<Spanned<RawAws>>,
     sim: Option<Spanned<RawSim>>,
     auth: Option<Spanned<RawAuth>>,
     price: Option<Spanned<RawPrice>>,
@@ -185,6 +188,19 @@ struct RawDeployment {
 struct RawAzure {
     deployment: Spanned<String>,
     api_version: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBedrock {
+    model_id: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    /// A profile of the shared credentials/config files (else `AWS_PROFILE`, else `default`).
+    profile: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -538,6 +554,7 @@ fn validate_deployment(
         let provider = match provider_kind {
             RawProviderKind::Openai => "openai",
             RawProviderKind::AzureOpenai => "azure_openai",
+            RawProviderKind::Bedrock => "bedrock",
             RawProviderKind::Sim => "sim",
         };
         check.fail(
@@ -554,6 +571,14 @@ fn validate_deployment(
     if !matches!(provider_kind, RawProviderKind::Sim) {
         if let Some(sim) = &raw.sim {
             forbid(check, "sim", sim.span());
+        }
+    }
+    if !matches!(provider_kind, RawProviderKind::Bedrock) {
+        if let Some(bedrock) = &raw.bedrock {
+            forbid(check, "bedrock", bedrock.span());
+        }
+        if let Some(aws) = &raw.aws {
+            forbid(check, "aws", aws.span());
         }
     }
     let provider = match provider_kind {
@@ -635,6 +660,41 @@ fn validate_deployment(
                 deployment: azure.deployment.get_ref().clone(),
                 api_version: azure.api_version.get_ref().clone(),
                 auth,
+            }
+        }
+        RawProviderKind::Bedrock => {
+            if let Some(auth) = &raw.auth {
+                check.fail(
+                    auth.span(),
+                    here("`auth` does not apply to provider `bedrock`: AWS credentials come from the standard sources"),
+                    "remove `auth`; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or name a profile with `aws = { profile = \"...\" }`",
+                );
+            }
+            let Some(bedrock) = &raw.bedrock else {
+                check.fail(
+                    span,
+                    here("provider `bedrock` needs a `bedrock` table"),
+                    "add `bedrock = { model_id = \"anthropic.claude-3-5-haiku-20241022-v1:0\" }`",
+                );
+                return None;
+            };
+            let model_id = bedrock.get_ref().model_id.get_ref();
+            let valid_id = !model_id.is_empty()
+                && model_id.len() <= 256
+                && model_id.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b'?');
+            if !valid_id {
+                check.fail(
+                    bedrock.get_ref().model_id.span(),
+                    here(&format!("bedrock.model_id `{model_id}` is not a Bedrock model id or inference profile id")),
+                    "use the id from the Bedrock console, e.g. `anthropic.claude-3-5-haiku-20241022-v1:0` or `us.amazon.nova-pro-v1:0`",
+                );
+            }
+            let region = raw.region.get_ref();
+            ProviderSpec::Bedrock {
+                endpoint: endpoint
+                    .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com")),
+                model_id: model_id.clone(),
+                profile: raw.aws.as_ref().and_then(|aws| aws.get_ref().profile.clone()),
             }
         }
         RawProviderKind::Sim => {

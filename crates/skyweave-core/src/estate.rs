@@ -111,6 +111,15 @@ pub enum ProviderSpec {
         api_version: String,
         auth: Credential,
     },
+    /// AWS Bedrock Runtime: Converse / ConverseStream, InvokeModel for embeddings.
+    Bedrock {
+        /// `https://bedrock-runtime.{region}.amazonaws.com` unless overridden
+        /// (VPC endpoints, tests).
+        endpoint: String,
+        model_id: String,
+        /// Shared-config profile; `None`: `AWS_PROFILE` or `default`.
+        profile: Option<String>,
+    },
     Sim(SimSpec),
 }
 
@@ -119,15 +128,16 @@ impl ProviderSpec {
         match self {
             ProviderSpec::OpenAi { .. } => "openai",
             ProviderSpec::AzureOpenAi { .. } => "azure_openai",
+            ProviderSpec::Bedrock { .. } => "bedrock",
             ProviderSpec::Sim(_) => "sim",
         }
     }
 
     pub fn endpoint(&self) -> Option<&str> {
         match self {
-            ProviderSpec::OpenAi { endpoint, .. } | ProviderSpec::AzureOpenAi { endpoint, .. } => {
-                Some(endpoint)
-            }
+            ProviderSpec::OpenAi { endpoint, .. }
+            | ProviderSpec::AzureOpenAi { endpoint, .. }
+            | ProviderSpec::Bedrock { endpoint, .. } => Some(endpoint),
             ProviderSpec::Sim(_) => None,
         }
     }
@@ -136,7 +146,7 @@ impl ProviderSpec {
         match self {
             ProviderSpec::OpenAi { auth, .. } => auth.as_ref(),
             ProviderSpec::AzureOpenAi { auth, .. } => Some(auth),
-            ProviderSpec::Sim(_) => None,
+            ProviderSpec::Bedrock { .. } | ProviderSpec::Sim(_) => None,
         }
     }
 }

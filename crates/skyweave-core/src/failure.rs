@@ -37,6 +37,10 @@ pub enum FailureKind {
     InvalidRequest,
     /// The provider's content filter refused the prompt or the completion.
     ContentFiltered,
+    /// This deployment's protocol cannot express the request (say `n: 2` on
+    /// Bedrock); another deployment of the model may. If none can, the
+    /// caller gets the refusal as a 400.
+    Unsupported,
 }
 
 impl FailureKind {
@@ -51,7 +55,10 @@ impl FailureKind {
         // accounting handles it through Retry-After, the breaker does not.
         !matches!(
             self,
-            FailureKind::InvalidRequest | FailureKind::ContentFiltered | FailureKind::RateLimited
+            FailureKind::InvalidRequest
+                | FailureKind::ContentFiltered
+                | FailureKind::RateLimited
+                | FailureKind::Unsupported
         )
     }
 
@@ -69,6 +76,7 @@ impl FailureKind {
             FailureKind::StreamCut => "stream_cut",
             FailureKind::InvalidRequest => "invalid_request",
             FailureKind::ContentFiltered => "content_filtered",
+            FailureKind::Unsupported => "unsupported",
         }
     }
 

@@ -1,4 +1,5 @@
-//! Protocol emulators of the OpenAI and Azure OpenAI HTTP APIs.
+//! Protocol emulators of the OpenAI, Azure OpenAI and AWS Bedrock Runtime
+//! HTTP APIs (for Bedrock see [`spawn_bedrock`]).
 //!
 //! An [`Emulator`] is a real HTTP server bound to a real socket. It speaks
 //! either the OpenAI dialect (`/v1/chat/completions`, `/v1/embeddings`,
@@ -40,6 +41,7 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 mod base64;
+mod bedrock;
 mod chat;
 mod embeddings;
 mod errors;
@@ -49,6 +51,10 @@ mod tokens;
 #[cfg(test)]
 mod tests;
 
+pub use bedrock::{
+    eventstream, exception_defaults, spawn_bedrock, BedrockBehaviour, BedrockConfig,
+    BedrockControl, BedrockEmulator, BedrockRecordedRequest,
+};
 pub use embeddings::DEFAULT_DIMENSIONS;
 pub use server::Emulator;
 

@@ -334,6 +334,10 @@ where
     let mut only_rate_limited = true;
     let mut timed_out = false;
     let mut paused_for: Option<Duration> = None;
+    // The last refusal of a deployment that cannot express the request, and
+    // whether every attempt ended that way.
+    let mut unsupported: Option<(UpstreamError, DeploymentId)> = None;
+    let mut only_unsupported = true;
 
     loop {
         let now = Instant::now();
@@ -429,6 +433,11 @@ where
         if !error.kind.is_retryable() {
             return Err(DispatchError::Rejected { error, deployment: id, attempts });
         }
+        if error.kind == FailureKind::Unsupported {
+            unsupported = Some((error.clone(), id));
+        } else {
+            only_unsupported = false;
+        }
         tracing::warn!(
             request_id = scope.request_id.as_str(),
             deployment = runtime.name.as_str(),
@@ -453,6 +462,10 @@ where
             deployment: runtime.deployment.name.clone(),
             reason: error.to_string(),
         });
+    }
+    // No deployment could express the request: that is the caller's answer.
+    if let (true, Some((error, deployment))) = (only_unsupported, unsupported) {
+        return Err(DispatchError::Rejected { error, deployment, attempts });
     }
     // Every deployment not tried gets its reason too.
     for refusal in explain(gateway, model, scope, estimated_tokens, &tried, Instant::now()) {
@@ -545,7 +558,7 @@ fn pick_deployment(
     }
     // Every deployment still in play has its breaker open: rather than fail
     // without trying, probe the one that failed longest ago.
-    if other_refusals == 0 && !open.is_empty() && tried.is_empty() {
+    if other_refusals == 0 && !open.is_empty() {
         open.sort_by_key(|(_, last_failure)| *last_failure);
         for (id, _) in open {
             if let Some(lease) = try_lease(gateway, id, estimated_tokens, now, true) {

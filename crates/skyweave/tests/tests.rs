@@ -5,6 +5,7 @@ mod support;
 
 mod cases {
     mod api;
+    mod bedrock;
     mod cli;
     mod failover;
     mod python_sdk;

@@ -270,3 +270,50 @@ mod fuzz {
         }
     }
 }
+
+const BEDROCK: &str = r#"
+[[deployment]]
+name = "claude@aws-us-east-1"
+model = "claude"
+provider = "bedrock"
+cloud = "aws"
+region = "us-east-1"
+bedrock = { model_id = "anthropic.claude-3-5-haiku-20241022-v1:0" }
+"#;
+
+#[test]
+fn bedrock_deployments() {
+    let loaded = parse_estate(BEDROCK, "estate.toml").unwrap();
+    match &loaded.estate.deployments[0].provider {
+        ProviderSpec::Bedrock { endpoint, model_id, profile } => {
+            assert_eq!(endpoint, "https://bedrock-runtime.us-east-1.amazonaws.com");
+            assert_eq!(model_id, "anthropic.claude-3-5-haiku-20241022-v1:0");
+            assert_eq!(profile, &None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let with_profile =
+        format!("{BEDROCK}aws = {{ profile = \"prod\" }}\nendpoint = \"http://127.0.0.1:9000\"\n");
+    let loaded = parse_estate(&with_profile, "estate.toml").unwrap();
+    let ProviderSpec::Bedrock { endpoint, profile, .. } = &loaded.estate.deployments[0].provider
+    else {
+        panic!()
+    };
+    assert_eq!((endpoint.as_str(), profile.as_deref()), ("http://127.0.0.1:9000", Some("prod")));
+
+    check(&BEDROCK.replace("bedrock = {", "x = 1\nbedrock2 = {"), "8:1: unknown field `x`");
+    check(
+        &BEDROCK
+            .replace("bedrock = { model_id = \"anthropic.claude-3-5-haiku-20241022-v1:0\" }\n", ""),
+        "2:1: deployment `claude@aws-us-east-1`: provider `bedrock` needs a `bedrock` table",
+    );
+    check(
+        &format!("{BEDROCK}auth = {{ api_key_env = \"K\" }}\n"),
+        "9:8: deployment `claude@aws-us-east-1`: `auth` does not apply to provider `bedrock`",
+    );
+    check(
+        &BEDROCK.replace("anthropic.claude-3-5-haiku-20241022-v1:0", "a/b"),
+        "8:24: deployment `claude@aws-us-east-1`: bedrock.model_id `a/b`",
+    );
+    check(&AZURE.replace("azure = {", "bedrock = { model_id = \"x\" }\nazure = {"), "9:11: deployment `gpt-4o@azure-eastus`: `bedrock` does not apply to provider `azure_openai`");
+}

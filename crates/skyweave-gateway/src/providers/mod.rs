@@ -2,7 +2,9 @@
 //! provider. The router and the failover loop see only [`Provider`]; wire
 //! formats, URLs and credentials stay inside the provider's file.
 
+mod aws_credentials;
 mod azure_openai;
+mod bedrock;
 mod openai;
 mod openai_compat;
 mod sim;
@@ -150,6 +152,9 @@ pub fn build(
             ))
         }
         ProviderSpec::Sim(spec) => Arc::new(sim::Sim::new(deployment, spec.clone(), started)),
+        ProviderSpec::Bedrock { endpoint, model_id, profile } => {
+            Arc::new(bedrock::Bedrock::new(deployment, endpoint, model_id, profile.clone()))
+        }
     };
     Ok((provider, secret))
 }

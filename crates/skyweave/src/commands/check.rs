@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use skyweave_core::estate::{Deployment, Estate, Model, SecretSource};
+use skyweave_core::estate::{Deployment, Estate, Model, ProviderSpec, SecretSource};
 use skyweave_core::routing::Strategy;
 
 pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
@@ -95,6 +95,18 @@ fn describe(deployment: &Deployment) -> String {
     }
     if deployment.priority > 0 {
         let _ = write!(text, "  priority {}", deployment.priority);
+    }
+    if let ProviderSpec::Bedrock { profile, .. } = &deployment.provider {
+        let environment = std::env::var("AWS_ACCESS_KEY_ID").is_ok_and(|v| !v.is_empty());
+        let source = if environment {
+            "environment (AWS_ACCESS_KEY_ID set)".to_string()
+        } else {
+            format!(
+                "profile `{}` or the other standard sources",
+                profile.as_deref().unwrap_or("default")
+            )
+        };
+        let _ = write!(text, "  aws credentials: {source}");
     }
     if let Some(credential) = deployment.provider.credential() {
         let state = match &credential.source {

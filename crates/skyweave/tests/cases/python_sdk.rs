@@ -27,14 +27,32 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     let azure = spawn(EmulatorConfig::azure("azure-east").with_api_key(key)).await.unwrap();
     let openai = spawn(EmulatorConfig::openai("vllm")).await.unwrap();
     let cut = spawn(EmulatorConfig::openai("cut")).await.unwrap();
+    let aws = skyweave_emulators::spawn_bedrock(skyweave_emulators::BedrockConfig::new(
+        "bedrock",
+        "us-east-1",
+        AWS_KEY_ID,
+        AWS_SECRET,
+    ))
+    .await
+    .unwrap();
     cut.control.set_behaviour(skyweave_emulators::Behaviour::CutAfterChunks { chunks: 1 });
     let estate = format!(
-        "{}{}{}[[deployment]]\nname = \"embed@sim\"\nmodel = \"embed\"\nprovider = \"sim\"\ncloud = \"gcp\"\nregion = \"us-east4\"\nsim = {{ ttft_ms = 1 }}\n",
+        "{}{}{}{}[[deployment]]\nname = \"embed@sim\"\nmodel = \"embed\"\nprovider = \"sim\"\ncloud = \"gcp\"\nregion = \"us-east4\"\nsim = {{ ttft_ms = 1 }}\n",
         azure_deployment("chat@azure", "chat", "eastus", &azure, "AZ_KEY", ""),
         openai_deployment("chat@vllm", "chat", "aws", "us-east-1", &openai, ""),
-        openai_deployment("cut@vllm", "cut", "aws", "us-east-1", &cut, "")
+        openai_deployment("cut@vllm", "cut", "aws", "us-east-1", &cut, ""),
+        bedrock_deployment(
+            "claude@aws",
+            "claude",
+            "us-east-1",
+            &aws,
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            ""
+        )
     );
-    let gateway = Gateway::start_with_env(&estate, &[("AZ_KEY", key)]).await;
+    let mut env = aws_env();
+    env.push(("AZ_KEY", key));
+    let gateway = Gateway::start_with_env(&estate, &env).await;
     let script = format!("{}/tests/python/openai_sdk_test.py", env!("CARGO_MANIFEST_DIR"));
     let base_url = gateway.url("/v1");
     let output = tokio::task::spawn_blocking(move || {

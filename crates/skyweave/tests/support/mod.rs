@@ -230,3 +230,26 @@ pub fn metric_value(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
 pub fn azure_deployment_name(name: &str) -> String {
     format!("{}-dep", name.replace('@', "-"))
 }
+
+/// A `bedrock`-provider deployment pointed at a Bedrock emulator.
+pub fn bedrock_deployment(
+    name: &str,
+    model: &str,
+    region: &str,
+    emulator: &skyweave_emulators::BedrockEmulator,
+    model_id: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[[deployment]]\nname = \"{name}\"\nmodel = \"{model}\"\nprovider = \"bedrock\"\ncloud = \"aws\"\nregion = \"{region}\"\nendpoint = \"{}\"\nbedrock = {{ model_id = \"{model_id}\" }}\n{extra}\n",
+        emulator.base_url()
+    )
+}
+
+/// Test AWS credentials, passed to the gateway as environment variables.
+pub const AWS_KEY_ID: &str = "AKIDSKYWEAVETEST";
+pub const AWS_SECRET: &str = "skyweave/test/secret/key/0123456789abcdef";
+
+pub fn aws_env() -> Vec<(&'static str, &'static str)> {
+    vec![("AWS_ACCESS_KEY_ID", AWS_KEY_ID), ("AWS_SECRET_ACCESS_KEY", AWS_SECRET)]
+}

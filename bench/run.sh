@@ -39,6 +39,17 @@ SLOW_ARGS=${SLOW_ARGS:---ttft-ms 0 --inter-chunk-ms 1000 --chunks 30}
 # PIN=split: proxy under test on CPU 0, emulator and load generator on CPU 1.
 # PIN=none:  no pinning, the scheduler places everything.
 PIN=${PIN:-split}
+# A run during which other processes used more than this much CPU (% of one
+# CPU) is flagged as disturbed; a fixed-rate latency verdict is withheld when
+# the load generator's own pacer lag p99 exceeds PACER_LAG_MAX_MS.
+OTHER_CPU_MAX=${OTHER_CPU_MAX:-10}
+# Seconds the whole run may spend waiting for other processes to quieten
+# before a run, and re-running (once) a run they disturbed.
+QUIET_BUDGET=${QUIET_BUDGET:-300}
+# RT_LOAD=1: run the fixed-rate load generator at real-time priority
+# (chrt -f 1), so that the emulator sharing its CPU cannot delay its timers.
+RT_LOAD=${RT_LOAD:-1}
+PACER_LAG_MAX_MS=${PACER_LAG_MAX_MS:-0.25}
 SKIP_BUILD=${SKIP_BUILD:-0}
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
 
@@ -97,6 +108,16 @@ case "$PIN" in
     none) PIN_PROXY=(); PIN_UPSTREAM=(); PIN_LOAD=() ;;
     *) die "PIN must be split or none, not $PIN" ;;
 esac
+
+RT_PREFIX=()
+if [ "$RT_LOAD" = 1 ]; then
+    if chrt -f 1 true 2>/dev/null; then
+        RT_PREFIX=(chrt -f 1)
+    else
+        log "cannot use real-time priority (chrt -f 1): fixed-rate load runs at normal priority"
+        RT_LOAD=0
+    fi
+fi
 
 # 1,000 streams need ~2,000 sockets in the gateway and 1,000 in each peer.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -292,6 +313,7 @@ start_emulator emulator "$PORT_EMU" --chunks "$EMU_CHUNKS" $EMU_STREAM_ARGS
 EMU_PID=$STARTED
 # shellcheck disable=SC2086
 start_emulator slow-emulator "$PORT_SLOW" $SLOW_ARGS
+SLOW_EMU_PID=$STARTED
 log "starting nginx"
 start_nginx
 NGINX_PID=$STARTED
@@ -333,6 +355,55 @@ for t in direct nginx skyweave; do
 done
 log "smoke test passed: direct, nginx and skyweave all answer"
 
+# ---------------------------------------------------------------- other load
+# Other processes on the machine (someone's build, say) disturb the figures.
+# Around every run, the machine's busy CPU time (user+nice+system in
+# /proc/stat) is compared with what this benchmark's own processes used; the
+# difference is "other CPU", in % of one CPU (USER_HZ is 100 ticks a second).
+own_ticks() {
+    local pids=("$EMU_PID" "$SLOW_EMU_PID" "$NGINX_PID" "$SKY_PID" "$SKY_SLOW_PID") kids f pid stat total=0
+    for f in /proc/"$NGINX_PID"/task/*/children; do
+        kids=()
+        read -ra kids <"$f" 2>/dev/null || true
+        pids+=("${kids[@]}")
+    done
+    for pid in "${pids[@]}"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        stat=${stat##*) }
+        total=$((total + $(awk '{ print $12 + $13 }' <<<"$stat"))) # utime + stime
+    done
+    # The load generator runs are waited-for children of this shell.
+    stat=$(cat "/proc/$$/stat")
+    stat=${stat##*) }
+    echo $((total + $(awk '{ print $14 + $15 }' <<<"$stat"))) # cutime + cstime
+}
+# "SECONDS BUSY STEAL OWN"
+cpu_snapshot() { echo "$(date +%s.%N) $(awk '/^cpu / { print $2 + $3 + $4, $9 }' /proc/stat) $(own_ticks)"; }
+# BEFORE AFTER -> "OTHER_PCT STEAL_PCT"
+other_cpu() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); s = y[1] - x[1]
+        o = (y[2] - x[2]) - (y[4] - x[4]); if (o < 0) o = 0
+        printf "%.1f %.1f", o / s, (y[3] - x[3]) / s }'
+}
+
+# Before a run: wait, while the budget lasts, for a second in which other
+# processes use at most OTHER_CPU_MAX.
+QUIET_SPENT=0
+wait_quiet() {
+    local before other waited=0
+    while [ "$QUIET_SPENT" -lt "$QUIET_BUDGET" ]; do
+        before=$(cpu_snapshot)
+        sleep 1
+        read -r other _ <<<"$(other_cpu "$before" "$(cpu_snapshot)")"
+        awk "BEGIN { exit !($other <= $OTHER_CPU_MAX) }" && return 0
+        [ "$waited" -gt 0 ] || log "other processes are using ${other}% of a CPU: waiting for them to quieten"
+        waited=$((waited + 1))
+        QUIET_SPENT=$((QUIET_SPENT + 1))
+    done
+    [ "$waited" -eq 0 ] || log "quiet-wait budget (QUIET_BUDGET=${QUIET_BUDGET}s) used up: going on"
+}
+
 # ---------------------------------------------------------------- load cases
 # Targets run one after the other, alternating per round, so that each sees
 # the same machine state. With ROUNDS>1 the median run is kept: by req/s for
@@ -343,20 +414,37 @@ RUNS=$WORK/runs
 mkdir -p "$RUNS"
 run_case() { # CASE TARGET ROUND
     local c=$1 t=$2 r=$3 kind body=$BODY conns what
-    local rate=()
+    local rate=() prio=()
     case "$c" in
         rps) kind=rps; conns=$CONNECTIONS ;;
         stream) kind=stream; body=$STREAM_BODY; conns=$STREAM_CONNECTIONS ;;
-        rps-rate) kind=rps; conns=$RATE_CONNECTIONS; rate=(--rate "$RATE") ;;
-        stream-rate) kind=stream; body=$STREAM_BODY; conns=$STREAM_RATE_CONNECTIONS; rate=(--rate "$STREAM_RATE") ;;
+        rps-rate) kind=rps; conns=$RATE_CONNECTIONS; rate=(--rate "$RATE"); prio=("${RT_PREFIX[@]}") ;;
+        stream-rate) kind=stream; body=$STREAM_BODY; conns=$STREAM_RATE_CONNECTIONS; rate=(--rate "$STREAM_RATE"); prio=("${RT_PREFIX[@]}") ;;
     esac
     what="$conns connections"
     [ ${#rate[@]} -eq 0 ] || what="${rate[1]}/s over $what"
-    log "$c: $t (round $r/$ROUNDS, $what, ${WARMUP} warm-up + ${DURATION})"
-    # shellcheck disable=SC2046 # pid_args is a list of flags
-    run_fg "${LOAD[@]}" "$kind" --url "$(url_of "$t" "$kind")" --body "$body" --connections "$conns" \
-        "${rate[@]}" --warmup "$WARMUP" --duration "$DURATION" $(pid_args "$t") --json >"$RUNS/$c-$t-$r.json" ||
-        die "$c run against $t failed: $(cat "$RUNS/$c-$t-$r.json")"
+    local f=$RUNS/$c-$t-$r.json before other steal started attempt
+    for attempt in 1 2; do
+        wait_quiet
+        log "$c: $t (round $r/$ROUNDS, $what, ${WARMUP} warm-up + ${DURATION})"
+        started=$SECONDS
+        before=$(cpu_snapshot)
+        # shellcheck disable=SC2046 # pid_args is a list of flags
+        run_fg "${prio[@]}" "${LOAD[@]}" "$kind" --url "$(url_of "$t" "$kind")" --body "$body" --connections "$conns" \
+            "${rate[@]}" --warmup "$WARMUP" --duration "$DURATION" $(pid_args "$t") --json >"$f" ||
+            die "$c run against $t failed: $(cat "$f")"
+        read -r other steal <<<"$(other_cpu "$before" "$(cpu_snapshot)")"
+        jq --argjson o "$other" --argjson s "$steal" '. + {other_cpu_pct: $o, steal_pct: $s}' "$f" >"$f.tmp"
+        mv "$f.tmp" "$f"
+        awk "BEGIN { exit !($other > $OTHER_CPU_MAX) }" || return 0
+        if [ "$attempt" -eq 1 ] && [ $((QUIET_SPENT + SECONDS - started)) -le "$QUIET_BUDGET" ]; then
+            log "warning: other processes used ${other}% of a CPU during this run: running it again"
+            QUIET_SPENT=$((QUIET_SPENT + SECONDS - started))
+        else
+            log "warning: other processes used ${other}% of a CPU during this run"
+            return 0
+        fi
+    done
 }
 for c in rps stream rps-rate stream-rate; do
     case "$c" in
@@ -394,49 +482,53 @@ verdict() { awk "BEGIN { print (($1) ? \"PASS\" : \"FAIL\") }"; }
 ms() { fmt "$(j "$1" "$2")" %.3f; }
 
 rps_table=$(
-    printf '| target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU µs/req |\n'
-    printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
+    printf '| target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU µs/req | other CPU %% |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
     for t in direct nginx skyweave; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
             "$(fmt "$(j "rps-$t" .rps)" %.0f)" \
             "$(ms "rps-$t" .latency.p50_ms)" "$(ms "rps-$t" .latency.p90_ms)" \
             "$(ms "rps-$t" .latency.p99_ms)" "$(ms "rps-$t" .latency.max_ms)" \
             "$(j "rps-$t" .errors)" \
-            "$(fmt "$(j "rps-$t" .cpu.us_per_request)" %.1f)"
+            "$(fmt "$(j "rps-$t" .cpu.us_per_request)" %.1f)" \
+            "$(j "rps-$t" .other_cpu_pct)"
     done
 )
 stream_table=$(
-    printf '| target | streams/s | TTFT p50 ms | TTFT p99 ms | total p50 ms | total p99 ms | data lines/stream | errors | CPU µs/stream |\n'
-    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    printf '| target | streams/s | TTFT p50 ms | TTFT p99 ms | total p50 ms | total p99 ms | data lines/stream | errors | CPU µs/stream | other CPU %% |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
     for t in direct nginx skyweave; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
             "$(fmt "$(j "stream-$t" .rps)" %.0f)" \
             "$(ms "stream-$t" .ttft.p50_ms)" "$(ms "stream-$t" .ttft.p99_ms)" \
             "$(ms "stream-$t" .latency.p50_ms)" "$(ms "stream-$t" .latency.p99_ms)" \
             "$(fmt "$(j "stream-$t" .events_per_stream)" %.1f)" \
             "$(j "stream-$t" .errors)" \
-            "$(fmt "$(j "stream-$t" .cpu.us_per_request)" %.1f)"
+            "$(fmt "$(j "stream-$t" .cpu.us_per_request)" %.1f)" \
+            "$(j "stream-$t" .other_cpu_pct)"
     done
 )
 rps_rate_table=$(
-    printf '| target | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | CPU µs/req | send lag p99 ms |\n'
-    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    printf '| target | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | CPU µs/req | pacer lag p99 ms | send lag p99 ms | other CPU %% |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
     for t in direct nginx skyweave; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
             "$(fmt "$(j "rps-rate-$t" .rps)" %.0f)" \
             "$(ms "rps-rate-$t" .latency.p50_ms)" "$(ms "rps-rate-$t" .latency.p90_ms)" \
             "$(ms "rps-rate-$t" .latency.p99_ms)" "$(ms "rps-rate-$t" .latency.p999_ms)" \
             "$(ms "rps-rate-$t" .latency.max_ms)" \
             "$(j "rps-rate-$t" .errors)" \
             "$(fmt "$(j "rps-rate-$t" .cpu.us_per_request)" %.1f)" \
-            "$(ms "rps-rate-$t" .send_delay.p99_ms)"
+            "$(ms "rps-rate-$t" .pacer_lag.p99_ms)" \
+            "$(ms "rps-rate-$t" .send_delay.p99_ms)" \
+            "$(j "rps-rate-$t" .other_cpu_pct)"
     done
 )
 stream_rate_table=$(
-    printf '| target | achieved streams/s | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | TTFT p99.9 ms | TTFT max ms | total p99 ms | data lines/stream | errors | CPU µs/stream | send lag p99 ms |\n'
-    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    printf '| target | achieved streams/s | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | TTFT p99.9 ms | TTFT max ms | total p99 ms | data lines/stream | errors | CPU µs/stream | pacer lag p99 ms | send lag p99 ms | other CPU %% |\n'
+    printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
     for t in direct nginx skyweave; do
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
             "$(fmt "$(j "stream-rate-$t" .rps)" %.0f)" \
             "$(ms "stream-rate-$t" .ttft.p50_ms)" "$(ms "stream-rate-$t" .ttft.p90_ms)" \
             "$(ms "stream-rate-$t" .ttft.p99_ms)" "$(ms "stream-rate-$t" .ttft.p999_ms)" \
@@ -444,7 +536,9 @@ stream_rate_table=$(
             "$(fmt "$(j "stream-rate-$t" .events_per_stream)" %.1f)" \
             "$(j "stream-rate-$t" .errors)" \
             "$(fmt "$(j "stream-rate-$t" .cpu.us_per_request)" %.1f)" \
-            "$(ms "stream-rate-$t" .send_delay.p99_ms)"
+            "$(ms "stream-rate-$t" .pacer_lag.p99_ms)" \
+            "$(ms "stream-rate-$t" .send_delay.p99_ms)" \
+            "$(j "stream-rate-$t" .other_cpu_pct)"
     done
 )
 hold_table=$(
@@ -466,13 +560,33 @@ hold_table=$(
 held() { # RUN
     jq -e '.unfinished == 0 and .rps >= 0.97 * .target_rate' "$RUNS/$1.json" >/dev/null
 }
+# Whether other processes used more than OTHER_CPU_MAX during any of RUNS.
+disturbed() { # RUN...
+    local r
+    for r in "$@"; do
+        jq -e --argjson max "$OTHER_CPU_MAX" '.other_cpu_pct > $max' "$RUNS/$r.json" >/dev/null && return 0
+    done
+    return 1
+}
+# The largest pacer lag p99 (ms) among RUNS, and whether it is within bounds.
+pacer_p99() { # RUN...
+    local r
+    for r in "$@"; do j "$r" .pacer_lag.p99_ms; done | sort -g | tail -n 1
+}
 # Verdict on a fixed-rate latency target: meaningful only if direct held the
-# rate; skyweave fails outright if it did not hold the rate or had errors.
+# rate and the load generator itself kept time; skyweave fails outright if
+# it did not hold the rate or had errors.
 rate_verdict() { # CASE CONDITION
-    if ! held "$1-direct"; then echo "n/a (direct did not hold the rate)"
-    elif ! held "$1-skyweave"; then echo "FAIL (rate not held)"
-    elif [ "$(j "$1-skyweave" .errors)" != 0 ]; then echo "FAIL (errors)"
-    else verdict "$2"; fi
+    local lag v
+    lag=$(pacer_p99 "$1-direct" "$1-skyweave")
+    if ! held "$1-direct"; then v="n/a (direct did not hold the rate)"
+    elif awk "BEGIN { exit !($lag > $PACER_LAG_MAX_MS) }"; then
+        v="n/a (load generator late: pacer lag p99 $lag ms > $PACER_LAG_MAX_MS ms)"
+    elif ! held "$1-skyweave"; then v="FAIL (rate not held)"
+    elif [ "$(j "$1-skyweave" .errors)" != 0 ]; then v="FAIL (errors)"
+    else v=$(verdict "$2"); fi
+    if disturbed "$1-direct" "$1-skyweave"; then v="n/a (disturbed run, see the warnings; as measured: $v)"; fi
+    echo "$v"
 }
 added() { # CASE FIELD TARGET: TARGET's FIELD minus direct's, in ms
     calc %.3f "$(j "$1-$3" "$2") - $(j "$1-direct" "$2")"
@@ -490,7 +604,8 @@ targets_table=$(
     printf '| figure | skyweave | nginx (reference) | target | verdict |\n'
     printf '|---|---:|---:|---|---|\n'
     printf '| req/s relative to nginx (closed loop, %s connections) | %s x | 1.000 x (direct: %s x) | >= 0.9 x | %s |\n' \
-        "$CONNECTIONS" "$ratio" "$(calc %.3f "$rps_dir / $rps_ngx")" "$(verdict "$ratio >= 0.9")"
+        "$CONNECTIONS" "$ratio" "$(calc %.3f "$rps_dir / $rps_ngx")" \
+        "$(v=$(verdict "$ratio >= 0.9"); if disturbed rps-nginx rps-skyweave; then echo "n/a (disturbed run, see the warnings; as measured: $v)"; else echo "$v"; fi)"
     printf '| added p99 latency over direct (fixed rate, %s req/s over %s connections) | %s ms | %s ms | <= 0.5 ms | %s |\n' \
         "$RATE" "$RATE_CONNECTIONS" "$added_p99" "$(added rps-rate .latency.p99_ms nginx)" \
         "$(rate_verdict rps-rate "$added_p99 <= 0.5")"
@@ -506,8 +621,10 @@ targets_table=$(
         "$STREAM_CONNECTIONS" "$(added stream .ttft.p99_ms skyweave)" "$(added stream .ttft.p99_ms nginx)"
 )
 rate_notes=""
-for c in rps-rate stream-rate; do
+for c in rps stream rps-rate stream-rate; do
     for t in direct nginx skyweave; do
+        disturbed "$c-$t" && rate_notes+="- **Warning:** other processes used $(j "$c-$t" .other_cpu_pct)% of a CPU (steal $(j "$c-$t" .steal_pct)%) during the kept $c run against $t: its figures are disturbed."$'\n'
+        case "$c" in *-rate) ;; *) continue ;; esac
         held "$c-$t" || rate_notes+="- **Warning:** $t did not hold the fixed rate in $c: achieved $(fmt "$(j "$c-$t" .rps)" %.0f)/s of $(j "$c-$t" .target_rate)/s, $(j "$c-$t" .unfinished) unfinished."$'\n'
     done
 done
@@ -516,6 +633,7 @@ case "$PIN" in
     split) pin_note="pinned with taskset: proxy under test (nginx workers / skyweave) on CPU 0; emulator and load generator on CPU 1" ;;
     none) pin_note="not pinned: load generator, emulator and proxy share all $NPROC CPUs" ;;
 esac
+if [ "$RT_LOAD" = 1 ]; then rt_note="real-time priority (chrt -f 1)"; else rt_note="normal priority"; fi
 cpu_model=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
 [ -n "$cpu_model" ] || cpu_model=$(uname -m)
 mem_total=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || echo unknown)
@@ -532,7 +650,7 @@ Generated by \`bench/run.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). See \`bench/R
 - Machine: $NPROC CPUs, $cpu_model, $mem_total, Linux $(uname -r)
 - Versions: skyweave $git_rev; $nginx_version; $rustc_version
 - Load: keep-alive HTTP/1.1, $WARMUP warm-up then $DURATION measured, $ROUNDS round(s) per case and target, targets alternating; median run kept (by req/s for closed loop, by the judged p99 for fixed rate)
-- Closed loop: each connection sends its next request as soon as the previous response is read; this saturates the machine. Fixed rate: open loop at a set arrival rate well below saturation, latencies from each request's intended send time.
+- Closed loop: each connection sends its next request as soon as the previous response is read; this saturates the machine. Fixed rate: open loop at a set arrival rate well below saturation, latencies from each request's intended send time; load generator at $rt_note.
 - Upstream: skyweave-emulator (openai dialect, $EMU_CHUNKS chunks per stream); held streams: $SLOW_ARGS
 - nginx: worker_processes $GATEWAY_THREADS, upstream keepalive, HTTP/1.1, access_log off, proxy_buffering off for streams; skyweave: $GATEWAY_THREADS runtime threads, RUST_LOG=warn
 - CPU placement: $pin_note. The load generator runs on the same machine, so absolute figures are lower than on separate hosts; compare within a run.

@@ -17,8 +17,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::estate::{
-    AuthScheme, BreakerSettings, Credential, Deployment, DeploymentId, Estate, Limits, Model,
-    Outage, Price, ProbeSettings, ProviderSpec, SecretSource, ServerSettings, SimSpec, Timeouts,
+    AuthScheme, BreakerSettings, Credential, Deployment, DeploymentId, Estate, GoogleCredentials,
+    Limits, Model, Outage, Price, ProbeSettings, ProviderSpec, SecretSource, ServerSettings,
+    SimSpec, Timeouts, VertexMode,
 };
 use crate::region::{Location, Proximity};
 use crate::routing::Strategy;
@@ -157,6 +158,7 @@ enum RawProviderKind {
     Openai,
     AzureOpenai,
     Bedrock,
+    Vertex,
     Sim,
 }
 
@@ -173,6 +175,8 @@ struct RawDeployment {
     azure: Option<Spanned<RawAzure>>,
     bedrock: Option<Spanned<RawBedrock>>,
     aws: Option<Spanned<RawAws>>,
+    vertex: Option<Spanned<RawVertex>>,
+    google: Option<Spanned<RawGoogle>>,
     sim: Option<Spanned<RawSim>>,
     auth: Option<Spanned<RawAuth>>,
     price: Option<Spanned<RawPrice>>,
@@ -194,6 +198,31 @@ struct RawAzure {
 #[serde(deny_unknown_fields)]
 struct RawBedrock {
     model_id: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawVertexMode {
+    #[default]
+    Gemini,
+    Openai,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVertex {
+    project: Spanned<String>,
+    model: Spanned<String>,
+    #[serde(default)]
+    mode: RawVertexMode,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGoogle {
+    service_account_file: Option<String>,
+    metadata_server: Option<bool>,
+    token_command: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -555,6 +584,7 @@ fn validate_deployment(
             RawProviderKind::Openai => "openai",
             RawProviderKind::AzureOpenai => "azure_openai",
             RawProviderKind::Bedrock => "bedrock",
+            RawProviderKind::Vertex => "vertex",
             RawProviderKind::Sim => "sim",
         };
         check.fail(
@@ -579,6 +609,14 @@ fn validate_deployment(
         }
         if let Some(aws) = &raw.aws {
             forbid(check, "aws", aws.span());
+        }
+    }
+    if !matches!(provider_kind, RawProviderKind::Vertex) {
+        if let Some(vertex) = &raw.vertex {
+            forbid(check, "vertex", vertex.span());
+        }
+        if let Some(google) = &raw.google {
+            forbid(check, "google", google.span());
         }
     }
     let provider = match provider_kind {
@@ -695,6 +733,79 @@ fn validate_deployment(
                     .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com")),
                 model_id: model_id.clone(),
                 profile: raw.aws.as_ref().and_then(|aws| aws.get_ref().profile.clone()),
+            }
+        }
+        RawProviderKind::Vertex => {
+            if let Some(auth) = &raw.auth {
+                check.fail(
+                    auth.span(),
+                    here("`auth` does not apply to provider `vertex`: Google credentials are set in `google`"),
+                    "remove `auth`; use `google = { service_account_file = \"...\" }`, `{ metadata_server = true }` or `{ token_command = \"...\" }`",
+                );
+            }
+            let Some(vertex) = &raw.vertex else {
+                check.fail(
+                    span,
+                    here("provider `vertex` needs a `vertex` table"),
+                    "add `vertex = { project = \"my-project\", model = \"gemini-2.0-flash-001\" }`",
+                );
+                return None;
+            };
+            let vertex = vertex.get_ref();
+            for (field, value) in [("project", &vertex.project), ("model", &vertex.model)] {
+                let text = value.get_ref();
+                let valid = !text.is_empty()
+                    && text.len() <= 128
+                    && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./@:".contains(&b));
+                if !valid {
+                    check.fail(
+                        value.span(),
+                        here(&format!(
+                            "vertex.{field} `{text}` is not a Google Cloud {field} name"
+                        )),
+                        "copy it from the Google Cloud console (letters, digits, - _ . / @ :)",
+                    );
+                }
+            }
+            let credentials = match raw.google.as_ref().map(|g| (g.span(), g.get_ref())) {
+                None => GoogleCredentials::Default,
+                Some((google_span, google)) => {
+                    let given = [
+                        google.service_account_file.is_some(),
+                        google.metadata_server == Some(true),
+                        google.token_command.is_some(),
+                    ];
+                    if given.iter().filter(|g| **g).count() != 1 {
+                        check.fail(
+                            google_span,
+                            here("`google` must name exactly one credential source"),
+                            "use one of service_account_file, metadata_server = true, token_command",
+                        );
+                        GoogleCredentials::Default
+                    } else if let Some(path) = &google.service_account_file {
+                        GoogleCredentials::ServiceAccountFile(PathBuf::from(path))
+                    } else if let Some(command) = &google.token_command {
+                        GoogleCredentials::TokenCommand(command.clone())
+                    } else {
+                        GoogleCredentials::MetadataServer
+                    }
+                }
+            };
+            let region = raw.region.get_ref();
+            let default_endpoint = if region == "global" {
+                "https://aiplatform.googleapis.com".to_string()
+            } else {
+                format!("https://{region}-aiplatform.googleapis.com")
+            };
+            ProviderSpec::Vertex {
+                endpoint: endpoint.unwrap_or(default_endpoint),
+                project: vertex.project.get_ref().clone(),
+                model: vertex.model.get_ref().clone(),
+                mode: match vertex.mode {
+                    RawVertexMode::Gemini => VertexMode::Gemini,
+                    RawVertexMode::Openai => VertexMode::OpenAiCompatible,
+                },
+                credentials,
             }
         }
         RawProviderKind::Sim => {

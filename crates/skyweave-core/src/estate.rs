@@ -120,7 +120,39 @@ pub enum ProviderSpec {
         /// Shared-config profile; `None`: `AWS_PROFILE` or `default`.
         profile: Option<String>,
     },
+    /// Google Vertex AI: Gemini generateContent, or the OpenAI-compatible
+    /// endpoint for models served that way.
+    Vertex {
+        /// `https://{region}-aiplatform.googleapis.com` unless overridden.
+        endpoint: String,
+        project: String,
+        /// The Gemini model (`gemini-2.0-flash-001`), or in OpenAI-compatible
+        /// mode the model name sent in the body (`meta/llama-3.1-405b-instruct-maas`).
+        model: String,
+        mode: VertexMode,
+        credentials: GoogleCredentials,
+    },
     Sim(SimSpec),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VertexMode {
+    Gemini,
+    OpenAiCompatible,
+}
+
+/// Where a Vertex deployment gets its OAuth 2.0 access tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoogleCredentials {
+    /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`
+    /// (a service-account key file), else the metadata server.
+    Default,
+    /// A service-account JSON key: a JWT bearer grant signed with its key.
+    ServiceAccountFile(PathBuf),
+    /// The GCE/GKE metadata server (`GCE_METADATA_HOST` overrides its address).
+    MetadataServer,
+    /// A command that prints an access token (e.g. `gcloud auth print-access-token`).
+    TokenCommand(String),
 }
 
 impl ProviderSpec {
@@ -129,6 +161,7 @@ impl ProviderSpec {
             ProviderSpec::OpenAi { .. } => "openai",
             ProviderSpec::AzureOpenAi { .. } => "azure_openai",
             ProviderSpec::Bedrock { .. } => "bedrock",
+            ProviderSpec::Vertex { .. } => "vertex",
             ProviderSpec::Sim(_) => "sim",
         }
     }
@@ -137,7 +170,8 @@ impl ProviderSpec {
         match self {
             ProviderSpec::OpenAi { endpoint, .. }
             | ProviderSpec::AzureOpenAi { endpoint, .. }
-            | ProviderSpec::Bedrock { endpoint, .. } => Some(endpoint),
+            | ProviderSpec::Bedrock { endpoint, .. }
+            | ProviderSpec::Vertex { endpoint, .. } => Some(endpoint),
             ProviderSpec::Sim(_) => None,
         }
     }
@@ -146,7 +180,9 @@ impl ProviderSpec {
         match self {
             ProviderSpec::OpenAi { auth, .. } => auth.as_ref(),
             ProviderSpec::AzureOpenAi { auth, .. } => Some(auth),
-            ProviderSpec::Bedrock { .. } | ProviderSpec::Sim(_) => None,
+            ProviderSpec::Bedrock { .. } | ProviderSpec::Vertex { .. } | ProviderSpec::Sim(_) => {
+                None
+            }
         }
     }
 }

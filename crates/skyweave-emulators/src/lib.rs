@@ -1,5 +1,6 @@
-//! Protocol emulators of the OpenAI, Azure OpenAI and AWS Bedrock Runtime
-//! HTTP APIs (for Bedrock see [`spawn_bedrock`]).
+//! Protocol emulators of the OpenAI, Azure OpenAI, AWS Bedrock Runtime and
+//! Google Vertex AI HTTP APIs (for Bedrock see [`spawn_bedrock`], for Google
+//! [`spawn_google`]).
 //!
 //! An [`Emulator`] is a real HTTP server bound to a real socket. It speaks
 //! either the OpenAI dialect (`/v1/chat/completions`, `/v1/embeddings`,
@@ -45,6 +46,7 @@ mod bedrock;
 mod chat;
 mod embeddings;
 mod errors;
+mod google;
 mod server;
 mod tokens;
 
@@ -56,6 +58,10 @@ pub use bedrock::{
     BedrockControl, BedrockEmulator, BedrockRecordedRequest,
 };
 pub use embeddings::DEFAULT_DIMENSIONS;
+pub use google::{
+    google_status_for, http_status_for, spawn_google, test_key_pems, GoogleBehaviour, GoogleConfig,
+    GoogleControl, GoogleEmulator, GoogleRecordedRequest, CLOUD_PLATFORM_SCOPE,
+};
 pub use server::Emulator;
 
 /// Which provider's wire protocol an emulator speaks.

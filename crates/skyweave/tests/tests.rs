@@ -12,4 +12,5 @@ mod cases {
     mod routing;
     mod security;
     mod streaming;
+    mod vertex;
 }

@@ -317,3 +317,59 @@ fn bedrock_deployments() {
     );
     check(&AZURE.replace("azure = {", "bedrock = { model_id = \"x\" }\nazure = {"), "9:11: deployment `gpt-4o@azure-eastus`: `bedrock` does not apply to provider `azure_openai`");
 }
+
+const VERTEX: &str = r#"
+[[deployment]]
+name = "gemini@gcp"
+model = "gemini"
+provider = "vertex"
+cloud = "gcp"
+region = "europe-west4"
+vertex = { project = "acme-prod", model = "gemini-2.0-flash-001" }
+"#;
+
+#[test]
+fn vertex_deployments() {
+    let loaded = parse_estate(VERTEX, "estate.toml").unwrap();
+    match &loaded.estate.deployments[0].provider {
+        ProviderSpec::Vertex { endpoint, project, model, mode, credentials } => {
+            assert_eq!(endpoint, "https://europe-west4-aiplatform.googleapis.com");
+            assert_eq!((project.as_str(), model.as_str()), ("acme-prod", "gemini-2.0-flash-001"));
+            assert_eq!(*mode, crate::estate::VertexMode::Gemini);
+            assert_eq!(*credentials, crate::estate::GoogleCredentials::Default);
+        }
+        other => panic!("{other:?}"),
+    }
+    let openai_mode = VERTEX.replace(
+        "model = \"gemini-2.0-flash-001\" }",
+        "model = \"meta/llama-3.1-405b-instruct-maas\", mode = \"openai\" }\ngoogle = { token_command = \"gcloud auth print-access-token\" }",
+    );
+    let loaded = parse_estate(&openai_mode, "estate.toml").unwrap();
+    let ProviderSpec::Vertex { mode, credentials, .. } = &loaded.estate.deployments[0].provider
+    else {
+        panic!()
+    };
+    assert_eq!(*mode, crate::estate::VertexMode::OpenAiCompatible);
+    assert_eq!(
+        *credentials,
+        crate::estate::GoogleCredentials::TokenCommand("gcloud auth print-access-token".into())
+    );
+
+    check(
+        &format!("{VERTEX}google = {{ metadata_server = true, token_command = \"x\" }}\n"),
+        "9:10: deployment `gemini@gcp`: `google` must name exactly one credential source",
+    );
+    check(&VERTEX.replace("vertex = {", "x = 1\nvertex2 = {"), "8:1: unknown field `x`");
+    check(
+        &VERTEX.replace("acme-prod", "acme prod"),
+        "8:22: deployment `gemini@gcp`: vertex.project `acme prod`",
+    );
+    check(
+        &VERTEX.replace(
+            "vertex = { project = \"acme-prod\", model = \"gemini-2.0-flash-001\" }\n",
+            "",
+        ),
+        "2:1: deployment `gemini@gcp`: provider `vertex` needs a `vertex` table",
+    );
+    check(&format!("{VERTEX}mode = 1\n"), "9:1: unknown field `mode`");
+}

@@ -5,9 +5,11 @@
 mod aws_credentials;
 mod azure_openai;
 mod bedrock;
+mod google_credentials;
 mod openai;
 mod openai_compat;
 mod sim;
+mod vertex;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -155,6 +157,9 @@ pub fn build(
         ProviderSpec::Bedrock { endpoint, model_id, profile } => {
             Arc::new(bedrock::Bedrock::new(deployment, endpoint, model_id, profile.clone()))
         }
+        ProviderSpec::Vertex { endpoint, project, model, mode, credentials } => Arc::new(
+            vertex::Vertex::new(deployment, endpoint, project, model, *mode, credentials.clone()),
+        ),
     };
     Ok((provider, secret))
 }

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use skyweave_core::estate::{Deployment, Estate, Model, ProviderSpec, SecretSource};
+use skyweave_core::estate::{
+    Deployment, Estate, GoogleCredentials, Model, ProviderSpec, SecretSource, VertexMode,
+};
 use skyweave_core::routing::Strategy;
 
 pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
@@ -107,6 +109,25 @@ fn describe(deployment: &Deployment) -> String {
             )
         };
         let _ = write!(text, "  aws credentials: {source}");
+    }
+    if let ProviderSpec::Vertex { mode, credentials, model, .. } = &deployment.provider {
+        let mode = match mode {
+            VertexMode::Gemini => "gemini",
+            VertexMode::OpenAiCompatible => "openai-compatible",
+        };
+        let source = match credentials {
+            GoogleCredentials::Default => {
+                "GOOGLE_APPLICATION_CREDENTIALS, else the metadata server".to_string()
+            }
+            GoogleCredentials::ServiceAccountFile(path) => format!(
+                "service-account key {} ({})",
+                path.display(),
+                if path.is_file() { "readable" } else { "MISSING" }
+            ),
+            GoogleCredentials::MetadataServer => "the metadata server".to_string(),
+            GoogleCredentials::TokenCommand(_) => "a token command".to_string(),
+        };
+        let _ = write!(text, "  {mode} model {model}  google credentials: {source}");
     }
     if let Some(credential) = deployment.provider.credential() {
         let state = match &credential.source {

@@ -36,8 +36,11 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     .await
     .unwrap();
     cut.control.set_behaviour(skyweave_emulators::Behaviour::CutAfterChunks { chunks: 1 });
+    let gcp = google("vertex", "us-east4").await;
+    let dir = TempDir::new();
+    let sa = service_account_file(&dir, &gcp, GCP_SERVICE_ACCOUNT);
     let estate = format!(
-        "{}{}{}{}[[deployment]]\nname = \"embed@sim\"\nmodel = \"embed\"\nprovider = \"sim\"\ncloud = \"gcp\"\nregion = \"us-east4\"\nsim = {{ ttft_ms = 1 }}\n",
+        "{}{}{}{}{}[[deployment]]\nname = \"embed@sim\"\nmodel = \"embed\"\nprovider = \"sim\"\ncloud = \"gcp\"\nregion = \"us-east4\"\nsim = {{ ttft_ms = 1 }}\n",
         azure_deployment("chat@azure", "chat", "eastus", &azure, "AZ_KEY", ""),
         openai_deployment("chat@vllm", "chat", "aws", "us-east-1", &openai, ""),
         openai_deployment("cut@vllm", "cut", "aws", "us-east-1", &cut, ""),
@@ -48,6 +51,14 @@ async fn the_official_openai_python_sdk_works_unchanged() {
             &aws,
             "anthropic.claude-3-haiku-20240307-v1:0",
             ""
+        ),
+        vertex_deployment(
+            "claude@gcp",
+            "claude",
+            "us-east4",
+            &gcp,
+            "gemini-2.0-flash-001",
+            &format!("google = {{ service_account_file = \"{}\" }}", sa.display())
         )
     );
     let mut env = aws_env();
@@ -64,4 +75,8 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "openai {version}:\n{stdout}\n{stderr}");
     assert!(stdout.contains("all SDK checks passed"), "{stdout}");
+    assert!(
+        aws.control.requests() > 0 && gcp.control.requests() > 0,
+        "both Bedrock and Vertex served"
+    );
 }

@@ -54,36 +54,47 @@ assert text.startswith("Hello from"), text
 assert usage is not None and usage.completion_tokens > 0, usage
 print("stream ok:", repr(text))
 
-# Bedrock behind the same API: chat, streaming and tool calls translated to Converse.
+# Bedrock (Converse) and Vertex (Gemini) behind the same API: tool calls, tool results and
+# streamed tool calls, translated both ways. The caller pins each cloud in turn.
 weather = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-raw = client.chat.completions.with_raw_response.create(
-    model="claude", messages=[{"role": "user", "content": "please use a tool"}], tools=weather)
-assert raw.headers["x-skyweave-cloud"] == "aws", raw.headers
-completion = raw.parse()
-assert completion.choices[0].finish_reason == "tool_calls", completion
-call = completion.choices[0].message.tool_calls[0]
-assert call.function.name == "get_weather", call
-assert json.loads(call.function.arguments) == {"city": "skyweave"}, call.function.arguments
-answer = client.chat.completions.create(model="claude", tools=weather, messages=[
-    {"role": "user", "content": "please use a tool"},
-    completion.choices[0].message.model_dump(exclude_none=True),
-    {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
-])
-assert answer.choices[0].message.content, answer
-names, arguments, finish = [], "", None
-for chunk in client.chat.completions.create(
-    model="claude", messages=[{"role": "user", "content": "please use a tool"}], tools=weather, stream=True
-):
-    for delta_call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
-        if delta_call.function.name:
-            names.append(delta_call.function.name)
-        arguments += delta_call.function.arguments or ""
-    if chunk.choices and chunk.choices[0].finish_reason:
-        finish = chunk.choices[0].finish_reason
-assert names == ["get_weather"] and finish == "tool_calls", (names, finish)
-assert json.loads(arguments) == {"city": "skyweave"}, arguments
-print("bedrock ok: tool calls, tool results, streamed tool calls")
+
+
+def tool_round_trip(cloud):
+    pin = {"x-skyweave-allowed-clouds": cloud}
+    raw = client.chat.completions.with_raw_response.create(
+        model="claude", messages=[{"role": "user", "content": "please use a tool"}], tools=weather,
+        extra_headers=pin)
+    assert raw.headers["x-skyweave-cloud"] == cloud, raw.headers
+    completion = raw.parse()
+    assert completion.choices[0].finish_reason == "tool_calls", completion
+    call = completion.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather", call
+    assert json.loads(call.function.arguments) == {"city": "skyweave"}, call.function.arguments
+    answer = client.chat.completions.create(model="claude", tools=weather, extra_headers=pin, messages=[
+        {"role": "user", "content": "please use a tool"},
+        completion.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ])
+    assert answer.choices[0].message.content, answer
+    names, arguments, finish = [], "", None
+    for chunk in client.chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "please use a tool"}], tools=weather,
+        stream=True, extra_headers=pin,
+    ):
+        for delta_call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            if delta_call.function.name:
+                names.append(delta_call.function.name)
+            arguments += delta_call.function.arguments or ""
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    assert names == ["get_weather"] and finish == "tool_calls", (cloud, names, finish)
+    assert json.loads(arguments) == {"city": "skyweave"}, arguments
+    print(cloud, "ok: tool calls, tool results, streamed tool calls")
+
+
+tool_round_trip("aws")
+tool_round_trip("gcp")
 
 # Embeddings (from the simulator), including the SDK's default base64 encoding.
 embeddings = client.embeddings.create(model="embed", input=["alpha", "beta"])

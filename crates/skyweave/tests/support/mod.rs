@@ -253,3 +253,53 @@ pub const AWS_SECRET: &str = "skyweave/test/secret/key/0123456789abcdef";
 pub fn aws_env() -> Vec<(&'static str, &'static str)> {
     vec![("AWS_ACCESS_KEY_ID", AWS_KEY_ID), ("AWS_SECRET_ACCESS_KEY", AWS_SECRET)]
 }
+
+pub const GCP_PROJECT: &str = "skyweave-test";
+pub const GCP_SERVICE_ACCOUNT: &str = "gateway@skyweave-test.iam.gserviceaccount.com";
+
+/// A Google emulator serving `location`, trusting the test service account.
+pub async fn google(name: &str, location: &str) -> skyweave_emulators::GoogleEmulator {
+    let (_, public) = skyweave_emulators::test_key_pems();
+    skyweave_emulators::spawn_google(skyweave_emulators::GoogleConfig::new(
+        name,
+        GCP_PROJECT,
+        location,
+        GCP_SERVICE_ACCOUNT,
+        public,
+    ))
+    .await
+    .unwrap()
+}
+
+/// Writes a service-account key file whose token_uri is the emulator's.
+pub fn service_account_file(
+    dir: &TempDir,
+    emulator: &skyweave_emulators::GoogleEmulator,
+    client_email: &str,
+) -> PathBuf {
+    let (private, _) = skyweave_emulators::test_key_pems();
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": GCP_PROJECT,
+        "private_key_id": "test-key-1",
+        "private_key": private,
+        "client_email": client_email,
+        "token_uri": format!("{}/token", emulator.base_url()),
+    });
+    dir.write(&format!("sa-{}.json", emulator.addr.port()), &key.to_string())
+}
+
+/// A `vertex`-provider deployment pointed at a Google emulator.
+pub fn vertex_deployment(
+    name: &str,
+    model: &str,
+    region: &str,
+    emulator: &skyweave_emulators::GoogleEmulator,
+    vertex_model: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "[[deployment]]\nname = \"{name}\"\nmodel = \"{model}\"\nprovider = \"vertex\"\ncloud = \"gcp\"\nregion = \"{region}\"\nendpoint = \"{}\"\nvertex = {{ project = \"{GCP_PROJECT}\", model = \"{vertex_model}\" }}\n{extra}\n",
+        emulator.base_url()
+    )
+}

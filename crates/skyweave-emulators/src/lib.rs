@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
+mod aws_credentials;
 mod base64;
 mod bedrock;
 mod chat;
@@ -53,6 +54,7 @@ mod tokens;
 #[cfg(test)]
 mod tests;
 
+pub use aws_credentials::{spawn_aws_credentials, AwsCredentialsConfig, AwsCredentialsServer};
 pub use bedrock::{
     eventstream, exception_defaults, spawn_bedrock, BedrockBehaviour, BedrockConfig,
     BedrockControl, BedrockEmulator, BedrockRecordedRequest,

@@ -303,3 +303,77 @@ async fn one_model_on_three_protocols_survives_each_going_down() {
         set_down(false);
     }
 }
+
+#[tokio::test]
+async fn container_and_web_identity_credentials_sign_with_their_session_token() {
+    use skyweave_emulators::{spawn_aws_credentials, AwsCredentialsConfig};
+    let session = "FwoGZXIvYXdzEJr-skyweave-session-token";
+    let issued = AwsCredentialsConfig {
+        access_key_id: "ASIASKYWEAVETEMP".into(),
+        secret_access_key: "temporary/secret/key".into(),
+        session_token: session.into(),
+        expiration: "2099-01-01T00:00:00Z".into(),
+        container_authorization: Some("container-auth-token".into()),
+        web_identity_token: "eyJ.web-identity.token".into(),
+        role_arn: "arn:aws:iam::123456789012:role/skyweave".into(),
+    };
+    let credentials = spawn_aws_credentials(issued.clone()).await.unwrap();
+    let upstream = spawn_bedrock(
+        BedrockConfig::new(
+            "bedrock",
+            "us-east-1",
+            &issued.access_key_id,
+            &issued.secret_access_key,
+        )
+        .with_session_token(session),
+    )
+    .await
+    .unwrap();
+    let estate = bedrock_deployment("claude@aws", "claude", "us-east-1", &upstream, CLAUDE, "");
+    let dir = TempDir::new();
+    let nowhere = dir.path().join("absent").display().to_string();
+    let token_file = dir.write("web-identity-token", &issued.web_identity_token);
+    let token_file = token_file.display().to_string();
+    let container_uri = format!("{}/creds", credentials.base_url());
+    let sts = credentials.base_url();
+    // No static keys and no profile files: the chain must reach these sources.
+    let base: Vec<(&str, &str)> = vec![
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+        ("AWS_PROFILE", ""),
+        ("AWS_SHARED_CREDENTIALS_FILE", &nowhere),
+        ("AWS_CONFIG_FILE", &nowhere),
+    ];
+    let container: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .chain([
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", container_uri.as_str()),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-auth-token"),
+        ])
+        .collect();
+    let web_identity: Vec<(&str, &str)> = base
+        .iter()
+        .copied()
+        .chain([
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str()),
+            ("AWS_ROLE_ARN", issued.role_arn.as_str()),
+            ("AWS_ENDPOINT_URL_STS", sts.as_str()),
+        ])
+        .collect();
+    for (source, env) in [("container", container), ("web identity", web_identity)] {
+        let before = credentials.issued();
+        let gateway = Gateway::start_with_env(&estate, &env).await;
+        for _ in 0..3 {
+            let response = gateway.post_chat(chat_body(false)).await;
+            assert_eq!(response.status(), 200, "{source}: {}", response.text().await.unwrap());
+        }
+        assert_eq!(credentials.issued(), before + 1, "{source}: fetched once, then cached");
+        let (_, logs) = gateway.terminate().await;
+        assert!(!logs.contains(session) && !logs.contains(&issued.secret_access_key), "{source}");
+    }
+    assert_eq!(upstream.control.rejected_signatures(), 0);
+    let sent = upstream.control.recorded();
+    assert!(sent.iter().all(|r| r.header("x-amz-security-token") == Some(session)));
+    assert_eq!(credentials.refused(), 0);
+}

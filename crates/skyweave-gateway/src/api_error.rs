@@ -42,6 +42,11 @@ impl ApiError {
         error
     }
 
+    pub fn with_param(mut self, param: &str) -> ApiError {
+        self.param = Some(param.into());
+        self
+    }
+
     pub fn with_code(mut self, code: &str) -> ApiError {
         self.code = Some(code.into());
         self

@@ -237,21 +237,10 @@ async fn read_request(
             ),
         )
         .with_code("model_not_found")
-        .param("model"));
+        .with_param("model"));
     };
     let scope = caller_scope(headers, &request_id)?;
     Ok(Incoming { received, request_id, body, model: model.clone(), scope })
-}
-
-trait WithParam {
-    fn param(self, param: &str) -> Self;
-}
-
-impl WithParam for ApiError {
-    fn param(mut self, param: &str) -> Self {
-        self.param = Some(param.into());
-        self
-    }
 }
 
 fn missing(field: &str) -> ApiError {

@@ -9,6 +9,7 @@ mod google_credentials;
 mod openai;
 mod openai_compat;
 mod sim;
+mod translate;
 mod vertex;
 
 use std::pin::Pin;

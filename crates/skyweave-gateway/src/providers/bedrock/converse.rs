@@ -53,67 +53,19 @@
 
 // Wired by the bedrock provider (issue 3); until then only the tests use it.
 
-use base64::Engine;
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use skyweave_core::failure::FailureKind;
 
 use super::eventstream;
-use crate::providers::openai_compat::redact;
+pub(crate) use crate::providers::translate::TranslateError;
+use crate::providers::translate::{
+    self, data_url, is_base64, present, ChunkHeader, Protocol, Result, Role, ToolChoiceMode,
+    ToolOutput, Turns,
+};
 use crate::providers::{StreamChunk, UpstreamError, Usage};
 
-/// A request or response that cannot be translated.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub(crate) struct TranslateError {
-    pub message: String,
-    /// The OpenAI request parameter at fault, for request errors.
-    pub param: Option<String>,
-}
-
-impl TranslateError {
-    fn param(param: impl Into<String>, message: impl Into<String>) -> TranslateError {
-        TranslateError { message: message.into(), param: Some(param.into()) }
-    }
-
-    fn upstream(message: impl Into<String>) -> TranslateError {
-        TranslateError { message: message.into(), param: None }
-    }
-
-    /// The caller's request cannot be sent to Bedrock: a 400 with an
-    /// OpenAI-shaped error. Not retryable: every Bedrock deployment would
-    /// refuse it alike.
-    /// A request this deployment cannot express: tried elsewhere, and returned
-    /// to the caller as a 400 when no deployment can.
-    pub(crate) fn into_invalid_request(self) -> UpstreamError {
-        let client_error = json!({
-            "message": self.message,
-            "type": "invalid_request_error",
-            "param": self.param,
-            "code": null,
-        });
-        UpstreamError {
-            kind: FailureKind::Unsupported,
-            status: Some(400),
-            message: format!(
-                "the request cannot be translated to Bedrock Converse: {}",
-                self.message
-            ),
-            retry_after: None,
-            client_error: Some(client_error),
-        }
-    }
-
-    /// Bedrock answered something that is not its protocol.
-    pub(crate) fn into_protocol_error(self) -> UpstreamError {
-        UpstreamError::new(
-            FailureKind::Protocol,
-            format!("Bedrock answered something that cannot be translated: {}", self.message),
-        )
-    }
-}
-
-type Result<T, E = TranslateError> = std::result::Result<T, E>;
+/// How Bedrock's messages are named.
+pub(crate) const PROTOCOL: Protocol = Protocol { name: "Bedrock Converse", service: "Bedrock" };
 
 // ---------------------------------------------------------------------------
 // Requests
@@ -174,77 +126,32 @@ pub(crate) fn to_converse(body: &Map<String, Value>) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
-/// A field's value, `null` counting as absent.
-fn present<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    body.get(key).filter(|value| !value.is_null())
-}
-
-/// Decides each top-level field's fate (see the table in the module doc).
+/// Decides each top-level field's fate (see the table in the module doc):
+/// Bedrock's own rules, then those every protocol shares.
 fn check_field(key: &str, value: &Value) -> Result<()> {
-    let refuse = |why: &str| -> Result<()> {
-        Err(TranslateError::param(
-            key,
-            format!("`{key}` is not supported by Bedrock Converse: {why}"),
-        ))
-    };
-    let neutral = |is_neutral: bool, why: &str| if is_neutral { Ok(()) } else { refuse(why) };
+    let refuse = |why: &str| translate::refuse(PROTOCOL, key, why);
+    let neutral = |is_neutral: bool, why: &str| translate::neutral(PROTOCOL, key, is_neutral, why);
     match key {
-        "messages"
-        | "max_tokens"
-        | "max_completion_tokens"
-        | "temperature"
-        | "top_p"
-        | "stop"
-        | "tools"
-        | "tool_choice"
-        | "response_format" => Ok(()),
-        "model" | "stream" | "stream_options" => Ok(()),
-        "user"
-        | "safety_identifier"
-        | "metadata"
-        | "store"
-        | "seed"
-        | "service_tier"
-        | "prompt_cache_key"
-        | "prompt_cache_retention" => Ok(()),
+        "seed" => Ok(()),
         "n" => neutral(value.as_u64() == Some(1), "it returns a single choice"),
         "logprobs" => neutral(value == &Value::Bool(false), "it returns no log probabilities"),
         "top_logprobs" => neutral(value.as_u64() == Some(0), "it returns no log probabilities"),
         "frequency_penalty" | "presence_penalty" => {
             neutral(value.as_f64() == Some(0.0), "it has no frequency or presence penalty")
         }
-        "logit_bias" => {
-            neutral(value.as_object().is_some_and(Map::is_empty), "it has no logit bias")
-        }
-        "parallel_tool_calls" => {
-            neutral(value == &Value::Bool(true), "it cannot forbid parallel tool calls")
-        }
         "modalities" => neutral(value == &json!(["text"]), "it answers in text only"),
         "audio" => refuse("it answers in text only"),
-        "prediction" => refuse("it has no predicted outputs"),
         "reasoning_effort" => {
             refuse("reasoning is configured per model on Bedrock, not by a common parameter")
         }
-        "verbosity" => refuse("it has no verbosity setting"),
         "web_search_options" => refuse("it has no built-in web search"),
-        "functions" | "function_call" => refuse("use `tools` and `tool_choice`"),
-        _ => Err(TranslateError::param(
-            key,
-            format!("unknown parameter `{key}`: it cannot be translated to Bedrock Converse"),
-        )),
+        _ => translate::check_field(PROTOCOL, key, value),
     }
 }
 
 fn inference_config(body: &Map<String, Value>) -> Result<Option<Value>> {
     let mut config = Map::new();
-    let max = ["max_completion_tokens", "max_tokens"]
-        .into_iter()
-        .find_map(|key| present(body, key).map(|value| (key, value)));
-    if let Some((key, value)) = max {
-        let max_tokens =
-            value.as_u64().filter(|n| (1..=i32::MAX as u64).contains(n)).ok_or_else(|| {
-                TranslateError::param(key, format!("`{key}` must be a positive integer"))
-            })?;
+    if let Some(max_tokens) = translate::max_tokens(body)? {
         config.insert("maxTokens".into(), max_tokens.into());
     }
     for (key, converse_key, what) in [
@@ -258,52 +165,26 @@ fn inference_config(body: &Map<String, Value>) -> Result<Option<Value>> {
             config.insert(converse_key.into(), value.clone());
         }
     }
-    if let Some(stop) = present(body, "stop") {
-        let sequences: Vec<&Value> = match stop {
-            Value::String(_) => vec![stop],
-            Value::Array(items) => items.iter().collect(),
-            _ => return Err(TranslateError::param("stop", "`stop` must be a string or an array")),
-        };
-        if sequences.iter().any(|s| s.as_str().is_none_or(str::is_empty)) {
-            return Err(TranslateError::param(
-                "stop",
-                "stop sequences must be non-empty strings (Bedrock refuses empty ones)",
-            ));
-        }
-        if !sequences.is_empty() {
-            config.insert("stopSequences".into(), sequences.into_iter().cloned().collect());
-        }
+    let sequences = translate::stop_sequences(
+        body,
+        "stop sequences must be non-empty strings (Bedrock refuses empty ones)",
+    )?;
+    if !sequences.is_empty() {
+        config.insert("stopSequences".into(), sequences.into_iter().cloned().collect());
     }
     Ok((!config.is_empty()).then_some(Value::Object(config)))
 }
 
 fn translate_tools(tools: Option<&Value>) -> Result<Vec<Value>> {
-    let Some(tools) = tools else { return Ok(Vec::new()) };
-    let Value::Array(tools) = tools else {
-        return Err(TranslateError::param("tools", "`tools` must be an array"));
-    };
-    tools
+    translate::tools(tools)?
         .iter()
         .enumerate()
         .map(|(i, tool)| {
             let at = format!("tools[{i}]");
-            if tool.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::param(
-                    format!("{at}.type"),
-                    "only `function` tools can be translated to Bedrock Converse",
-                ));
-            }
-            let function = tool.get("function").and_then(Value::as_object).ok_or_else(|| {
-                TranslateError::param(format!("{at}.function"), "a function tool needs `function`")
-            })?;
-            let name = function.get("name").and_then(Value::as_str).ok_or_else(|| {
-                TranslateError::param(format!("{at}.function.name"), "a function needs a `name`")
-            })?;
+            let (function, name) = translate::function_tool(tool, &at, PROTOCOL)?;
             let mut spec = Map::new();
             spec.insert("name".into(), name.into());
-            if let Some(description) =
-                function.get("description").and_then(Value::as_str).filter(|d| !d.is_empty())
-            {
+            if let Some(description) = translate::description(function) {
                 spec.insert("description".into(), description.into());
             }
             // No `parameters` declares a function that takes none.
@@ -336,45 +217,15 @@ enum ToolChoice {
 
 fn translate_tool_choice(choice: Option<&Value>, tools: &[Value]) -> Result<ToolChoice> {
     let Some(choice) = choice else { return Ok(ToolChoice::Unset) };
-    let needs_tools =
-        || TranslateError::param("tool_choice", "`tool_choice` requires `tools` to choose from");
-    match choice {
-        Value::String(mode) => match mode.as_str() {
-            "none" => Ok(ToolChoice::None),
-            "auto" if tools.is_empty() => Ok(ToolChoice::Unset),
-            "auto" => Ok(ToolChoice::Set(json!({ "auto": {} }))),
-            "required" if tools.is_empty() => Err(needs_tools()),
-            "required" => Ok(ToolChoice::Set(json!({ "any": {} }))),
-            other => Err(TranslateError::param(
-                "tool_choice",
-                format!("unknown `tool_choice` `{other}`"),
-            )),
-        },
-        Value::Object(object) if object.get("type").and_then(Value::as_str) == Some("function") => {
-            let name = object
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                TranslateError::param(
-                    "tool_choice",
-                    "a function `tool_choice` needs `function.name`",
-                )
-            })?;
-            if !tools.iter().any(|tool| tool["toolSpec"]["name"] == name) {
-                return Err(TranslateError::param(
-                    "tool_choice",
-                    format!("`tool_choice` names `{name}`, which is not in `tools`"),
-                ));
-            }
-            Ok(ToolChoice::Set(json!({ "tool": { "name": name } })))
-        }
-        _ => Err(TranslateError::param(
-            "tool_choice",
-            "`tool_choice` must be \"none\", \"auto\", \"required\" or a function: other forms \
-             cannot be translated to Bedrock Converse",
-        )),
-    }
+    let names: Vec<&str> =
+        tools.iter().filter_map(|tool| tool["toolSpec"]["name"].as_str()).collect();
+    Ok(match translate::tool_choice(choice, &names, PROTOCOL)? {
+        ToolChoiceMode::None => ToolChoice::None,
+        ToolChoiceMode::Auto if tools.is_empty() => ToolChoice::Unset,
+        ToolChoiceMode::Auto => ToolChoice::Set(json!({ "auto": {} })),
+        ToolChoiceMode::Required => ToolChoice::Set(json!({ "any": {} })),
+        ToolChoiceMode::Function(name) => ToolChoice::Set(json!({ "tool": { "name": name } })),
+    })
 }
 
 fn output_config(format: Option<&Value>) -> Result<Option<Value>> {
@@ -420,137 +271,55 @@ fn output_config(format: Option<&Value>) -> Result<Option<Value>> {
 struct Conversation {
     system: Vec<Value>,
     /// Role and content blocks; consecutive same-role messages merged.
-    turns: Vec<(&'static str, Vec<Value>)>,
+    turns: Turns,
     has_tool_blocks: bool,
 }
 
-impl Conversation {
-    fn push(&mut self, role: &'static str, blocks: Vec<Value>) {
-        match self.turns.last_mut() {
-            Some((last, content)) if *last == role => content.extend(blocks),
-            _ => self.turns.push((role, blocks)),
-        }
-    }
-}
-
 fn translate_messages(messages: Option<&Value>) -> Result<Conversation> {
-    let Some(Value::Array(messages)) = messages else {
-        return Err(TranslateError::param("messages", "`messages` must be an array"));
-    };
     let mut conversation = Conversation::default();
-    for (i, message) in messages.iter().enumerate() {
-        let at = format!("messages[{i}]");
-        let Value::Object(message) = message else {
-            return Err(TranslateError::param(at, "a message must be an object"));
-        };
-        let role = message.get("role").and_then(Value::as_str).ok_or_else(|| {
-            TranslateError::param(format!("{at}.role"), "a message needs a `role`")
-        })?;
+    translate::for_each_message(messages, |role, message, at| {
         match role {
-            "system" | "developer" => {
-                for text in text_parts(message.get("content"), &at, false)? {
-                    conversation.system.push(json!({ "text": text }));
-                }
+            Role::System => {
+                let texts = translate::text_blocks(message.get("content"), at, false)?;
+                conversation.system.extend(texts);
             }
-            "user" => {
-                let blocks = user_blocks(message.get("content"), &at)?;
+            Role::User => {
+                let blocks = user_blocks(message.get("content"), at)?;
                 if blocks.is_empty() {
                     return Err(TranslateError::param(
                         format!("{at}.content"),
                         "a user message needs non-empty content",
                     ));
                 }
-                conversation.push("user", blocks);
+                conversation.turns.push("user", blocks);
             }
-            "assistant" => {
-                let blocks = assistant_blocks(message, &at)?;
+            Role::Assistant => {
+                let blocks = translate::assistant_parts(message, at, PROTOCOL, tool_use_block)?;
                 if blocks.iter().any(|block| block.get("toolUse").is_some()) {
                     conversation.has_tool_blocks = true;
                 }
-                conversation.push("assistant", blocks);
+                conversation.turns.push("assistant", blocks);
             }
-            "tool" => {
-                conversation.push("user", vec![tool_result(message, &at)?]);
+            Role::Tool => {
+                conversation.turns.push("user", vec![tool_result(message, at)?]);
                 conversation.has_tool_blocks = true;
             }
-            "function" => {
-                return Err(TranslateError::param(
-                    format!("{at}.role"),
-                    "the deprecated `function` role is not supported: use `tool` messages",
-                ))
-            }
-            other => {
-                return Err(TranslateError::param(
-                    format!("{at}.role"),
-                    format!("unknown role `{other}`"),
-                ))
-            }
         }
-    }
+        Ok(())
+    })?;
     Ok(conversation)
-}
-
-/// The non-empty texts of a content that may hold only text: a string, or an
-/// array of `text` parts (and `refusal` parts, for an assistant).
-fn text_parts<'a>(
-    content: Option<&'a Value>,
-    at: &str,
-    allow_refusal: bool,
-) -> Result<Vec<&'a str>> {
-    let texts = match content {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(text)) => vec![text.as_str()],
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, part)| {
-                let kind = part.get("type").and_then(Value::as_str);
-                let field = match kind {
-                    Some("text") => "text",
-                    Some("refusal") if allow_refusal => "refusal",
-                    _ => {
-                        return Err(TranslateError::param(
-                            format!("{at}.content[{j}]"),
-                            format!(
-                                "a content part of type {} cannot be translated here: only text",
-                                kind.map_or("(none)".to_string(), |k| format!("`{k}`"))
-                            ),
-                        ))
-                    }
-                };
-                part.get(field).and_then(Value::as_str).ok_or_else(|| {
-                    TranslateError::param(
-                        format!("{at}.content[{j}].{field}"),
-                        format!("a `{field}` part needs `{field}`"),
-                    )
-                })
-            })
-            .collect::<Result<_>>()?,
-        Some(_) => {
-            return Err(TranslateError::param(
-                format!("{at}.content"),
-                "`content` must be a string or an array of parts",
-            ))
-        }
-    };
-    Ok(texts.into_iter().filter(|text| !text.is_empty()).collect())
 }
 
 fn user_blocks(content: Option<&Value>, at: &str) -> Result<Vec<Value>> {
     let Some(Value::Array(parts)) = content else {
-        return Ok(text_parts(content, at, false)?
-            .into_iter()
-            .map(|text| json!({ "text": text }))
-            .collect());
+        return translate::text_blocks(content, at, false);
     };
     let mut blocks = Vec::new();
     for (j, part) in parts.iter().enumerate() {
         let part_at = format!("{at}.content[{j}]");
         match part.get("type").and_then(Value::as_str) {
             Some("text") => {
-                let text = part.get("text").and_then(Value::as_str).ok_or_else(|| {
-                    TranslateError::param(format!("{part_at}.text"), "a `text` part needs `text`")
-                })?;
+                let text = translate::text_of_part(part, &part_at)?;
                 if !text.is_empty() {
                     blocks.push(json!({ "text": text }));
                 }
@@ -604,12 +373,7 @@ fn image_block(part: &Value, at: &str) -> Result<Value> {
     if scheme.as_deref() != Some("data") {
         return Err(invalid());
     }
-    let (meta, data) = url[5..].split_once(',').ok_or_else(invalid)?;
-    let mut meta = meta.split(';');
-    let mime = meta.next().unwrap_or_default().trim().to_ascii_lowercase();
-    if !meta.any(|attribute| attribute.trim().eq_ignore_ascii_case("base64")) {
-        return Err(invalid());
-    }
+    let (mime, data) = data_url(url).ok_or_else(invalid)?;
     let format = match mime.as_str() {
         "image/png" => "png",
         "image/jpeg" | "image/jpg" => "jpeg",
@@ -624,66 +388,18 @@ fn image_block(part: &Value, at: &str) -> Result<Value> {
             ))
         }
     };
-    if base64::engine::general_purpose::STANDARD.decode(data).is_err() {
+    if !is_base64(data) {
         return Err(TranslateError::param(param, "the image data is not valid base64"));
     }
     // Converse's JSON carries blob bytes as base64: the data passes as is.
     Ok(json!({ "image": { "format": format, "source": { "bytes": data } } }))
 }
 
-fn assistant_blocks(message: &Map<String, Value>, at: &str) -> Result<Vec<Value>> {
-    for key in ["function_call", "audio"] {
-        if present(message, key).is_some() {
-            return Err(TranslateError::param(
-                format!("{at}.{key}"),
-                format!("an assistant message's `{key}` cannot be translated to Bedrock Converse"),
-            ));
-        }
-    }
-    let mut blocks: Vec<Value> = text_parts(message.get("content"), at, true)?
-        .into_iter()
-        .map(|text| json!({ "text": text }))
-        .collect();
-    match present(message, "tool_calls") {
-        None => {}
-        Some(Value::Array(calls)) => {
-            for (j, call) in calls.iter().enumerate() {
-                blocks.push(tool_use_block(call, &format!("{at}.tool_calls[{j}]"))?);
-            }
-        }
-        Some(_) => {
-            return Err(TranslateError::param(
-                format!("{at}.tool_calls"),
-                "`tool_calls` must be an array",
-            ))
-        }
-    }
-    if blocks.is_empty() {
-        return Err(TranslateError::param(
-            format!("{at}.content"),
-            "an assistant message needs non-empty content or tool calls",
-        ));
-    }
-    Ok(blocks)
-}
-
+/// An assistant's tool call: a `toolUse` block.
 fn tool_use_block(call: &Value, at: &str) -> Result<Value> {
-    if call.get("type").and_then(Value::as_str).is_some_and(|kind| kind != "function") {
-        return Err(TranslateError::param(
-            format!("{at}.type"),
-            "only `function` tool calls can be translated to Bedrock Converse",
-        ));
-    }
-    let id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| TranslateError::param(format!("{at}.id"), "a tool call needs an `id`"))?;
-    let function = call.get("function");
-    let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(|| {
-        TranslateError::param(format!("{at}.function.name"), "a tool call needs `function.name`")
-    })?;
+    let (id, name, arguments) = translate::tool_call_parts(call, at, PROTOCOL)?;
     let arguments_at = format!("{at}.function.arguments");
-    let input = match function.and_then(|f| f.get("arguments")) {
+    let input = match arguments {
         None | Some(Value::Null) => json!({}),
         Some(Value::String(text)) if text.trim().is_empty() => json!({}),
         Some(Value::String(text)) => serde_json::from_str(text).map_err(|error| {
@@ -706,24 +422,13 @@ fn tool_use_block(call: &Value, at: &str) -> Result<Value> {
 /// A `tool` message: a `toolResult` block. A result that is a JSON object
 /// goes as a `json` block, anything else as text.
 fn tool_result(message: &Map<String, Value>, at: &str) -> Result<Value> {
-    let id = message.get("tool_call_id").and_then(Value::as_str).ok_or_else(|| {
-        TranslateError::param(format!("{at}.tool_call_id"), "a tool message needs `tool_call_id`")
-    })?;
-    let content: Vec<Value> = match message.get("content") {
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+    let id = translate::tool_call_id(message, at)?;
+    let content: Vec<Value> = match translate::tool_output(message, at)? {
+        ToolOutput::Text(text) => match serde_json::from_str::<Value>(text) {
             Ok(object @ Value::Object(_)) => vec![json!({ "json": object })],
             _ => vec![json!({ "text": text })],
         },
-        Some(Value::Array(_)) => text_parts(message.get("content"), at, false)?
-            .into_iter()
-            .map(|text| json!({ "text": text }))
-            .collect(),
-        _ => {
-            return Err(TranslateError::param(
-                format!("{at}.content"),
-                "a tool message needs `content`: a string or text parts",
-            ))
-        }
+        ToolOutput::Parts(texts) => texts.into_iter().map(|text| json!({ "text": text })).collect(),
     };
     Ok(json!({ "toolResult": { "toolUseId": id, "content": content } }))
 }
@@ -780,27 +485,8 @@ pub(crate) fn from_converse(
             .ok_or_else(|| TranslateError::upstream("the Converse response has no `usage`"))?,
     )?;
 
-    let mut message = Map::new();
-    message.insert("role".into(), "assistant".into());
-    let content =
-        if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) };
-    message.insert("content".into(), content);
-    if !tool_calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
-    let body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-        "usage": usage_json,
-    });
+    let header = ChunkHeader { model, id, created };
+    let body = translate::completion(&header, text, tool_calls, finish_reason, usage_json);
     Ok((body, usage))
 }
 
@@ -992,15 +678,7 @@ impl StreamTranslator {
                     .get("usage")
                     .ok_or_else(|| TranslateError::upstream("a `metadata` event has no `usage`"))?;
                 let (usage, usage_json) = usage_of(usage)?;
-                let body = json!({
-                    "id": self.id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": self.model,
-                    "choices": [],
-                    "usage": usage_json,
-                });
-                vec![StreamChunk { data: to_bytes(&body), usage: Some(usage), usage_only: true }]
+                vec![self.header().usage_chunk(usage, usage_json)]
             }
         };
         Ok(chunks)
@@ -1012,24 +690,12 @@ impl StreamTranslator {
             self.role_sent = true;
             delta["role"] = "assistant".into();
         }
-        let body = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }],
-        });
-        StreamChunk { data: to_bytes(&body), usage: None, usage_only: false }
+        self.header().chunk(delta, finish_reason)
     }
-}
 
-fn to_bytes(value: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).expect("a JSON value serializes"))
+    fn header(&self) -> ChunkHeader<'_> {
+        ChunkHeader { model: &self.model, id: &self.id, created: self.created }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1102,18 +768,8 @@ fn classify(status: Option<u16>, error_type: Option<&str>, body: &[u8]) -> Upstr
         .or_else(|| field("__type"))
         .map(normalize_error_type)
         .filter(|t| !t.is_empty());
-    let upstream_message = clean(&match field("message").or_else(|| field("Message")) {
-        Some(message) => message.to_string(),
-        None => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            if text.is_empty() {
-                "(empty body)".to_string()
-            } else {
-                text.to_string()
-            }
-        }
-    });
+    let upstream_message =
+        clean(&translate::message_or_body(field("message").or_else(|| field("Message")), body));
 
     let kind = error_type
         .as_deref()
@@ -1174,29 +830,22 @@ fn snake_case(name: &str) -> String {
 /// (AWS appends canonical requests to signature errors), at most 300
 /// characters, with anything resembling key material masked.
 fn clean(message: &str) -> String {
-    let first_line = message.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("");
-    let short: String = first_line.chars().take(300).collect();
-    redact(&short)
-        .split(' ')
-        .map(|word| {
-            let core =
-                word.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || "/+=".contains(c)));
-            let access_key_id = (core.starts_with("AKIA") || core.starts_with("ASIA"))
-                && core.len() >= 16
-                && core.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-            // Secret access keys and session tokens: long base64 runs.
-            let secret = core.len() >= 30
-                && core.chars().all(|c| c.is_ascii_alphanumeric() || "/+=".contains(c))
-                && core.chars().any(|c| c.is_ascii_digit())
-                && core.chars().any(|c| c.is_ascii_alphabetic());
-            if (access_key_id || secret) && !core.is_empty() {
-                word.replace(core, "[redacted]")
-            } else {
-                word.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    translate::clean(message, aws_secret)
+}
+
+/// The part of a word that looks like an AWS access key id, secret access
+/// key or session token, if any.
+fn aws_secret(word: &str) -> Option<&str> {
+    let core = word.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || "/+=".contains(c)));
+    let access_key_id = (core.starts_with("AKIA") || core.starts_with("ASIA"))
+        && core.len() >= 16
+        && core.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    // Secret access keys and session tokens: long base64 runs.
+    let secret = core.len() >= 30
+        && core.chars().all(|c| c.is_ascii_alphanumeric() || "/+=".contains(c))
+        && core.chars().any(|c| c.is_ascii_digit())
+        && core.chars().any(|c| c.is_ascii_alphabetic());
+    (access_key_id || secret).then_some(core)
 }
 
 #[cfg(test)]

@@ -193,7 +193,8 @@ impl Provider for Bedrock {
         let url = if request.stream { self.stream_url.clone() } else { self.converse_url.clone() };
         let stream = request.stream;
         Box::pin(async move {
-            let body = translated.map_err(TranslateError::into_invalid_request)?;
+            let body =
+                translated.map_err(|error| error.into_invalid_request(converse::PROTOCOL))?;
             let body = Bytes::from(serde_json::to_vec(&body).expect("JSON serializes"));
             let (id, created) = completion_id();
             if stream {
@@ -208,7 +209,7 @@ impl Provider for Bedrock {
             })?;
             let (completion, usage) =
                 converse::from_converse(&bytes, &context.model_id, &id, created)
-                    .map_err(TranslateError::into_protocol_error)?;
+                    .map_err(|error| error.into_protocol_error(converse::PROTOCOL))?;
             Ok(ChatResponse::Complete {
                 body: Bytes::from(completion.to_string()),
                 usage: Some(usage),
@@ -289,7 +290,9 @@ fn event_stream(response: reqwest::Response, translator: StreamTranslator) -> Ch
                         let event_type = message.event_type().unwrap_or("").to_string();
                         match state.translator.on_event(&event_type, &message.payload) {
                             Ok(chunks) => state.pending.extend(chunks),
-                            Err(error) => return fail(state, error.into_protocol_error()),
+                            Err(error) => {
+                                return fail(state, error.into_protocol_error(converse::PROTOCOL))
+                            }
                         }
                     }
                 }
@@ -325,7 +328,7 @@ async fn embeddings(
 ) -> Result<EmbeddingsResponse, UpstreamError> {
     let invalid = |message: &str, param: &str| {
         TranslateError { message: message.to_string(), param: Some(param.to_string()) }
-            .into_invalid_request()
+            .into_invalid_request(converse::PROTOCOL)
     };
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::String(text)) => vec![text.clone()],

@@ -132,70 +132,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use base64::Engine;
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use skyweave_core::failure::FailureKind;
 
-use crate::providers::openai_compat::redact;
+pub(crate) use crate::providers::translate::TranslateError;
+use crate::providers::translate::{
+    self, is_base64, present, strip_prefix_ignore_case, ChunkHeader, Protocol, Result, Role,
+    ToolChoiceMode, ToolOutput, Turns,
+};
 use crate::providers::{StreamChunk, UpstreamError, Usage};
 
-/// A request or response that cannot be translated.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub(crate) struct TranslateError {
-    pub message: String,
-    /// The OpenAI request parameter at fault, for request errors.
-    pub param: Option<String>,
-}
-
-impl TranslateError {
-    fn param(param: impl Into<String>, message: impl Into<String>) -> TranslateError {
-        TranslateError { message: message.into(), param: Some(param.into()) }
-    }
-
-    fn upstream(message: impl Into<String>) -> TranslateError {
-        TranslateError { message: message.into(), param: None }
-    }
-
-    /// A request this deployment cannot express: tried elsewhere (another
-    /// deployment of the model may speak a protocol that can), and returned
-    /// to the caller as this 400 when no deployment can.
-    pub(crate) fn into_invalid_request(self) -> UpstreamError {
-        let client_error = json!({
-            "message": self.message,
-            "type": "invalid_request_error",
-            "param": self.param,
-            "code": null,
-        });
-        UpstreamError {
-            kind: FailureKind::Unsupported,
-            status: Some(400),
-            message: format!(
-                "the request cannot be translated to Vertex AI Gemini: {}",
-                self.message
-            ),
-            retry_after: None,
-            client_error: Some(client_error),
-        }
-    }
-
-    /// Vertex answered something that is not its protocol.
-    pub(crate) fn into_protocol_error(self) -> UpstreamError {
-        UpstreamError::new(
-            FailureKind::Protocol,
-            format!("Vertex AI answered something that cannot be translated: {}", self.message),
-        )
-    }
-
-    /// The stream ended cleanly at the HTTP level but before Gemini finished
-    /// (see [`StreamTranslator::finish`]).
-    pub(crate) fn into_stream_cut(self) -> UpstreamError {
-        UpstreamError::new(FailureKind::StreamCut, format!("Vertex AI: {}", self.message))
-    }
-}
-
-type Result<T, E = TranslateError> = std::result::Result<T, E>;
+/// How Vertex's messages are named.
+pub(crate) const PROTOCOL: Protocol = Protocol { name: "Vertex AI Gemini", service: "Vertex AI" };
 
 // ---------------------------------------------------------------------------
 // Requests
@@ -242,41 +190,13 @@ pub(crate) fn to_gemini(body: &Map<String, Value>) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
-/// A field's value, `null` counting as absent.
-fn present<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    body.get(key).filter(|value| !value.is_null())
-}
-
-/// Decides each top-level field's fate (see the table in the module doc).
+/// Decides each top-level field's fate (see the table in the module doc):
+/// Vertex's own rules, then those every protocol shares.
 fn check_field(key: &str, value: &Value) -> Result<()> {
-    let refuse = |why: &str| -> Result<()> {
-        Err(TranslateError::param(
-            key,
-            format!("`{key}` is not supported by Vertex AI Gemini: {why}"),
-        ))
-    };
-    let neutral = |is_neutral: bool, why: &str| if is_neutral { Ok(()) } else { refuse(why) };
+    let refuse = |why: &str| translate::refuse(PROTOCOL, key, why);
+    let neutral = |is_neutral: bool, why: &str| translate::neutral(PROTOCOL, key, is_neutral, why);
     match key {
-        "messages"
-        | "max_tokens"
-        | "max_completion_tokens"
-        | "temperature"
-        | "top_p"
-        | "stop"
-        | "seed"
-        | "presence_penalty"
-        | "frequency_penalty"
-        | "tools"
-        | "tool_choice"
-        | "response_format" => Ok(()),
-        "model" | "stream" | "stream_options" => Ok(()),
-        "user"
-        | "safety_identifier"
-        | "metadata"
-        | "store"
-        | "service_tier"
-        | "prompt_cache_key"
-        | "prompt_cache_retention" => Ok(()),
+        "seed" | "presence_penalty" | "frequency_penalty" => Ok(()),
         "n" => neutral(value.as_u64() == Some(1), "this gateway translates a single candidate"),
         "logprobs" => {
             neutral(value == &Value::Bool(false), "its log probabilities are not translated")
@@ -284,40 +204,21 @@ fn check_field(key: &str, value: &Value) -> Result<()> {
         "top_logprobs" => {
             neutral(value.as_u64() == Some(0), "its log probabilities are not translated")
         }
-        "logit_bias" => {
-            neutral(value.as_object().is_some_and(Map::is_empty), "it has no logit bias")
-        }
-        "parallel_tool_calls" => {
-            neutral(value == &Value::Bool(true), "it cannot forbid parallel tool calls")
-        }
         "modalities" => neutral(value == &json!(["text"]), "only text answers are translated"),
         "audio" => refuse("only text answers are translated"),
-        "prediction" => refuse("it has no predicted outputs"),
         "reasoning_effort" => {
             refuse("thinking is configured per Gemini model family, not by a common parameter")
         }
-        "verbosity" => refuse("it has no verbosity setting"),
         "web_search_options" => {
             refuse("Google Search grounding answers with metadata a chat completion cannot carry")
         }
-        "functions" | "function_call" => refuse("use `tools` and `tool_choice`"),
-        _ => Err(TranslateError::param(
-            key,
-            format!("unknown parameter `{key}`: it cannot be translated to Vertex AI Gemini"),
-        )),
+        _ => translate::check_field(PROTOCOL, key, value),
     }
 }
 
 fn generation_config(body: &Map<String, Value>) -> Result<Option<Value>> {
     let mut config = Map::new();
-    let max = ["max_completion_tokens", "max_tokens"]
-        .into_iter()
-        .find_map(|key| present(body, key).map(|value| (key, value)));
-    if let Some((key, value)) = max {
-        let max_tokens =
-            value.as_u64().filter(|n| (1..=i32::MAX as u64).contains(n)).ok_or_else(|| {
-                TranslateError::param(key, format!("`{key}` must be a positive integer"))
-            })?;
+    if let Some(max_tokens) = translate::max_tokens(body)? {
         config.insert("maxOutputTokens".into(), max_tokens.into());
     }
     for (key, gemini_key, range, what) in [
@@ -331,18 +232,9 @@ fn generation_config(body: &Map<String, Value>) -> Result<Option<Value>> {
             config.insert(gemini_key.into(), value.clone());
         }
     }
-    if let Some(stop) = present(body, "stop") {
-        let sequences: Vec<&Value> = match stop {
-            Value::String(_) => vec![stop],
-            Value::Array(items) => items.iter().collect(),
-            _ => return Err(TranslateError::param("stop", "`stop` must be a string or an array")),
-        };
-        if sequences.iter().any(|s| s.as_str().is_none_or(str::is_empty)) {
-            return Err(TranslateError::param("stop", "stop sequences must be non-empty strings"));
-        }
-        if !sequences.is_empty() {
-            config.insert("stopSequences".into(), sequences.into_iter().cloned().collect());
-        }
+    let sequences = translate::stop_sequences(body, "stop sequences must be non-empty strings")?;
+    if !sequences.is_empty() {
+        config.insert("stopSequences".into(), sequences.into_iter().cloned().collect());
     }
     if let Some(seed) = present(body, "seed") {
         let seed = seed.as_i64().and_then(|s| i32::try_from(s).ok()).ok_or_else(|| {
@@ -628,27 +520,12 @@ fn schema_type(value: &Value) -> Result<(&'static str, bool), String> {
 // ---------------------------------------------------------------------------
 
 fn translate_tools(tools: Option<&Value>) -> Result<Vec<Value>> {
-    let Some(tools) = tools else { return Ok(Vec::new()) };
-    let Value::Array(tools) = tools else {
-        return Err(TranslateError::param("tools", "`tools` must be an array"));
-    };
-    tools
+    translate::tools(tools)?
         .iter()
         .enumerate()
         .map(|(i, tool)| {
             let at = format!("tools[{i}]");
-            if tool.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(TranslateError::param(
-                    format!("{at}.type"),
-                    "only `function` tools can be translated to Vertex AI Gemini",
-                ));
-            }
-            let function = tool.get("function").and_then(Value::as_object).ok_or_else(|| {
-                TranslateError::param(format!("{at}.function"), "a function tool needs `function`")
-            })?;
-            let name = function.get("name").and_then(Value::as_str).ok_or_else(|| {
-                TranslateError::param(format!("{at}.function.name"), "a function needs a `name`")
-            })?;
+            let (function, name) = translate::function_tool(tool, &at, PROTOCOL)?;
             if !is_gemini_function_name(name) {
                 return Err(TranslateError::param(
                     format!("{at}.function.name"),
@@ -660,9 +537,7 @@ fn translate_tools(tools: Option<&Value>) -> Result<Vec<Value>> {
             }
             let mut declaration = Map::new();
             declaration.insert("name".into(), name.into());
-            if let Some(description) =
-                function.get("description").and_then(Value::as_str).filter(|d| !d.is_empty())
-            {
+            if let Some(description) = translate::description(function) {
                 declaration.insert("description".into(), description.into());
             }
             match function.get("parameters") {
@@ -708,44 +583,16 @@ fn is_gemini_function_name(name: &str) -> bool {
 /// `toolConfig.functionCallingConfig`, if the request sets one.
 fn translate_tool_choice(choice: Option<&Value>, declarations: &[Value]) -> Result<Option<Value>> {
     let Some(choice) = choice else { return Ok(None) };
-    let needs_tools =
-        || TranslateError::param("tool_choice", "`tool_choice` requires `tools` to choose from");
-    match choice {
-        Value::String(mode) => match mode.as_str() {
-            "none" => Ok(Some(json!({ "mode": "NONE" }))),
-            "auto" => Ok(Some(json!({ "mode": "AUTO" }))),
-            "required" if declarations.is_empty() => Err(needs_tools()),
-            "required" => Ok(Some(json!({ "mode": "ANY" }))),
-            other => Err(TranslateError::param(
-                "tool_choice",
-                format!("unknown `tool_choice` `{other}`"),
-            )),
-        },
-        Value::Object(object) if object.get("type").and_then(Value::as_str) == Some("function") => {
-            let name = object
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                TranslateError::param(
-                    "tool_choice",
-                    "a function `tool_choice` needs `function.name`",
-                )
-            })?;
-            if !declarations.iter().any(|declaration| declaration["name"] == name) {
-                return Err(TranslateError::param(
-                    "tool_choice",
-                    format!("`tool_choice` names `{name}`, which is not in `tools`"),
-                ));
-            }
-            Ok(Some(json!({ "mode": "ANY", "allowedFunctionNames": [name] })))
+    let names: Vec<&str> =
+        declarations.iter().filter_map(|declaration| declaration["name"].as_str()).collect();
+    Ok(Some(match translate::tool_choice(choice, &names, PROTOCOL)? {
+        ToolChoiceMode::None => json!({ "mode": "NONE" }),
+        ToolChoiceMode::Auto => json!({ "mode": "AUTO" }),
+        ToolChoiceMode::Required => json!({ "mode": "ANY" }),
+        ToolChoiceMode::Function(name) => {
+            json!({ "mode": "ANY", "allowedFunctionNames": [name] })
         }
-        _ => Err(TranslateError::param(
-            "tool_choice",
-            "`tool_choice` must be \"none\", \"auto\", \"required\" or a function: other forms \
-             cannot be translated to Vertex AI Gemini",
-        )),
-    }
+    }))
 }
 
 // ---------------------------------------------------------------------------
@@ -757,136 +604,59 @@ struct Conversation {
     /// `systemInstruction` parts.
     system: Vec<Value>,
     /// Role and parts; consecutive same-role contents merged.
-    contents: Vec<(&'static str, Vec<Value>)>,
+    contents: Turns,
     /// The function name of each tool call id seen so far (the latest call
     /// wins: ids Gemini answers get are only unique within one answer).
     calls: HashMap<String, String>,
 }
 
-impl Conversation {
-    fn push(&mut self, role: &'static str, parts: Vec<Value>) {
-        match self.contents.last_mut() {
-            Some((last, content)) if *last == role => content.extend(parts),
-            _ => self.contents.push((role, parts)),
-        }
-    }
-}
-
 fn translate_messages(messages: Option<&Value>) -> Result<Conversation> {
-    let Some(Value::Array(messages)) = messages else {
-        return Err(TranslateError::param("messages", "`messages` must be an array"));
-    };
     let mut conversation = Conversation::default();
-    for (i, message) in messages.iter().enumerate() {
-        let at = format!("messages[{i}]");
-        let Value::Object(message) = message else {
-            return Err(TranslateError::param(at, "a message must be an object"));
-        };
-        let role = message.get("role").and_then(Value::as_str).ok_or_else(|| {
-            TranslateError::param(format!("{at}.role"), "a message needs a `role`")
-        })?;
+    translate::for_each_message(messages, |role, message, at| {
         match role {
-            "system" | "developer" => {
-                for text in text_parts(message.get("content"), &at, false)? {
-                    conversation.system.push(json!({ "text": text }));
-                }
+            Role::System => {
+                let texts = translate::text_blocks(message.get("content"), at, false)?;
+                conversation.system.extend(texts);
             }
-            "user" => {
-                let parts = user_parts(message.get("content"), &at)?;
+            Role::User => {
+                let parts = user_parts(message.get("content"), at)?;
                 if parts.is_empty() {
                     return Err(TranslateError::param(
                         format!("{at}.content"),
                         "a user message needs non-empty content",
                     ));
                 }
-                conversation.push("user", parts);
+                conversation.contents.push("user", parts);
             }
-            "assistant" => {
-                let parts = model_parts(message, &at, &mut conversation.calls)?;
-                conversation.push("model", parts);
+            Role::Assistant => {
+                let calls = &mut conversation.calls;
+                let parts = translate::assistant_parts(message, at, PROTOCOL, |call, at| {
+                    let (id, name, part) = function_call(call, at)?;
+                    calls.insert(id, name);
+                    Ok(part)
+                })?;
+                conversation.contents.push("model", parts);
             }
-            "tool" => {
-                let part = function_response(message, &at, &conversation.calls)?;
-                conversation.push("user", vec![part]);
-            }
-            "function" => {
-                return Err(TranslateError::param(
-                    format!("{at}.role"),
-                    "the deprecated `function` role is not supported: use `tool` messages",
-                ))
-            }
-            other => {
-                return Err(TranslateError::param(
-                    format!("{at}.role"),
-                    format!("unknown role `{other}`"),
-                ))
+            Role::Tool => {
+                let part = function_response(message, at, &conversation.calls)?;
+                conversation.contents.push("user", vec![part]);
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(conversation)
-}
-
-/// The non-empty texts of a content that may hold only text: a string, or an
-/// array of `text` parts (and `refusal` parts, for an assistant).
-fn text_parts<'a>(
-    content: Option<&'a Value>,
-    at: &str,
-    allow_refusal: bool,
-) -> Result<Vec<&'a str>> {
-    let texts = match content {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(text)) => vec![text.as_str()],
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, part)| {
-                let kind = part.get("type").and_then(Value::as_str);
-                let field = match kind {
-                    Some("text") => "text",
-                    Some("refusal") if allow_refusal => "refusal",
-                    _ => {
-                        return Err(TranslateError::param(
-                            format!("{at}.content[{j}]"),
-                            format!(
-                                "a content part of type {} cannot be translated here: only text",
-                                kind.map_or("(none)".to_string(), |k| format!("`{k}`"))
-                            ),
-                        ))
-                    }
-                };
-                part.get(field).and_then(Value::as_str).ok_or_else(|| {
-                    TranslateError::param(
-                        format!("{at}.content[{j}].{field}"),
-                        format!("a `{field}` part needs `{field}`"),
-                    )
-                })
-            })
-            .collect::<Result<_>>()?,
-        Some(_) => {
-            return Err(TranslateError::param(
-                format!("{at}.content"),
-                "`content` must be a string or an array of parts",
-            ))
-        }
-    };
-    Ok(texts.into_iter().filter(|text| !text.is_empty()).collect())
 }
 
 fn user_parts(content: Option<&Value>, at: &str) -> Result<Vec<Value>> {
     let Some(Value::Array(parts)) = content else {
-        return Ok(text_parts(content, at, false)?
-            .into_iter()
-            .map(|text| json!({ "text": text }))
-            .collect());
+        return translate::text_blocks(content, at, false);
     };
     let mut out = Vec::new();
     for (j, part) in parts.iter().enumerate() {
         let part_at = format!("{at}.content[{j}]");
         match part.get("type").and_then(Value::as_str) {
             Some("text") => {
-                let text = part.get("text").and_then(Value::as_str).ok_or_else(|| {
-                    TranslateError::param(format!("{part_at}.text"), "a `text` part needs `text`")
-                })?;
+                let text = translate::text_of_part(part, &part_at)?;
                 if !text.is_empty() {
                     out.push(json!({ "text": text }));
                 }
@@ -908,20 +678,7 @@ fn user_parts(content: Option<&Value>, at: &str) -> Result<Vec<Value>> {
 /// The MIME type and base64 payload of a `data:<type>;base64,<data>` URL,
 /// checked to be base64.
 fn data_url(url: &str) -> Option<(String, &str)> {
-    let rest = strip_prefix_ignore_case(url, "data:")?;
-    let (meta, data) = rest.split_once(',')?;
-    let mut meta = meta.split(';');
-    let mime = meta.next().unwrap_or_default().trim().to_ascii_lowercase();
-    if mime.is_empty() || !meta.any(|attribute| attribute.trim().eq_ignore_ascii_case("base64")) {
-        return None;
-    }
-    base64::engine::general_purpose::STANDARD.decode(data).ok()?;
-    Some((mime, data))
-}
-
-fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
+    translate::data_url(url).filter(|(mime, data)| !mime.is_empty() && is_base64(data))
 }
 
 /// The image types Gemini reads, by MIME type or file extension.
@@ -1018,7 +775,7 @@ fn audio_part(part: &Value, at: &str) -> Result<Value> {
             ))
         }
     };
-    if base64::engine::general_purpose::STANDARD.decode(data).is_err() {
+    if !is_base64(data) {
         return Err(TranslateError::param(
             format!("{at}.input_audio.data"),
             "the audio data is not valid base64",
@@ -1047,65 +804,9 @@ fn file_part(part: &Value, at: &str) -> Result<Value> {
     ))
 }
 
-/// An assistant message's parts; its tool calls are recorded in `calls`.
-fn model_parts(
-    message: &Map<String, Value>,
-    at: &str,
-    calls: &mut HashMap<String, String>,
-) -> Result<Vec<Value>> {
-    for key in ["function_call", "audio"] {
-        if present(message, key).is_some() {
-            return Err(TranslateError::param(
-                format!("{at}.{key}"),
-                format!("an assistant message's `{key}` cannot be translated to Vertex AI Gemini"),
-            ));
-        }
-    }
-    let mut parts: Vec<Value> = text_parts(message.get("content"), at, true)?
-        .into_iter()
-        .map(|text| json!({ "text": text }))
-        .collect();
-    match present(message, "tool_calls") {
-        None => {}
-        Some(Value::Array(tool_calls)) => {
-            for (j, call) in tool_calls.iter().enumerate() {
-                let (id, name, part) = function_call(call, &format!("{at}.tool_calls[{j}]"))?;
-                calls.insert(id, name);
-                parts.push(part);
-            }
-        }
-        Some(_) => {
-            return Err(TranslateError::param(
-                format!("{at}.tool_calls"),
-                "`tool_calls` must be an array",
-            ))
-        }
-    }
-    if parts.is_empty() {
-        return Err(TranslateError::param(
-            format!("{at}.content"),
-            "an assistant message needs non-empty content or tool calls",
-        ));
-    }
-    Ok(parts)
-}
-
 /// A tool call → its id, its function name and a `functionCall` part.
 fn function_call(call: &Value, at: &str) -> Result<(String, String, Value)> {
-    if call.get("type").and_then(Value::as_str).is_some_and(|kind| kind != "function") {
-        return Err(TranslateError::param(
-            format!("{at}.type"),
-            "only `function` tool calls can be translated to Vertex AI Gemini",
-        ));
-    }
-    let id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| TranslateError::param(format!("{at}.id"), "a tool call needs an `id`"))?;
-    let function = call.get("function");
-    let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(|| {
-        TranslateError::param(format!("{at}.function.name"), "a tool call needs `function.name`")
-    })?;
+    let (id, name, arguments) = translate::tool_call_parts(call, at, PROTOCOL)?;
     let arguments_at = format!("{at}.function.arguments");
     let not_an_object = || {
         TranslateError::param(
@@ -1116,7 +817,7 @@ fn function_call(call: &Value, at: &str) -> Result<(String, String, Value)> {
             ),
         )
     };
-    let args = match function.and_then(|f| f.get("arguments")) {
+    let args = match arguments {
         None | Some(Value::Null) => json!({}),
         Some(Value::String(text)) if text.trim().is_empty() => json!({}),
         Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
@@ -1151,9 +852,7 @@ fn function_response(
     at: &str,
     calls: &HashMap<String, String>,
 ) -> Result<Value> {
-    let id = message.get("tool_call_id").and_then(Value::as_str).ok_or_else(|| {
-        TranslateError::param(format!("{at}.tool_call_id"), "a tool message needs `tool_call_id`")
-    })?;
+    let id = translate::tool_call_id(message, at)?;
     let name = calls.get(id).ok_or_else(|| {
         TranslateError::param(
             format!("{at}.tool_call_id"),
@@ -1163,15 +862,9 @@ fn function_response(
             ),
         )
     })?;
-    let text = match message.get("content") {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(_)) => text_parts(message.get("content"), at, false)?.concat(),
-        _ => {
-            return Err(TranslateError::param(
-                format!("{at}.content"),
-                "a tool message needs `content`: a string or text parts",
-            ))
-        }
+    let text = match translate::tool_output(message, at)? {
+        ToolOutput::Text(text) => text.to_string(),
+        ToolOutput::Parts(texts) => texts.concat(),
     };
     let content = match serde_json::from_str::<Value>(&text) {
         Ok(value @ (Value::Object(_) | Value::Array(_))) => value,
@@ -1277,27 +970,8 @@ pub(crate) fn from_gemini(
             TranslateError::upstream("the Gemini response has no `usageMetadata`")
         })?)?;
 
-    let mut message = Map::new();
-    message.insert("role".into(), "assistant".into());
-    let content =
-        if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) };
-    message.insert("content".into(), content);
-    if !tool_calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
-    let body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }],
-        "usage": usage_json,
-    });
+    let header = ChunkHeader { model, id, created };
+    let body = translate::completion(&header, text, tool_calls, finish_reason, usage_json);
     Ok((body, usage))
 }
 
@@ -1560,15 +1234,7 @@ impl StreamTranslator {
             ));
         }
         let Some((usage, usage_json)) = self.usage.take() else { return Ok(Vec::new()) };
-        let body = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage_json,
-        });
-        Ok(vec![StreamChunk { data: to_bytes(&body), usage: Some(usage), usage_only: true }])
+        Ok(vec![self.header().usage_chunk(usage, usage_json)])
     }
 
     fn push_text(&mut self, chunks: &mut Vec<StreamChunk>, text: &mut String) -> Result<()> {
@@ -1601,24 +1267,12 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> StreamChunk {
-        let body = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }],
-        });
-        StreamChunk { data: to_bytes(&body), usage: None, usage_only: false }
+        self.header().chunk(delta, finish_reason)
     }
-}
 
-fn to_bytes(value: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).expect("a JSON value serializes"))
+    fn header(&self) -> ChunkHeader<'_> {
+        ChunkHeader { model: &self.model, id: &self.id, created: self.created }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1662,18 +1316,8 @@ fn classify(status: Option<u16>, body: &[u8]) -> UpstreamError {
     let error = parsed.as_ref().and_then(error_object);
     let field = |name: &str| error?.get(name)?.as_str();
     let google_status = field("status").map(str::trim).filter(|s| !s.is_empty());
-    let upstream_message = clean(&match field("message").filter(|m| !m.trim().is_empty()) {
-        Some(message) => message.to_string(),
-        None => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            if text.is_empty() {
-                "(empty body)".to_string()
-            } else {
-                text.to_string()
-            }
-        }
-    });
+    let upstream_message =
+        clean(&translate::message_or_body(field("message").filter(|m| !m.trim().is_empty()), body));
     // Mid-stream errors have no HTTP status of their own: the body's `code`
     // is the one Google would have answered with.
     let http_status =
@@ -1725,30 +1369,24 @@ fn retry_delay(error: &Map<String, Value>) -> Option<Duration> {
 
 /// An upstream message made fit for logs and callers: its first line only,
 /// at most 300 characters, with anything resembling key material masked
-/// (API keys by [`redact`]; OAuth access tokens and JWTs here).
+/// (API keys by [`redact`](crate::providers::openai_compat::redact); OAuth access tokens and JWTs here).
 fn clean(message: &str) -> String {
-    let first_line = message.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("");
-    let short: String = first_line.chars().take(300).collect();
-    redact(&short)
-        .split(' ')
-        .map(|word| {
-            let token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c);
-            let core = word.trim_matches(|c: char| !token_char(c)).trim_end_matches('.');
-            let oauth = core.starts_with("ya29.") || core.starts_with("1//");
-            let jwt = core.starts_with("eyJ") && core.len() >= 20;
-            // Long base64url runs (tokens, signatures); paths have slashes.
-            let opaque = core.len() >= 40
-                && core.chars().all(|c| token_char(c) && c != '/')
-                && core.chars().any(|c| c.is_ascii_digit())
-                && core.chars().any(|c| c.is_ascii_alphabetic());
-            if (oauth || jwt || opaque) && !core.is_empty() {
-                word.replace(core, "[redacted]")
-            } else {
-                word.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    translate::clean(message, google_secret)
+}
+
+/// The part of a word that looks like an OAuth access token, a JWT or
+/// another long opaque token, if any.
+fn google_secret(word: &str) -> Option<&str> {
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c);
+    let core = word.trim_matches(|c: char| !token_char(c)).trim_end_matches('.');
+    let oauth = core.starts_with("ya29.") || core.starts_with("1//");
+    let jwt = core.starts_with("eyJ") && core.len() >= 20;
+    // Long base64url runs (tokens, signatures); paths have slashes.
+    let opaque = core.len() >= 40
+        && core.chars().all(|c| token_char(c) && c != '/')
+        && core.chars().any(|c| c.is_ascii_digit())
+        && core.chars().any(|c| c.is_ascii_alphabetic());
+    (oauth || jwt || opaque).then_some(core)
 }
 
 #[cfg(test)]

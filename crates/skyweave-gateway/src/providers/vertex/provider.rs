@@ -136,7 +136,7 @@ impl Provider for Vertex {
         let translated = gemini::to_gemini(&request.body);
         let url = if stream { self.stream_url.clone() } else { self.generate_url.clone() };
         Box::pin(async move {
-            let body = translated.map_err(TranslateError::into_invalid_request)?;
+            let body = translated.map_err(|error| error.into_invalid_request(gemini::PROTOCOL))?;
             let body = Bytes::from(serde_json::to_vec(&body).expect("JSON serializes"));
             let bearer = bearer(&tokens).await?;
             let response = post_json(&client, &url, &bearer, body).await?;
@@ -152,7 +152,7 @@ impl Provider for Vertex {
                 return Err(blocked);
             }
             let (completion, usage) = gemini::from_gemini(&bytes, &model, &id, created)
-                .map_err(TranslateError::into_protocol_error)?;
+                .map_err(|error| error.into_protocol_error(gemini::PROTOCOL))?;
             Ok(ChatResponse::Complete {
                 body: Bytes::from(completion.to_string()),
                 usage: Some(usage),
@@ -171,7 +171,7 @@ impl Provider for Vertex {
                     .into(),
                 param: Some("model".into()),
             }
-            .into_invalid_request())
+            .into_invalid_request(gemini::PROTOCOL))
         })
     }
 
@@ -238,7 +238,9 @@ fn sse_stream(response: reqwest::Response, translator: StreamTranslator) -> Chun
                         }
                         match state.translator.on_event(&event.data) {
                             Ok(chunks) => state.pending.extend(chunks),
-                            Err(error) => return fail(state, error.into_protocol_error()),
+                            Err(error) => {
+                                return fail(state, error.into_protocol_error(gemini::PROTOCOL))
+                            }
                         }
                     }
                 }
@@ -262,7 +264,7 @@ fn sse_stream(response: reqwest::Response, translator: StreamTranslator) -> Chun
                             state.pending.extend(chunks);
                             state.finished = true;
                         }
-                        Err(error) => return fail(state, error.into_stream_cut()),
+                        Err(error) => return fail(state, error.into_stream_cut(gemini::PROTOCOL)),
                     }
                 }
             }

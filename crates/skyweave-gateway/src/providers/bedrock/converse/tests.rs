@@ -413,7 +413,7 @@ fn request_untranslatable_messages_are_errors() {
 
 #[test]
 fn translate_errors_become_openai_shaped_400s() {
-    let error = TranslateError::param("n", "`n` is not supported").into_invalid_request();
+    let error = TranslateError::param("n", "`n` is not supported").into_invalid_request(PROTOCOL);
     // Another deployment of the model may be able to express it; if none
     // can, the gateway returns this 400.
     assert_eq!(error.kind, FailureKind::Unsupported);
@@ -428,7 +428,7 @@ fn translate_errors_become_openai_shaped_400s() {
             "code": null,
         }))
     );
-    let protocol = TranslateError::upstream("no usage").into_protocol_error();
+    let protocol = TranslateError::upstream("no usage").into_protocol_error(PROTOCOL);
     assert_eq!(protocol.kind, FailureKind::Protocol);
     assert!(protocol.message.contains("no usage"));
 }

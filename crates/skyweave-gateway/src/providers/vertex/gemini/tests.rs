@@ -552,7 +552,7 @@ fn request_untranslatable_messages_and_tools_are_errors() {
 
 #[test]
 fn translate_errors_become_openai_shaped_400s() {
-    let error = TranslateError::param("n", "`n` is not supported").into_invalid_request();
+    let error = TranslateError::param("n", "`n` is not supported").into_invalid_request(PROTOCOL);
     // Another deployment of the model may be able to express it; if none
     // can, the gateway returns this 400.
     assert_eq!(error.kind, FailureKind::Unsupported);
@@ -567,10 +567,10 @@ fn translate_errors_become_openai_shaped_400s() {
             "code": null,
         }))
     );
-    let protocol = TranslateError::upstream("no usage").into_protocol_error();
+    let protocol = TranslateError::upstream("no usage").into_protocol_error(PROTOCOL);
     assert_eq!(protocol.kind, FailureKind::Protocol);
     assert!(protocol.message.contains("no usage"));
-    let cut = TranslateError::upstream("ended early").into_stream_cut();
+    let cut = TranslateError::upstream("ended early").into_stream_cut(PROTOCOL);
     assert_eq!(cut.kind, FailureKind::StreamCut);
     assert!(cut.message.contains("ended early"));
 }
@@ -934,7 +934,7 @@ fn stream_cut_before_the_finish_reason() {
     assert!(!translator.is_finished());
     let error = translator.finish().unwrap_err();
     assert!(error.message.contains("ended before"), "{error:?}");
-    assert_eq!(error.into_stream_cut().kind, FailureKind::StreamCut);
+    assert_eq!(error.into_stream_cut(PROTOCOL).kind, FailureKind::StreamCut);
     // Nothing at all is cut too.
     assert!(StreamTranslator::new(MODEL, ID, CREATED).finish().is_err());
 }

@@ -48,8 +48,10 @@ mod chat;
 mod embeddings;
 mod errors;
 mod google;
+mod net;
 mod server;
 mod tokens;
+mod tracking;
 
 #[cfg(test)]
 mod tests;
@@ -65,6 +67,8 @@ pub use google::{
     GoogleControl, GoogleEmulator, GoogleRecordedRequest, CLOUD_PLATFORM_SCOPE,
 };
 pub use server::Emulator;
+use tracking::Counters;
+pub(crate) use tracking::Tracker;
 
 /// Which provider's wire protocol an emulator speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -331,23 +335,23 @@ impl Control {
 
     /// Chat + embeddings requests received, including rejected ones.
     pub fn requests(&self) -> u64 {
-        self.shared.requests.load(Ordering::Acquire)
+        self.shared.counters.requests()
     }
 
     /// Requests whose client went away before the response (or stream)
     /// completed.
     pub fn cancelled(&self) -> u64 {
-        self.shared.cancelled.load(Ordering::Acquire)
+        self.shared.counters.cancelled()
     }
 
     /// Requests the emulator finished (any behaviour, error answers included).
     pub fn completed(&self) -> u64 {
-        self.shared.completed.load(Ordering::Acquire)
+        self.shared.counters.completed()
     }
 
     /// Requests being answered right now.
     pub fn in_flight(&self) -> u64 {
-        self.shared.in_flight.load(Ordering::Acquire)
+        self.shared.counters.in_flight()
     }
 
     /// All four counters.
@@ -392,10 +396,7 @@ pub(crate) struct Shared {
     behaviour: RwLock<Behaviour>,
     script: Mutex<VecDeque<Behaviour>>,
     script_len: AtomicUsize,
-    requests: AtomicU64,
-    completed: AtomicU64,
-    cancelled: AtomicU64,
-    in_flight: AtomicU64,
+    counters: Arc<Counters>,
     ids: AtomicU64,
     recorded: Mutex<Vec<RecordedRequest>>,
 }
@@ -422,10 +423,7 @@ impl Shared {
             behaviour: RwLock::new(Behaviour::default()),
             script: Mutex::new(VecDeque::new()),
             script_len: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
+            counters: Arc::default(),
             ids: AtomicU64::new(0),
             recorded: Mutex::new(Vec::new()),
         })
@@ -440,12 +438,7 @@ impl Shared {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        Stats {
-            requests: self.requests.load(Ordering::Acquire),
-            completed: self.completed.load(Ordering::Acquire),
-            cancelled: self.cancelled.load(Ordering::Acquire),
-            in_flight: self.in_flight.load(Ordering::Acquire),
-        }
+        self.counters.stats()
     }
 
     /// The behaviour for the next request: the head of the script, else the
@@ -467,34 +460,6 @@ impl Shared {
 
     /// Count a new chat/embeddings request and track it until it ends.
     pub(crate) fn track(self: &Arc<Self>) -> Tracker {
-        self.requests.fetch_add(1, Ordering::AcqRel);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Tracker { shared: Arc::clone(self), done: false }
-    }
-}
-
-/// Lives as long as a request is being answered; its drop moves the request
-/// from in-flight to completed (when [`Tracker::done`] was called) or
-/// cancelled (the response future or body was dropped first, i.e. the client
-/// went away).
-pub(crate) struct Tracker {
-    shared: Arc<Shared>,
-    done: bool,
-}
-
-impl Tracker {
-    pub(crate) fn done(&mut self) {
-        self.done = true;
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        if self.done {
-            self.shared.completed.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.shared.cancelled.fetch_add(1, Ordering::AcqRel);
-        }
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.counters.track()
     }
 }

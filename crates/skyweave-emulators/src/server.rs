@@ -7,7 +7,6 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,15 +21,10 @@ use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderMap, StatusCode};
 use http_body::Frame;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
-use tower_service::Service;
+use tokio::net::TcpListener;
 
 use crate::errors::{self, json_response, Operation};
+use crate::net;
 use crate::{chat, embeddings, Behaviour, Control, Dialect, EmulatorConfig, RecordedRequest};
 use crate::{Shared, Tracker};
 
@@ -43,10 +37,7 @@ pub struct Emulator {
     /// The bound address (with the real port when `bind` had port 0).
     pub addr: SocketAddr,
     pub control: Control,
-    /// Dropping the sender tells the accept loop and every connection to
-    /// stop.
-    _shutdown: watch::Sender<()>,
-    accept_task: JoinHandle<()>,
+    _server: net::Server,
 }
 
 impl fmt::Debug for Emulator {
@@ -61,13 +52,7 @@ impl fmt::Debug for Emulator {
 impl Emulator {
     /// `http://127.0.0.1:PORT` (no trailing slash).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        self.accept_task.abort();
+        net::base_url(self.addr)
     }
 }
 
@@ -76,108 +61,15 @@ pub(crate) async fn spawn(config: EmulatorConfig) -> std::io::Result<Emulator> {
     let listener = TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     let router = router(Arc::clone(&shared));
-    let (tx, rx) = watch::channel(());
-    let accept_task = tokio::spawn(accept_loop(listener, router, Arc::clone(&shared), rx));
-    Ok(Emulator { addr, control: Control { shared }, _shutdown: tx, accept_task })
+    let name_header = shared.name_header.clone();
+    let decorate = move |h: &mut HeaderMap| {
+        h.insert("x-emulator-name", name_header.clone());
+    };
+    let _server = net::serve(listener, router, decorate);
+    Ok(Emulator { addr, control: Control { shared }, _server })
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    router: Router,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<()>,
-) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => {
-                    // Out of descriptors or an aborted handshake: back off a
-                    // little rather than spin.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            stream,
-            Arc::clone(&builder),
-            router.clone(),
-            shared.name_header.clone(),
-            shutdown.clone(),
-        ));
-    }
-}
-
-/// Lets a handler end its connection: a clean close mid-body (cut) or an
-/// abortive one (reset, RST).
-#[derive(Clone)]
-pub(crate) struct ConnHandle(Arc<ConnCtl>);
-
-#[derive(Default)]
-struct ConnCtl {
-    kill: Notify,
-    reset: AtomicBool,
-}
-
-impl ConnHandle {
-    /// Close the connection (FIN) as soon as possible; whatever the handler
-    /// already handed to hyper is flushed first.
-    pub(crate) fn cut(&self) {
-        self.0.kill.notify_one();
-    }
-
-    /// Abort the connection: the peer sees a reset.
-    pub(crate) fn reset(&self) {
-        self.0.reset.store(true, Ordering::SeqCst);
-        self.0.kill.notify_one();
-    }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    router: Router,
-    name_header: HeaderValue,
-    mut shutdown: watch::Receiver<()>,
-) {
-    let ctl = Arc::new(ConnCtl::default());
-    // A second descriptor for the same socket, so that SO_LINGER can be set
-    // after hyper owns the stream.
-    let dup = socket2::SockRef::from(&stream).try_clone().ok();
-    let handle = ConnHandle(Arc::clone(&ctl));
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(handle.clone());
-        let fut = router.clone().call(req);
-        let name_header = name_header.clone();
-        async move {
-            let mut resp = match fut.await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            };
-            resp.headers_mut().insert("x-emulator-name", name_header);
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::select! {
-        _ = conn => {}
-        _ = ctl.kill.notified() => {
-            if ctl.reset.load(Ordering::SeqCst) {
-                if let Some(sock) = &dup {
-                    let _ = sock.set_linger(Some(Duration::ZERO));
-                }
-            }
-        }
-        _ = shutdown.changed() => {}
-    }
-    // `conn` (and with it the stream) is dropped by now; dropping `dup`
-    // closes the socket for good.
-    drop(dup);
-}
+pub(crate) use crate::net::ConnHandle;
 
 fn router(shared: Arc<Shared>) -> Router {
     let api = match shared.dialect {

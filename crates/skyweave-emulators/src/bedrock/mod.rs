@@ -58,6 +58,8 @@ mod tests;
 
 pub use server::BedrockEmulator;
 
+use crate::tracking::Counters;
+pub(crate) use crate::tracking::Tracker;
 use crate::Stats;
 
 /// How to start a Bedrock emulator.
@@ -370,7 +372,7 @@ impl BedrockControl {
     /// Converse, ConverseStream and InvokeModel requests received, refused
     /// ones included.
     pub fn requests(&self) -> u64 {
-        self.shared.requests.load(Ordering::Acquire)
+        self.shared.counters.requests()
     }
 
     /// Requests refused by the SigV4 check (missing, malformed, wrong
@@ -382,17 +384,17 @@ impl BedrockControl {
     /// Requests whose client went away before the response (or stream)
     /// completed.
     pub fn cancelled(&self) -> u64 {
-        self.shared.cancelled.load(Ordering::Acquire)
+        self.shared.counters.cancelled()
     }
 
     /// Requests the emulator finished (any behaviour, error answers included).
     pub fn completed(&self) -> u64 {
-        self.shared.completed.load(Ordering::Acquire)
+        self.shared.counters.completed()
     }
 
     /// Requests being answered right now.
     pub fn in_flight(&self) -> u64 {
-        self.shared.in_flight.load(Ordering::Acquire)
+        self.shared.counters.in_flight()
     }
 
     /// `requests == completed + cancelled + in_flight` at rest.
@@ -427,10 +429,7 @@ pub(crate) struct Shared {
     behaviour: RwLock<BedrockBehaviour>,
     script: Mutex<VecDeque<BedrockBehaviour>>,
     script_len: AtomicUsize,
-    requests: AtomicU64,
-    completed: AtomicU64,
-    cancelled: AtomicU64,
-    in_flight: AtomicU64,
+    counters: Arc<Counters>,
     rejected: AtomicU64,
     ids: AtomicU64,
     recorded: Mutex<Vec<BedrockRecordedRequest>>,
@@ -461,10 +460,7 @@ impl Shared {
             behaviour: RwLock::new(BedrockBehaviour::default()),
             script: Mutex::new(VecDeque::new()),
             script_len: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
+            counters: Arc::default(),
             rejected: AtomicU64::new(0),
             ids: AtomicU64::new(0),
             recorded: Mutex::new(Vec::new()),
@@ -480,12 +476,7 @@ impl Shared {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        Stats {
-            requests: self.requests.load(Ordering::Acquire),
-            completed: self.completed.load(Ordering::Acquire),
-            cancelled: self.cancelled.load(Ordering::Acquire),
-            in_flight: self.in_flight.load(Ordering::Acquire),
-        }
+        self.counters.stats()
     }
 
     pub(crate) fn reject(&self) {
@@ -511,33 +502,6 @@ impl Shared {
 
     /// Count a new API request and track it until it ends.
     pub(crate) fn track(self: &Arc<Self>) -> Tracker {
-        self.requests.fetch_add(1, Ordering::AcqRel);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Tracker { shared: Arc::clone(self), done: false }
-    }
-}
-
-/// Lives as long as a request is being answered; its drop moves the request
-/// from in-flight to completed (when [`Tracker::done`] was called) or
-/// cancelled (the client went away first).
-pub(crate) struct Tracker {
-    shared: Arc<Shared>,
-    done: bool,
-}
-
-impl Tracker {
-    pub(crate) fn done(&mut self) {
-        self.done = true;
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        if self.done {
-            self.shared.completed.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.shared.cancelled.fetch_add(1, Ordering::AcqRel);
-        }
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.counters.track()
     }
 }

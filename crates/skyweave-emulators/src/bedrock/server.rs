@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,20 +18,15 @@ use axum::Router;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use http_body::Frame;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
-use tower_service::Service;
+use tokio::net::TcpListener;
 
 use super::{
     converse, exception_defaults, invoke, BedrockBehaviour, BedrockConfig, BedrockControl,
     BedrockRecordedRequest, Shared, Tracker,
 };
+use crate::net;
 
 /// Request bodies larger than this are refused.
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -45,8 +39,7 @@ pub struct BedrockEmulator {
     /// The bound address (with the real port when `bind` had port 0).
     pub addr: SocketAddr,
     pub control: BedrockControl,
-    _shutdown: watch::Sender<()>,
-    accept_task: JoinHandle<()>,
+    _server: net::Server,
 }
 
 impl fmt::Debug for BedrockEmulator {
@@ -61,13 +54,7 @@ impl fmt::Debug for BedrockEmulator {
 impl BedrockEmulator {
     /// `http://127.0.0.1:PORT` (no trailing slash).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for BedrockEmulator {
-    fn drop(&mut self) {
-        self.accept_task.abort();
+        net::base_url(self.addr)
     }
 }
 
@@ -76,108 +63,21 @@ pub(crate) async fn spawn(config: BedrockConfig) -> std::io::Result<BedrockEmula
     let listener = TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     let router = router(Arc::clone(&shared));
-    let (tx, rx) = watch::channel(());
-    let accept_task = tokio::spawn(accept_loop(listener, router, Arc::clone(&shared), rx));
-    Ok(BedrockEmulator { addr, control: BedrockControl { shared }, _shutdown: tx, accept_task })
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    router: Router,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<()>,
-) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            stream,
-            Arc::clone(&builder),
-            router.clone(),
-            Arc::clone(&shared),
-            shutdown.clone(),
-        ));
-    }
-}
-
-/// Lets a handler end its connection: a clean close mid-body (cut) or an
-/// abortive one (reset, RST).
-#[derive(Clone)]
-pub(crate) struct ConnHandle(Arc<ConnCtl>);
-
-#[derive(Default)]
-struct ConnCtl {
-    kill: Notify,
-    reset: AtomicBool,
-}
-
-impl ConnHandle {
-    /// Close the connection (FIN) as soon as possible.
-    pub(crate) fn cut(&self) {
-        self.0.kill.notify_one();
-    }
-
-    /// Abort the connection: the peer sees a reset.
-    pub(crate) fn reset(&self) {
-        self.0.reset.store(true, Ordering::SeqCst);
-        self.0.kill.notify_one();
-    }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    router: Router,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<()>,
-) {
-    let ctl = Arc::new(ConnCtl::default());
-    // A second descriptor for the same socket, so that SO_LINGER can be set
-    // after hyper owns the stream.
-    let dup = socket2::SockRef::from(&stream).try_clone().ok();
-    let handle = ConnHandle(Arc::clone(&ctl));
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(handle.clone());
-        let fut = router.clone().call(req);
+    let decorate = {
         let shared = Arc::clone(&shared);
-        async move {
-            let mut resp = match fut.await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            };
-            let h = resp.headers_mut();
+        move |h: &mut HeaderMap| {
             h.insert("x-emulator-name", shared.name_header.clone());
             let id = format!("00000000-0000-4000-8000-{:012x}", shared.next_id());
             if let Ok(v) = HeaderValue::from_str(&id) {
                 h.insert("x-amzn-requestid", v);
             }
-            Ok::<_, Infallible>(resp)
         }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::select! {
-        _ = conn => {}
-        _ = ctl.kill.notified() => {
-            if ctl.reset.load(Ordering::SeqCst) {
-                if let Some(sock) = &dup {
-                    let _ = sock.set_linger(Some(Duration::ZERO));
-                }
-            }
-        }
-        _ = shutdown.changed() => {}
-    }
-    drop(dup);
+    };
+    let _server = net::serve(listener, router, decorate);
+    Ok(BedrockEmulator { addr, control: BedrockControl { shared }, _server })
 }
+
+pub(crate) use crate::net::ConnHandle;
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()

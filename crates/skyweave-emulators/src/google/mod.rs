@@ -84,6 +84,8 @@ mod tests;
 
 pub use server::GoogleEmulator;
 
+use crate::tracking::Counters;
+pub(crate) use crate::tracking::Tracker;
 use crate::Stats;
 
 /// The OAuth scope every token request must include.
@@ -402,7 +404,7 @@ impl GoogleControl {
     /// Model requests (Gemini and OpenAI-compatible) received, refused ones
     /// included. Token and metadata requests are not counted here.
     pub fn requests(&self) -> u64 {
-        self.shared.requests.load(Ordering::Acquire)
+        self.shared.counters.requests()
     }
 
     /// Model requests refused with 401 (no bearer token, or one this
@@ -432,18 +434,18 @@ impl GoogleControl {
     /// Model requests whose client went away before the response (or
     /// stream) completed.
     pub fn cancelled(&self) -> u64 {
-        self.shared.cancelled.load(Ordering::Acquire)
+        self.shared.counters.cancelled()
     }
 
     /// Model requests the emulator finished (any behaviour, error answers
     /// included).
     pub fn completed(&self) -> u64 {
-        self.shared.completed.load(Ordering::Acquire)
+        self.shared.counters.completed()
     }
 
     /// Model requests being answered right now.
     pub fn in_flight(&self) -> u64 {
-        self.shared.in_flight.load(Ordering::Acquire)
+        self.shared.counters.in_flight()
     }
 
     /// `requests == completed + cancelled + in_flight` at rest.
@@ -496,10 +498,7 @@ pub(crate) struct Shared {
     behaviour: RwLock<GoogleBehaviour>,
     script: Mutex<VecDeque<GoogleBehaviour>>,
     script_len: AtomicUsize,
-    requests: AtomicU64,
-    completed: AtomicU64,
-    cancelled: AtomicU64,
-    in_flight: AtomicU64,
+    counters: Arc<Counters>,
     unauthenticated: AtomicU64,
     token_requests: AtomicU64,
     issued: AtomicU64,
@@ -530,10 +529,7 @@ impl Shared {
             behaviour: RwLock::new(GoogleBehaviour::default()),
             script: Mutex::new(VecDeque::new()),
             script_len: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
+            counters: Arc::default(),
             unauthenticated: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             issued: AtomicU64::new(0),
@@ -557,12 +553,7 @@ impl Shared {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        Stats {
-            requests: self.requests.load(Ordering::Acquire),
-            completed: self.completed.load(Ordering::Acquire),
-            cancelled: self.cancelled.load(Ordering::Acquire),
-            in_flight: self.in_flight.load(Ordering::Acquire),
-        }
+        self.counters.stats()
     }
 
     pub(crate) fn count_token_request(&self) {
@@ -619,33 +610,6 @@ impl Shared {
 
     /// Count a new model request and track it until it ends.
     pub(crate) fn track(self: &Arc<Self>) -> Tracker {
-        self.requests.fetch_add(1, Ordering::AcqRel);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Tracker { shared: Arc::clone(self), done: false }
-    }
-}
-
-/// Lives as long as a model request is being answered; its drop moves the
-/// request from in-flight to completed (when [`Tracker::done`] was called)
-/// or cancelled (the client went away first).
-pub(crate) struct Tracker {
-    shared: Arc<Shared>,
-    done: bool,
-}
-
-impl Tracker {
-    pub(crate) fn done(&mut self) {
-        self.done = true;
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        if self.done {
-            self.shared.completed.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.shared.cancelled.fetch_add(1, Ordering::AcqRel);
-        }
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.counters.track()
     }
 }

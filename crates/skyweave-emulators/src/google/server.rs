@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,22 +20,17 @@ use axum::Router;
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use http_body::Frame;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
-use tower_service::Service;
+use tokio::net::TcpListener;
 
 use super::{
     default_message, gemini, google_status_for, http_status_for, oauth, openai, GoogleBehaviour,
     GoogleConfig, GoogleControl, GoogleRecordedRequest, Shared, Tracker, INVALID_CREDENTIALS,
     MISSING_CREDENTIALS,
 };
+use crate::net;
 use crate::server::Delay;
 
 /// Request bodies larger than this are refused.
@@ -52,8 +46,7 @@ pub struct GoogleEmulator {
     /// The bound address (with the real port when `bind` had port 0).
     pub addr: SocketAddr,
     pub control: GoogleControl,
-    _shutdown: watch::Sender<()>,
-    accept_task: JoinHandle<()>,
+    _server: net::Server,
 }
 
 impl fmt::Debug for GoogleEmulator {
@@ -68,7 +61,7 @@ impl fmt::Debug for GoogleEmulator {
 impl GoogleEmulator {
     /// `http://127.0.0.1:PORT` (no trailing slash).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        net::base_url(self.addr)
     }
 
     /// `{base_url}/token`: the token endpoint, and the `aud` JWT assertions
@@ -78,114 +71,20 @@ impl GoogleEmulator {
     }
 }
 
-impl Drop for GoogleEmulator {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-    }
-}
-
 pub(crate) async fn spawn(config: GoogleConfig) -> std::io::Result<GoogleEmulator> {
     let shared = Arc::new(Shared::new(&config)?);
     let listener = TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     let router = router(Arc::clone(&shared), addr);
-    let (tx, rx) = watch::channel(());
-    let accept_task = tokio::spawn(accept_loop(listener, router, Arc::clone(&shared), rx));
-    Ok(GoogleEmulator { addr, control: GoogleControl { shared }, _shutdown: tx, accept_task })
+    let name_header = shared.name_header.clone();
+    let decorate = move |h: &mut HeaderMap| {
+        h.insert("x-emulator-name", name_header.clone());
+    };
+    let _server = net::serve(listener, router, decorate);
+    Ok(GoogleEmulator { addr, control: GoogleControl { shared }, _server })
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    router: Router,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<()>,
-) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            stream,
-            Arc::clone(&builder),
-            router.clone(),
-            Arc::clone(&shared),
-            shutdown.clone(),
-        ));
-    }
-}
-
-/// Lets a handler end its connection: a clean close mid-body (cut) or an
-/// abortive one (reset, RST).
-#[derive(Clone)]
-pub(crate) struct ConnHandle(Arc<ConnCtl>);
-
-#[derive(Default)]
-struct ConnCtl {
-    kill: Notify,
-    reset: AtomicBool,
-}
-
-impl ConnHandle {
-    /// Close the connection (FIN) as soon as possible.
-    pub(crate) fn cut(&self) {
-        self.0.kill.notify_one();
-    }
-
-    /// Abort the connection: the peer sees a reset.
-    pub(crate) fn reset(&self) {
-        self.0.reset.store(true, Ordering::SeqCst);
-        self.0.kill.notify_one();
-    }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    router: Router,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<()>,
-) {
-    let ctl = Arc::new(ConnCtl::default());
-    // A second descriptor for the same socket, so that SO_LINGER can be set
-    // after hyper owns the stream.
-    let dup = socket2::SockRef::from(&stream).try_clone().ok();
-    let handle = ConnHandle(Arc::clone(&ctl));
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(handle.clone());
-        let fut = router.clone().call(req);
-        let name = shared.name_header.clone();
-        async move {
-            let mut resp = match fut.await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            };
-            resp.headers_mut().insert("x-emulator-name", name);
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::select! {
-        _ = conn => {}
-        _ = ctl.kill.notified() => {
-            if ctl.reset.load(Ordering::SeqCst) {
-                if let Some(sock) = &dup {
-                    let _ = sock.set_linger(Some(Duration::ZERO));
-                }
-            }
-        }
-        _ = shutdown.changed() => {}
-    }
-    drop(dup);
-}
+pub(crate) use crate::net::ConnHandle;
 
 /// The address the emulator is bound to, for the token endpoint's audience.
 #[derive(Clone, Copy)]

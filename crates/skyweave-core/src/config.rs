@@ -22,6 +22,8 @@ use crate::estate::{
     SimSpec, Timeouts, VertexMode,
 };
 use crate::region::{Location, Proximity};
+
+mod compute;
 use crate::routing::Strategy;
 
 /// One problem in an estate file.
@@ -111,6 +113,12 @@ struct RawEstate {
     regions: Vec<Spanned<RawRegion>>,
     #[serde(default, rename = "region_latency")]
     region_latency: Vec<Spanned<RawRegionLatency>>,
+    #[serde(default, rename = "offering")]
+    offerings: Vec<Spanned<compute::RawOffering>>,
+    #[serde(default, rename = "quota")]
+    quotas: Vec<Spanned<compute::RawQuota>>,
+    #[serde(default, rename = "commitment")]
+    commitments: Vec<Spanned<compute::RawCommitment>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,6 +324,20 @@ struct Located<'a> {
     file: &'a str,
 }
 
+impl ConfigError {
+    /// An error at byte `span` of `text`, for other files that use the
+    /// estate's error format (job files, catalogs).
+    pub fn at(
+        text: &str,
+        file: &str,
+        span: Range<usize>,
+        message: String,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        Located { text, file }.error(span, message, fix)
+    }
+}
+
 impl Located<'_> {
     fn error(&self, span: Range<usize>, message: String, fix: impl Into<String>) -> ConfigError {
         let (line, column) = line_column(self.text, span.start);
@@ -406,7 +428,13 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
             deployments.push(deployment);
         }
     }
-    if deployments.is_empty() && check.errors.is_empty() {
+    let offerings = compute::validate_offerings(raw.offerings, &mut check);
+    let quotas = compute::validate_quotas(raw.quotas, &mut check);
+    let commitments = compute::validate_commitments(raw.commitments, &mut check);
+    let has_compute = !offerings.is_empty() || !quotas.is_empty() || !commitments.is_empty();
+    // An estate for the planner alone needs no deployment; `serve` refuses an
+    // estate without one.
+    if deployments.is_empty() && !has_compute && check.errors.is_empty() {
         check.fail(
             0..0,
             "the estate has no [[deployment]]".into(),
@@ -420,7 +448,16 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
         return Err(ConfigErrors(check.errors));
     }
     Ok(Loaded {
-        estate: Estate { server, models, deployments, breaker, proximity },
+        estate: Estate {
+            server,
+            models,
+            deployments,
+            breaker,
+            proximity,
+            offerings,
+            quotas,
+            commitments,
+        },
         warnings: check.warnings,
     })
 }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::compute::{Commitment, PrivateOffering, Quota};
 use crate::region::Proximity;
 use crate::routing::Strategy;
 
@@ -21,6 +22,11 @@ pub struct Estate {
     pub deployments: Vec<Deployment>,
     pub breaker: BreakerSettings,
     pub proximity: Proximity,
+    /// Private compute offerings (reserved, capacity blocks, on-premises).
+    pub offerings: Vec<PrivateOffering>,
+    pub quotas: Vec<Quota>,
+    /// At most one per cloud.
+    pub commitments: Vec<Commitment>,
 }
 
 impl Estate {

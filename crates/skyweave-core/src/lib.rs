@@ -6,7 +6,9 @@
 //! crate wraps these types in the IO it needs.
 
 pub mod capacity;
+pub mod compute;
 pub mod config;
+pub mod egress;
 pub mod estate;
 pub mod failure;
 pub mod health;

@@ -38,4 +38,62 @@ pub enum Command {
         #[arg(long)]
         tour_only: bool,
     },
+    /// Place training and batch jobs on the accelerator offerings of every cloud.
+    Plan(PlanArgs),
+    /// List accelerator offerings across clouds, cheapest per accelerator-hour first.
+    Offerings(OfferingsArgs),
+}
+
+/// Where offerings come from: catalog files (default: the shipped catalog)
+/// and the estate's private offerings, quotas and commitments.
+#[derive(Debug, clap::Args)]
+pub struct CatalogArgs {
+    /// A SkyPilot catalog v8 CSV (`aws.csv`, or `.../aws/vms.csv`); repeat for
+    /// several clouds. Default: the catalog shipped with skyweave.
+    #[arg(long = "catalog", value_name = "PATH")]
+    pub catalogs: Vec<PathBuf>,
+    /// An estate file whose [[offering]], [[quota]] and [[commitment]] apply.
+    #[arg(long)]
+    pub estate: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The job file (TOML, one or more [[job]] tables).
+    pub jobs: PathBuf,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Failover places listed per job.
+    #[arg(long, default_value_t = 5)]
+    pub failover: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OfferingsArgs {
+    /// Accelerator name, e.g. H100 (case-insensitive).
+    #[arg(long)]
+    pub accelerator: Option<String>,
+    /// Accelerators per node.
+    #[arg(long)]
+    pub count: Option<u32>,
+    /// Only this cloud.
+    #[arg(long)]
+    pub cloud: Option<String>,
+    /// Only this region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Sort by spot price (offerings without one are left out).
+    #[arg(long)]
+    pub spot: bool,
+    /// Print at most this many rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -2,6 +2,8 @@
 
 mod check;
 mod demo;
+mod offerings;
+mod plan;
 mod serve;
 
 use std::path::Path;
@@ -17,6 +19,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve { config, listen } => serve::run(&config, listen).await,
         Command::Check { config } => check::run(&config),
         Command::Demo { listen, tour_only } => demo::run(listen, tour_only).await,
+        Command::Plan(args) => plan::run(&args),
+        Command::Offerings(args) => offerings::run(&args),
     }
 }
 

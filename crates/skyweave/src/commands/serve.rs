@@ -22,6 +22,14 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         tracing::warn!(warning = %warning, "estate file warning");
     }
     let mut estate = loaded.estate;
+    if estate.deployments.is_empty() {
+        eprintln!(
+            "{}: the estate has no [[deployment]]; `serve` needs at least one\n    fix: add a \
+             [[deployment]] table (see examples/estate.toml)",
+            config.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
     if let Some(listen) = listen {
         estate.server.listen = listen;
     }

@@ -1,0 +1,845 @@
+//! Placement: which offering each job runs on, at what cost, and where it
+//! goes if that capacity is missing.
+//!
+//! For every job the planner lists its *candidates*: each (accelerator
+//! alternative, offering, purchase) that the job's policy (clouds, regions),
+//! spot setting, deadline, quotas and private capacity allow on their own.
+//! A candidate costs
+//!
+//! ```text
+//! compute = nodes * price per node-hour * hours / speed * (1 - commitment discount)
+//! egress  = sum over datasets of size_gb * cheapest per-GB price from a replica
+//! ```
+//!
+//! One job is planned exactly by enumeration. A batch competes for quotas,
+//! private capacity and commitments, so it is solved as a mixed-integer
+//! program (HiGHS, relative gap 0):
+//!
+//! ```text
+//! min  sum_jk c_jk x_jk + sum_c ((1 - w_c) y_c + z_c) + P * sum_j u_j
+//! s.t. sum_k x_jk + u_j = 1                         every job j
+//!      sum_jk a_jk x_jk <= quota_q                   every quota q (accelerators)
+//!      sum_jk n_j x_jk  <= nodes_p                   every private offering p
+//!      sum_{jk on c} s_jk x_jk = y_c + z_c           every commitment c
+//!      0 <= y_c <= remaining_c, z_c >= 0, x binary
+//! ```
+//!
+//! where `c_jk` is the candidate's compute (when its cloud has no commitment)
+//! plus egress, `s_jk` its discounted compute on a committed cloud, `w_c` the
+//! commitment's burn-down weight (committed spend is valued at
+//! `(1 - w_c)` of its price, spend beyond the commitment at full price), and
+//! `u_j` marks a job left unplaced. `P` exceeds the cost of every job's
+//! dearest candidate together, so the optimum places as many jobs as
+//! possible and, among those placements, costs least.
+//!
+//! Before solving, each job's candidates are reduced without changing the
+//! optimum: candidates that touch the same constraints with the same usage
+//! are interchangeable for every other job, so only the cheapest of them
+//! is kept (on a committed cloud, those not dominated in both discounted
+//! compute and egress).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use serde::Serialize;
+use skyweave_core::compute::{Commitment, Quota};
+use skyweave_core::egress::EgressPrices;
+
+use crate::catalog::{Catalog, Offering};
+use crate::job::Job;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("the optimizer failed: {0}")]
+    Solver(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purchase {
+    OnDemand,
+    Spot,
+    Private,
+}
+
+/// One way to run one job.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub offering: usize,
+    pub alternative: usize,
+    pub purchase: Purchase,
+    /// USD per node-hour, list price.
+    pub node_price: f64,
+    pub wall_hours: f64,
+    /// At list price.
+    pub list_compute_usd: f64,
+    /// After the commitment discount.
+    pub compute_usd: f64,
+    pub discount: f64,
+    pub egress_usd: f64,
+    /// Per dataset: the replica it is read from and what moving it costs.
+    pub egress: Vec<EgressLeg>,
+    /// Accelerators in use (nodes x per node).
+    pub accelerators: u32,
+    /// Indices of the quotas it counts against.
+    pub quotas: Vec<usize>,
+    /// The committed cloud's commitment index.
+    pub commitment: Option<usize>,
+}
+
+impl Candidate {
+    pub fn cost(&self) -> f64 {
+        self.compute_usd + self.egress_usd
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EgressLeg {
+    pub dataset: String,
+    pub from: String,
+    pub usd: f64,
+}
+
+/// Why offerings of a job's accelerators were not candidates.
+#[derive(Debug, Clone, Default)]
+pub struct Rejections {
+    pub offerings: usize,
+    pub residency: usize,
+    pub no_price: usize,
+    /// (alternative, wall hours) that miss the deadline.
+    pub deadline: Vec<(String, f64)>,
+    /// Quota name -> (limit, needed).
+    pub quota: BTreeMap<String, (u32, u32)>,
+    /// Private offering name -> nodes it has.
+    pub capacity: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub jobs: Vec<JobPlan>,
+    pub placed: usize,
+    pub unplaced: usize,
+    /// Charged compute plus egress of every placed job.
+    pub total_usd: f64,
+    pub compute_usd: f64,
+    pub egress_usd: f64,
+    /// What the optimizer minimised (committed spend weighted by its
+    /// burn-down weight), without the unplaced-job penalty.
+    pub objective_usd: f64,
+    pub commitments: Vec<CommitmentUse>,
+    pub solver: SolverInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SolverInfo {
+    pub method: &'static str,
+    pub candidates: usize,
+    pub variables: usize,
+    pub constraints: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CommitmentUse {
+    pub cloud: String,
+    pub discount: f64,
+    pub remaining_before_usd: f64,
+    pub planned_usd: f64,
+    pub remaining_after_usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobPlan {
+    pub job: String,
+    pub placement: Option<Placement>,
+    /// Next best places, best first, one per zone.
+    pub failover: Vec<Placement>,
+    pub unplaced: Option<Unplaced>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Unplaced {
+    /// The constraints that bind: residency, spot, deadline, quota, capacity.
+    pub binding: Vec<String>,
+    pub reasons: Vec<String>,
+}
+
+/// Everything a launcher needs to start the job there.
+#[derive(Debug, Clone, Serialize)]
+pub struct Placement {
+    pub rank: usize,
+    pub cloud: String,
+    pub region: String,
+    pub zone: Option<String>,
+    pub instance_type: String,
+    pub accelerator: String,
+    pub accelerators_per_node: u32,
+    pub nodes: u32,
+    pub purchase: Purchase,
+    pub private_offering: Option<String>,
+    pub speed: f64,
+    pub wall_hours: f64,
+    /// All nodes, charged (after discount).
+    pub usd_per_hour: f64,
+    pub compute_usd: f64,
+    pub list_compute_usd: f64,
+    pub discount: f64,
+    pub egress_usd: f64,
+    pub egress: Vec<EgressLeg>,
+    pub total_usd: f64,
+    pub why: String,
+}
+
+pub struct Planner {
+    pub catalog: Catalog,
+    pub quotas: Vec<Quota>,
+    pub commitments: Vec<Commitment>,
+    pub egress: EgressPrices,
+    /// Failover places listed per job.
+    pub failover_depth: usize,
+}
+
+impl Planner {
+    pub fn new(catalog: Catalog, quotas: Vec<Quota>, commitments: Vec<Commitment>) -> Planner {
+        Planner { catalog, quotas, commitments, egress: EgressPrices::shipped(), failover_depth: 5 }
+    }
+
+    /// Every candidate of a job, and why the other offerings were not.
+    pub fn candidates(&self, job: &Job) -> (Vec<Candidate>, Rejections) {
+        let mut rejections = Rejections::default();
+        let mut candidates = Vec::new();
+        let mut egress_cache: HashMap<(&str, &str), (f64, Vec<EgressLeg>)> = HashMap::new();
+        for (alternative_index, alternative) in job.accelerators.iter().enumerate() {
+            let wall_hours = job.hours / alternative.speed;
+            let deadline_ok = job.deadline_hours.is_none_or(|d| wall_hours <= d + 1e-9);
+            let accelerators = job.nodes.saturating_mul(alternative.count);
+            for &index in self.catalog.matching(&alternative.name, alternative.count) {
+                let offering = &self.catalog.offerings[index];
+                rejections.offerings += 1;
+                if !job.allows(&offering.cloud, &offering.region) {
+                    rejections.residency += 1;
+                    continue;
+                }
+                if !deadline_ok {
+                    let entry = (format!("{}:{}", alternative.name, alternative.count), wall_hours);
+                    if !rejections.deadline.contains(&entry) {
+                        rejections.deadline.push(entry);
+                    }
+                    continue;
+                }
+                let mut purchases: Vec<(Purchase, f64)> = Vec::with_capacity(2);
+                if let Some(private) = &offering.private {
+                    if private.nodes < job.nodes {
+                        rejections.capacity.insert(private.name.clone(), private.nodes);
+                        continue;
+                    }
+                    purchases.extend(offering.on_demand.map(|p| (Purchase::Private, p)));
+                } else {
+                    purchases.extend(offering.on_demand.map(|p| (Purchase::OnDemand, p)));
+                    if job.spot {
+                        purchases.extend(offering.spot.map(|p| (Purchase::Spot, p)));
+                    }
+                }
+                if purchases.is_empty() {
+                    rejections.no_price += 1;
+                    continue;
+                }
+                let (egress_usd, egress) = egress_cache
+                    .entry((offering.cloud.as_str(), offering.region.as_str()))
+                    .or_insert_with(|| self.egress_for(job, offering))
+                    .clone();
+                let commitment = self.commitments.iter().position(|c| c.cloud == offering.cloud);
+                let discount = commitment.map_or(0.0, |c| self.commitments[c].current_discount());
+                'purchase: for (purchase, node_price) in purchases {
+                    let mut quotas = Vec::new();
+                    if purchase != Purchase::Private {
+                        for (q, quota) in self.quotas.iter().enumerate() {
+                            if quota.covers(
+                                &offering.cloud,
+                                &offering.region,
+                                &offering.accelerator,
+                                purchase == Purchase::Spot,
+                            ) {
+                                if quota.max_accelerators < accelerators {
+                                    rejections.quota.insert(
+                                        quota.name.clone(),
+                                        (quota.max_accelerators, accelerators),
+                                    );
+                                    continue 'purchase;
+                                }
+                                quotas.push(q);
+                            }
+                        }
+                    }
+                    let list_compute_usd = f64::from(job.nodes) * node_price * wall_hours;
+                    candidates.push(Candidate {
+                        offering: index,
+                        alternative: alternative_index,
+                        purchase,
+                        node_price,
+                        wall_hours,
+                        list_compute_usd,
+                        compute_usd: list_compute_usd * (1.0 - discount),
+                        discount,
+                        egress_usd,
+                        egress: egress.clone(),
+                        accelerators,
+                        quotas,
+                        commitment,
+                    });
+                }
+            }
+        }
+        (candidates, rejections)
+    }
+
+    fn egress_for(&self, job: &Job, offering: &Offering) -> (f64, Vec<EgressLeg>) {
+        let mut total = 0.0;
+        let mut legs = Vec::new();
+        for dataset in &job.data {
+            let cheapest = dataset
+                .locations
+                .iter()
+                .map(|(cloud, region)| {
+                    let (per_gb, _) =
+                        self.egress.usd_per_gb(cloud, region, &offering.cloud, &offering.region);
+                    (per_gb * dataset.size_gb, format!("{cloud}:{region}"))
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((usd, from)) = cheapest {
+                total += usd;
+                legs.push(EgressLeg { dataset: dataset.name.clone(), from, usd });
+            }
+        }
+        (total, legs)
+    }
+
+    /// The objective of a set of choices (one per job, `None` = unplaced),
+    /// without the unplaced penalty. Used to rank one job's candidates and
+    /// by the tests' brute force.
+    pub fn objective(&self, chosen: &[Option<&Candidate>]) -> f64 {
+        let mut spend = vec![0.0; self.commitments.len()];
+        let mut total = 0.0;
+        for candidate in chosen.iter().flatten() {
+            total += candidate.egress_usd;
+            match candidate.commitment {
+                Some(c) => spend[c] += candidate.compute_usd,
+                None => total += candidate.compute_usd,
+            }
+        }
+        for (c, commitment) in self.commitments.iter().enumerate() {
+            total += committed_value(commitment, spend[c]);
+        }
+        total
+    }
+
+    /// Plans jobs together; one job is planned by enumeration.
+    pub fn plan(&self, jobs: &[Job]) -> Result<Plan, PlanError> {
+        let started = Instant::now();
+        let generated: Vec<(Vec<Candidate>, Rejections)> =
+            jobs.iter().map(|job| self.candidates(job)).collect();
+        let total_candidates = generated.iter().map(|(c, _)| c.len()).sum();
+        let (choices, method, variables, constraints) = if jobs.len() == 1 {
+            let best = rank_alone(self, &generated[0].0).first().copied();
+            (vec![best], "enumeration", generated[0].0.len(), 0)
+        } else {
+            let solved = self.solve(&generated)?;
+            (solved.choices, "milp (HiGHS)", solved.variables, solved.constraints)
+        };
+        let mut plan_jobs = Vec::with_capacity(jobs.len());
+        let chosen: Vec<Option<&Candidate>> = choices
+            .iter()
+            .zip(&generated)
+            .map(|(choice, (candidates, _))| choice.map(|k| &candidates[k]))
+            .collect();
+        for (j, job) in jobs.iter().enumerate() {
+            let (candidates, rejections) = &generated[j];
+            let ranked = rank_alone(self, candidates);
+            let placement = choices[j].map(|k| {
+                let why = if jobs.len() == 1 || ranked.first() == Some(&k) {
+                    "cheapest feasible placement".to_string()
+                } else {
+                    let alone = &candidates[ranked[0]];
+                    format!(
+                        "cheapest for the batch; the cheapest alone ({} {}) is taken by \
+                         other jobs within the shared quotas and capacity",
+                        self.catalog.offerings[alone.offering].cloud,
+                        self.catalog.offerings[alone.offering].place()
+                    )
+                };
+                self.placement(job, &candidates[k], 1, why)
+            });
+            let failover = self.failover(job, candidates, &ranked, choices[j]);
+            let unplaced = if choices[j].is_none() {
+                Some(self.explain(jobs, j, candidates, rejections, &chosen))
+            } else {
+                None
+            };
+            plan_jobs.push(JobPlan { job: job.name.clone(), placement, failover, unplaced });
+        }
+        let compute_usd: f64 = chosen.iter().flatten().map(|c| c.compute_usd).sum();
+        let egress_usd: f64 = chosen.iter().flatten().map(|c| c.egress_usd).sum();
+        let commitments = self
+            .commitments
+            .iter()
+            .enumerate()
+            .map(|(index, commitment)| {
+                let planned: f64 = chosen
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.commitment == Some(index))
+                    .map(|c| c.compute_usd)
+                    .sum();
+                CommitmentUse {
+                    cloud: commitment.cloud.clone(),
+                    discount: commitment.current_discount(),
+                    remaining_before_usd: commitment.remaining_usd(),
+                    planned_usd: planned,
+                    remaining_after_usd: (commitment.remaining_usd() - planned).max(0.0),
+                }
+            })
+            .collect();
+        let placed = chosen.iter().flatten().count();
+        Ok(Plan {
+            placed,
+            unplaced: jobs.len() - placed,
+            total_usd: compute_usd + egress_usd,
+            compute_usd,
+            egress_usd,
+            objective_usd: self.objective(&chosen),
+            commitments,
+            jobs: plan_jobs,
+            solver: SolverInfo {
+                method,
+                candidates: total_candidates,
+                variables,
+                constraints,
+                seconds: started.elapsed().as_secs_f64(),
+            },
+        })
+    }
+
+    fn placement(&self, job: &Job, candidate: &Candidate, rank: usize, why: String) -> Placement {
+        let offering = &self.catalog.offerings[candidate.offering];
+        let alternative = &job.accelerators[candidate.alternative];
+        Placement {
+            rank,
+            cloud: offering.cloud.clone(),
+            region: offering.region.clone(),
+            zone: offering.zone.clone(),
+            instance_type: offering.instance_type.clone(),
+            accelerator: offering.accelerator.clone(),
+            accelerators_per_node: offering.accelerator_count,
+            nodes: job.nodes,
+            purchase: candidate.purchase,
+            private_offering: offering.private.as_ref().map(|p| p.name.clone()),
+            speed: alternative.speed,
+            wall_hours: candidate.wall_hours,
+            usd_per_hour: f64::from(job.nodes) * candidate.node_price * (1.0 - candidate.discount),
+            compute_usd: candidate.compute_usd,
+            list_compute_usd: candidate.list_compute_usd,
+            discount: candidate.discount,
+            egress_usd: candidate.egress_usd,
+            egress: candidate.egress.clone(),
+            total_usd: candidate.cost(),
+            why,
+        }
+    }
+
+    /// The next best zones, regions and clouds after the chosen one.
+    fn failover(
+        &self,
+        job: &Job,
+        candidates: &[Candidate],
+        ranked: &[usize],
+        chosen: Option<usize>,
+    ) -> Vec<Placement> {
+        let place_of = |k: usize| {
+            let o = &self.catalog.offerings[candidates[k].offering];
+            (o.cloud.as_str(), o.place())
+        };
+        let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
+        if let Some(k) = chosen {
+            seen.insert(place_of(k));
+        }
+        let mut list = Vec::new();
+        for &k in ranked {
+            if list.len() >= self.failover_depth {
+                break;
+            }
+            if !seen.insert(place_of(k)) {
+                continue;
+            }
+            let why = match chosen {
+                Some(first) => self.compare(&candidates[first], &candidates[k], job),
+                None => "not placed in this plan; the best place once capacity frees".into(),
+            };
+            list.push(self.placement(job, &candidates[k], list.len() + 2, why));
+        }
+        list
+    }
+
+    fn compare(&self, first: &Candidate, other: &Candidate, job: &Job) -> String {
+        let a = &self.catalog.offerings[first.offering];
+        let b = &self.catalog.offerings[other.offering];
+        let scope = if a.cloud != b.cloud {
+            format!("another cloud ({})", b.cloud)
+        } else if a.region != b.region {
+            format!("another region of {} ({})", b.cloud, b.region)
+        } else {
+            format!("another zone of {}", b.region)
+        };
+        let delta = other.cost() - first.cost();
+        let percent = if first.cost() > 0.0 { 100.0 * delta / first.cost() } else { 0.0 };
+        let mut why = format!("{scope}: {:+.0} USD ({percent:+.1}%)", delta);
+        if other.alternative != first.alternative {
+            let alt = &job.accelerators[other.alternative];
+            why.push_str(&format!("; {}:{} at {}x", alt.name, alt.count, alt.speed));
+        }
+        if other.purchase != first.purchase {
+            why.push_str(match other.purchase {
+                Purchase::Spot => "; spot (may be preempted)",
+                Purchase::OnDemand => "; on demand",
+                Purchase::Private => "; private capacity",
+            });
+        }
+        if (other.egress_usd - first.egress_usd).abs() >= 0.5 {
+            why.push_str(&format!("; egress {:.0} USD", other.egress_usd));
+        }
+        why
+    }
+
+    /// Why a job has no placement: what filtered its offerings out, or
+    /// which shared constraints other jobs filled.
+    fn explain(
+        &self,
+        jobs: &[Job],
+        j: usize,
+        candidates: &[Candidate],
+        rejections: &Rejections,
+        chosen: &[Option<&Candidate>],
+    ) -> Unplaced {
+        let job = &jobs[j];
+        let mut binding = BTreeSet::new();
+        let mut reasons = Vec::new();
+        if candidates.is_empty() {
+            let shapes: Vec<String> =
+                job.accelerators.iter().map(|a| format!("{}:{}", a.name, a.count)).collect();
+            reasons.push(format!(
+                "{} offerings of {} exist; none is feasible",
+                rejections.offerings,
+                shapes.join(" or ")
+            ));
+            if rejections.residency > 0 {
+                binding.insert("residency");
+                let mut allowed = Vec::new();
+                if !job.clouds.is_empty() {
+                    allowed.push(format!("clouds {}", job.clouds.join(", ")));
+                }
+                if !job.regions.is_empty() {
+                    allowed.push(format!("regions {}", job.regions.join(", ")));
+                }
+                reasons.push(format!(
+                    "residency: {} are outside the allowed {}",
+                    rejections.residency,
+                    allowed.join(" and ")
+                ));
+            }
+            if rejections.no_price > 0 {
+                binding.insert("spot");
+                reasons.push(format!(
+                    "spot: {} are sold only as spot and the job has spot = false",
+                    rejections.no_price
+                ));
+            }
+            for (shape, hours) in &rejections.deadline {
+                binding.insert("deadline");
+                reasons.push(format!(
+                    "deadline: on {shape} the job takes {hours:.1} h, more than deadline_hours = {}",
+                    job.deadline_hours.unwrap_or_default()
+                ));
+            }
+            for (quota, (limit, needed)) in &rejections.quota {
+                binding.insert("quota");
+                reasons.push(format!(
+                    "quota: `{quota}` allows {limit} accelerators; the job needs {needed}"
+                ));
+            }
+            for (name, nodes) in &rejections.capacity {
+                binding.insert("capacity");
+                reasons.push(format!(
+                    "capacity: private offering `{name}` has {nodes} nodes; the job needs {}",
+                    job.nodes
+                ));
+            }
+            if rejections.offerings == 0 {
+                binding.insert("capacity");
+            }
+        } else {
+            // Feasible alone, left out in the batch: name the shared
+            // constraints its candidates would overflow.
+            let mut quota_use: HashMap<usize, (u32, Vec<&str>)> = HashMap::new();
+            let mut private_use: HashMap<usize, (u32, Vec<&str>)> = HashMap::new();
+            for (i, choice) in chosen.iter().enumerate() {
+                let Some(c) = choice else { continue };
+                for &q in &c.quotas {
+                    let entry = quota_use.entry(q).or_default();
+                    entry.0 += c.accelerators;
+                    entry.1.push(jobs[i].name.as_str());
+                }
+                if c.purchase == Purchase::Private {
+                    let entry = private_use.entry(c.offering).or_default();
+                    entry.0 +=
+                        c.accelerators / self.catalog.offerings[c.offering].accelerator_count;
+                    entry.1.push(jobs[i].name.as_str());
+                }
+            }
+            let mut seen_quota = BTreeSet::new();
+            let mut seen_private = BTreeSet::new();
+            for c in candidates {
+                for &q in &c.quotas {
+                    let (used, users) = quota_use.get(&q).cloned().unwrap_or_default();
+                    if used + c.accelerators > self.quotas[q].max_accelerators
+                        && seen_quota.insert(q)
+                    {
+                        binding.insert("quota");
+                        reasons.push(format!(
+                            "quota: `{}` allows {} accelerators; {used} are used by {}; this job \
+                             needs {}",
+                            self.quotas[q].name,
+                            self.quotas[q].max_accelerators,
+                            name_some(&users),
+                            c.accelerators
+                        ));
+                    }
+                }
+                if c.purchase == Purchase::Private && seen_private.insert(c.offering) {
+                    let offering = &self.catalog.offerings[c.offering];
+                    let (used, users) = private_use.get(&c.offering).cloned().unwrap_or_default();
+                    if let Some(private) = &offering.private {
+                        binding.insert("capacity");
+                        reasons.push(format!(
+                            "capacity: private offering `{}` has {} nodes; {used} are used by {}",
+                            private.name,
+                            private.nodes,
+                            name_some(&users)
+                        ));
+                    }
+                }
+            }
+            reasons.insert(
+                0,
+                format!(
+                    "job {} has {} feasible places, all filled by other jobs of the batch",
+                    job.name,
+                    candidates.len()
+                ),
+            );
+        }
+        Unplaced { binding: binding.into_iter().map(str::to_string).collect(), reasons }
+    }
+}
+
+/// "a, b, c and 4 more".
+fn name_some(names: &[&str]) -> String {
+    match names.len() {
+        0 => "no job".into(),
+        n if n <= 3 => names.join(", "),
+        n => format!("{} and {} more", names[..3].join(", "), n - 3),
+    }
+}
+
+/// The value the optimizer gives `spend` (discounted) on a committed cloud.
+pub fn committed_value(commitment: &Commitment, spend: f64) -> f64 {
+    let remaining = commitment.remaining_usd();
+    let committed = spend.min(remaining);
+    (1.0 - commitment.burn_down_weight) * committed + (spend - committed).max(0.0)
+}
+
+/// One job's candidates, best first, by their value alone.
+fn rank_alone(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
+    let value: Vec<f64> = candidates.iter().map(|c| planner.objective(&[Some(c)])).collect();
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ca, cb) = (&candidates[a], &candidates[b]);
+        let (oa, ob) =
+            (&planner.catalog.offerings[ca.offering], &planner.catalog.offerings[cb.offering]);
+        value[a]
+            .total_cmp(&value[b])
+            .then(ca.cost().total_cmp(&cb.cost()))
+            .then_with(|| oa.cloud.cmp(&ob.cloud))
+            .then_with(|| oa.region.cmp(&ob.region))
+            .then_with(|| oa.place().cmp(ob.place()))
+            .then_with(|| oa.instance_type.cmp(&ob.instance_type))
+            .then(ca.purchase.cmp(&cb.purchase))
+    });
+    order
+}
+
+struct Solved {
+    choices: Vec<Option<usize>>,
+    variables: usize,
+    constraints: usize,
+}
+
+impl Planner {
+    /// The batch MILP (see the module documentation).
+    fn solve(&self, generated: &[(Vec<Candidate>, Rejections)]) -> Result<Solved, PlanError> {
+        use highs::{ColProblem, HighsModelStatus, Sense};
+
+        // Reduce each job's candidates to those that can be optimal.
+        let kept: Vec<Vec<usize>> =
+            generated.iter().map(|(candidates, _)| reduce(self, candidates)).collect();
+
+        let penalty = 1.0
+            + 2.0
+                * kept
+                    .iter()
+                    .zip(generated)
+                    .map(|(keep, (c, _))| keep.iter().map(|&k| c[k].cost()).fold(0.0, f64::max))
+                    .sum::<f64>();
+
+        let mut problem = ColProblem::default();
+        let job_rows: Vec<_> = kept.iter().map(|_| problem.add_row(1.0..=1.0)).collect();
+        let mut quota_rows = HashMap::new();
+        let mut private_rows = HashMap::new();
+        let mut commitment_rows = HashMap::new();
+        for (j, keep) in kept.iter().enumerate() {
+            for &k in keep {
+                let c = &generated[j].0[k];
+                for &q in &c.quotas {
+                    quota_rows.entry(q).or_insert_with(|| {
+                        problem.add_row(..=f64::from(self.quotas[q].max_accelerators))
+                    });
+                }
+                if c.purchase == Purchase::Private {
+                    private_rows.entry(c.offering).or_insert_with(|| {
+                        let nodes = self.catalog.offerings[c.offering]
+                            .private
+                            .as_ref()
+                            .map_or(0, |p| p.nodes);
+                        problem.add_row(..=f64::from(nodes))
+                    });
+                }
+                if let Some(m) = c.commitment {
+                    commitment_rows.entry(m).or_insert_with(|| problem.add_row(0.0..=0.0));
+                }
+            }
+        }
+        let constraints =
+            job_rows.len() + quota_rows.len() + private_rows.len() + commitment_rows.len();
+        let mut columns: Vec<(usize, usize)> = Vec::new();
+        for (j, keep) in kept.iter().enumerate() {
+            for &k in keep {
+                let c = &generated[j].0[k];
+                let mut entries = vec![(job_rows[j], 1.0)];
+                for &q in &c.quotas {
+                    entries.push((quota_rows[&q], f64::from(c.accelerators)));
+                }
+                if c.purchase == Purchase::Private {
+                    let per_node = self.catalog.offerings[c.offering].accelerator_count.max(1);
+                    entries.push((private_rows[&c.offering], f64::from(c.accelerators / per_node)));
+                }
+                let cost = match c.commitment {
+                    Some(m) => {
+                        entries.push((commitment_rows[&m], c.compute_usd));
+                        c.egress_usd
+                    }
+                    None => c.cost(),
+                };
+                problem.add_integer_column(cost, 0.0..=1.0, entries);
+                columns.push((j, k));
+            }
+            problem.add_column(penalty, 0.0..=1.0, [(job_rows[j], 1.0)]);
+        }
+        for (&m, &row) in &commitment_rows {
+            let commitment = &self.commitments[m];
+            problem.add_column(
+                1.0 - commitment.burn_down_weight,
+                0.0..=commitment.remaining_usd(),
+                [(row, -1.0)],
+            );
+            problem.add_column(1.0, 0.0.., [(row, -1.0)]);
+        }
+        let variables = columns.len() + kept.len() + 2 * commitment_rows.len();
+
+        let mut model = problem
+            .try_optimise(Sense::Minimise)
+            .map_err(|status| PlanError::Solver(format!("{status:?}")))?;
+        model.make_quiet();
+        model.set_option("mip_rel_gap", 0.0);
+        model.set_option("threads", 1);
+        let solved =
+            model.try_solve().map_err(|status| PlanError::Solver(format!("{status:?}")))?;
+        if solved.status() != HighsModelStatus::Optimal {
+            return Err(PlanError::Solver(format!(
+                "HiGHS ended with status {:?} on {} variables and {constraints} constraints",
+                solved.status(),
+                variables
+            )));
+        }
+        let solution = solved.get_solution();
+        let values = solution.columns();
+        let mut choices = vec![None; generated.len()];
+        // Columns are laid out job by job: its candidates, then its
+        // unplaced marker.
+        let mut column = 0;
+        let mut cursor = columns.iter().peekable();
+        for (j, choice) in choices.iter_mut().enumerate() {
+            while let Some(&&(job, k)) = cursor.peek() {
+                if job != j {
+                    break;
+                }
+                if values[column] > 0.5 {
+                    *choice = Some(k);
+                }
+                column += 1;
+                cursor.next();
+            }
+            column += 1; // the unplaced marker
+        }
+        Ok(Solved { choices, variables, constraints })
+    }
+}
+
+/// Keeps, among candidates that touch the same shared constraints with the
+/// same usage, only those that can be optimal.
+fn reduce(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
+    type Key = (Option<usize>, Option<usize>, Vec<usize>, u32);
+    let mut groups: HashMap<Key, Vec<usize>> = HashMap::new();
+    for (k, c) in candidates.iter().enumerate() {
+        let private = (c.purchase == Purchase::Private).then_some(c.offering);
+        let usage = if c.quotas.is_empty() { 0 } else { c.accelerators };
+        groups.entry((c.commitment, private, c.quotas.clone(), usage)).or_default().push(k);
+    }
+    let order = rank_alone(planner, candidates);
+    let position: HashMap<usize, usize> = order.iter().enumerate().map(|(i, &k)| (k, i)).collect();
+    let mut kept = Vec::new();
+    for ((commitment, ..), mut members) in groups {
+        members.sort_by_key(|k| position[k]);
+        if commitment.is_none() {
+            kept.push(members[0]);
+            continue;
+        }
+        // Pareto front on (discounted compute, egress).
+        members.sort_by(|&a, &b| {
+            candidates[a]
+                .compute_usd
+                .total_cmp(&candidates[b].compute_usd)
+                .then(candidates[a].egress_usd.total_cmp(&candidates[b].egress_usd))
+                .then(position[&a].cmp(&position[&b]))
+        });
+        let mut best_egress = f64::INFINITY;
+        for k in members {
+            if candidates[k].egress_usd < best_egress {
+                best_egress = candidates[k].egress_usd;
+                kept.push(k);
+            }
+        }
+    }
+    kept.sort_by_key(|k| position[k]);
+    kept
+}
+
+#[cfg(test)]
+mod tests;

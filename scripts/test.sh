@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bash scripts/setup.sh
+
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 venv="$target_dir/test-venv"
 requirements=crates/skyweave/tests/python/requirements.txt

@@ -338,7 +338,7 @@ fn parse_file(file: &CatalogFile, catalog: &mut Catalog, errors: &mut Vec<Config
         let line = record.position().map_or(0, |p| p.line() as usize);
         let origin = Origin { file: file_name.clone(), line };
         let field = |i: usize| record.get(i).unwrap_or("").trim();
-        let field_at = |i: usize| position + record.range(i).map_or(0, |r| r.start);
+        let field_at = |i: usize| field_offset(&file.text, position, i);
         let mut row_ok = true;
         let mut number = |i: Option<usize>, what: &str, price: bool| -> Option<f64> {
             let i = i?;
@@ -569,6 +569,25 @@ fn parse_file(file: &CatalogFile, catalog: &mut Catalog, errors: &mut Vec<Config
             });
         }
     }
+}
+
+/// The byte offset of field `index` of the CSV record starting at `start`
+/// (`csv` reports record positions, not field positions).
+fn field_offset(text: &str, start: usize, index: usize) -> usize {
+    let mut field = 0;
+    let mut quoted = false;
+    for (offset, byte) in text.as_bytes().iter().enumerate().skip(start) {
+        if field == index {
+            return offset;
+        }
+        match byte {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => field += 1,
+            b'\n' if !quoted => break,
+            _ => {}
+        }
+    }
+    start
 }
 
 /// The GPUs a GCP accelerator-optimized or G2 machine type carries, from

@@ -358,3 +358,6 @@ pub fn parse_jobs(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<Job>,
         Err(ConfigErrors(check.errors))
     }
 }
+
+#[cfg(test)]
+mod tests;

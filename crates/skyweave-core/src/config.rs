@@ -44,7 +44,13 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let count = self.0.len();
-        writeln!(f, "the estate file has {count} problem{}:", if count == 1 { "" } else { "s" })?;
+        let plural = if count == 1 { "" } else { "s" };
+        match self.0.first() {
+            Some(first) if self.0.iter().all(|e| e.file == first.file) => {
+                writeln!(f, "{} has {count} problem{plural}:", first.file)?
+            }
+            _ => writeln!(f, "{count} problem{plural}:")?,
+        }
         for error in &self.0 {
             writeln!(f, "{error}")?;
         }

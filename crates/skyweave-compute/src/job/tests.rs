@@ -1,0 +1,123 @@
+use super::*;
+
+fn catalog() -> Catalog {
+    Catalog::shipped()
+}
+
+fn errors(text: &str) -> String {
+    parse_jobs(text, "job.toml", &catalog()).unwrap_err().to_string()
+}
+
+#[test]
+fn a_full_job_parses() {
+    let text = r#"
+[[job]]
+name = "pretrain"
+nodes = 4
+hours = 300
+spot = true
+deadline_hours = 400
+clouds = ["aws", "gcp"]
+regions = ["us-east-1", "us-central1"]
+accelerators = ["h100:8", { name = "H200", count = 8, speed = 1.3 }, { name = "Trainium2", count = 16, speed = 0.9 }]
+
+[[job.data]]
+name = "tokens"
+size_gb = 2000
+locations = ["aws:us-east-1", "azure:eastus"]
+
+[[job]]
+name = "eval"
+hours = 2
+accelerators = ["L4:1"]
+"#;
+    let jobs = parse_jobs(text, "job.toml", &catalog()).unwrap();
+    assert_eq!(jobs.len(), 2);
+    let job = &jobs[0];
+    assert_eq!((job.nodes, job.hours, job.spot, job.deadline_hours), (4, 300.0, true, Some(400.0)));
+    assert_eq!(
+        job.accelerators,
+        vec![
+            Alternative { name: "H100".into(), count: 8, speed: 1.0 },
+            Alternative { name: "H200".into(), count: 8, speed: 1.3 },
+            Alternative { name: "Trainium2".into(), count: 16, speed: 0.9 },
+        ]
+    );
+    assert_eq!(job.data[0].locations[1], ("azure".to_string(), "eastus".to_string()));
+    assert!(job.allows("aws", "us-east-1") && !job.allows("azure", "eastus"));
+    assert!(!job.allows("aws", "us-west-2"));
+    assert_eq!((jobs[1].nodes, jobs[1].spot, jobs[1].deadline_hours), (1, false, None));
+    assert!(jobs[1].allows("azure", "westus3"));
+}
+
+#[test]
+fn an_unknown_accelerator_is_named_with_its_place_and_suggestions() {
+    let e = errors("[[job]]\nname = \"a\"\nhours = 1\naccelerators = [\"H1000:8\"]\n");
+    assert!(e.contains("job.toml:4:17: job `a`: unknown accelerator `H1000`"), "{e}");
+    assert!(e.contains("fix: use an accelerator the catalog sells, e.g. H100"), "{e}");
+}
+
+#[test]
+fn a_count_nobody_sells_lists_the_counts_sold() {
+    let e = errors("[[job]]\nname = \"a\"\nhours = 1\naccelerators = [\"H100:3\"]\n");
+    assert!(e.contains("job.toml:4:17: job `a`: no instance has 3 H100 per node"), "{e}");
+    assert!(e.contains("H100 is sold 1, 2, 4, 8 per node"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[[job]]
+name = "a"
+nodes = 0
+hours = -1
+deadline_hours = 0
+clouds = ["oracle"]
+regions = ["moon-1"]
+accelerators = ["H100", { name = "A100", count = 8, speed = 0 }]
+
+[[job.data]]
+size_gb = -5
+locations = ["us-east-1"]
+
+[[job]]
+name = "a"
+hours = 1
+accelerators = []
+"#;
+    let e = errors(text);
+    for expected in [
+        "job.toml:4:9: job `a`: nodes = 0 is out of range",
+        "job.toml:5:9: job `a`: hours = -1 is not a duration",
+        "job.toml:6:18: job `a`: deadline_hours = 0 is not a duration",
+        "job.toml:7:11: job `a`: the catalog has no cloud `oracle`",
+        "job.toml:8:12: job `a`: no offering is in region `moon-1`",
+        "job.toml:9:17: job `a`: accelerator `H100` has no count",
+        "job `a`: speed 0 for A100 is not a speed",
+        "job `a`: data[0]: size_gb -5 is not a size",
+        "job `a`: data location `us-east-1` is not CLOUD:REGION",
+        "job.toml:16:8: job name `a` is used twice",
+        "job.toml:18:16: job `a`: accelerators is empty",
+    ] {
+        assert!(e.contains(expected), "missing `{expected}` in:\n{e}");
+    }
+    assert!(e.starts_with("job.toml has 11 problems:"), "{e}");
+}
+
+#[test]
+fn a_single_job_table_asks_for_an_array_of_tables() {
+    let e = errors("[job]\nname = \"a\"\nhours = 1\naccelerators = [\"H100:8\"]\n");
+    assert!(e.contains("job.toml:1:1:"), "{e}");
+    assert!(e.contains("write each job as [[job]]"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let e = errors("[[job]]\nname = \"a\"\nhours = 1\ngpus = 8\naccelerators = [\"H100:8\"]\n");
+    assert!(e.contains("job.toml:4:1: unknown field `gpus`"), "{e}");
+}
+
+#[test]
+fn an_empty_file_has_no_job() {
+    assert!(errors("").contains("the file has no [[job]]"));
+}

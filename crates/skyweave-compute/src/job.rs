@@ -22,6 +22,7 @@ use std::ops::Range;
 
 use serde::Deserialize;
 use skyweave_core::config::{ConfigError, ConfigErrors};
+use skyweave_core::region::Proximity;
 use toml::Spanned;
 
 use crate::catalog::Catalog;
@@ -152,6 +153,7 @@ pub fn parse_jobs(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<Job>,
     }
     let known_regions: HashSet<(&str, &str)> =
         catalog.offerings.iter().map(|o| (o.cloud.as_str(), o.region.as_str())).collect();
+    let shipped_regions = Proximity::shipped();
     let known_clouds: BTreeSet<&str> = known_regions.iter().map(|(c, _)| *c).collect();
     let mut names = HashSet::new();
     let mut jobs = Vec::new();
@@ -210,10 +212,14 @@ pub fn parse_jobs(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<Job>,
         }
         for region in &raw_job.regions {
             let region_name = region.get_ref().as_str();
-            if !known_regions.iter().any(|(_, r)| *r == region_name) {
+            // A region the catalog sells nothing in is fine (residency lists
+            // often name such regions) if it is a real region name.
+            if !known_regions.iter().any(|(_, r)| *r == region_name)
+                && !shipped_regions.knows(region_name)
+            {
                 check.fail(
                     region.span(),
-                    format!("job `{name}`: no offering is in region `{region_name}`"),
+                    format!("job `{name}`: unknown region `{region_name}`"),
                     "use a region name as the catalog writes it (e.g. us-east-1, eastus, \
                      us-central1); `skyweave offerings` lists them",
                 );

@@ -377,19 +377,19 @@ impl Planner {
             };
             plan_jobs.push(JobPlan { job: job.name.clone(), placement, failover, unplaced });
         }
-        let compute_usd: f64 = chosen.iter().flatten().map(|c| c.compute_usd).sum();
-        let egress_usd: f64 = chosen.iter().flatten().map(|c| c.egress_usd).sum();
+        // Folded from +0.0: an empty f64 sum is -0.0, printed as "-0.00".
+        let compute_usd = chosen.iter().flatten().fold(0.0, |sum, c| sum + c.compute_usd);
+        let egress_usd = chosen.iter().flatten().fold(0.0, |sum, c| sum + c.egress_usd);
         let commitments = self
             .commitments
             .iter()
             .enumerate()
             .map(|(index, commitment)| {
-                let planned: f64 = chosen
+                let planned = chosen
                     .iter()
                     .flatten()
                     .filter(|c| c.commitment == Some(index))
-                    .map(|c| c.compute_usd)
-                    .sum();
+                    .fold(0.0, |sum, c| sum + c.compute_usd);
                 CommitmentUse {
                     cloud: commitment.cloud.clone(),
                     discount: commitment.current_discount(),

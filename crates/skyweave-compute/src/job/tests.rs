@@ -91,7 +91,7 @@ accelerators = []
         "job.toml:5:9: job `a`: hours = -1 is not a duration",
         "job.toml:6:18: job `a`: deadline_hours = 0 is not a duration",
         "job.toml:7:11: job `a`: the catalog has no cloud `oracle`",
-        "job.toml:8:12: job `a`: no offering is in region `moon-1`",
+        "job.toml:8:12: job `a`: unknown region `moon-1`",
         "job.toml:9:17: job `a`: accelerator `H100` has no count",
         "job `a`: speed 0 for A100 is not a speed",
         "job `a`: data[0]: size_gb -5 is not a size",

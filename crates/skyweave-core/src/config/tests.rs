@@ -373,3 +373,71 @@ fn vertex_deployments() {
     );
     check(&format!("{VERTEX}mode = 1\n"), "9:1: unknown field `mode`");
 }
+
+const COMPUTE: &str = r#"
+[[offering]]
+name = "reserved-h100"
+kind = "reserved"
+cloud = "aws"
+region = "us-east-1"
+zone = "use1-az2"
+instance_type = "p5.48xlarge"
+accelerator = "H100"
+accelerator_count = 8
+price_per_hour = 31.5
+nodes = 16
+
+[[quota]]
+cloud = "gcp"
+region = "us-central1"
+accelerators = ["H100", "H200"]
+purchase = "on_demand"
+max_accelerators = 64
+
+[[commitment]]
+cloud = "aws"
+total_usd = 38_000_000
+period = { start = "2025-11-01", end = 2032-10-31 }
+discount_tiers = [ { above_usd = 0, discount = 0.0 }, { above_usd = 1e6, discount = 0.08 } ]
+spent_usd = 2_000_000
+burn_down_weight = 0.5
+"#;
+
+#[test]
+fn compute_sections_alone_make_a_valid_estate() {
+    let estate = parse_estate(COMPUTE, "estate.toml").unwrap().estate;
+    assert!(estate.deployments.is_empty());
+    let offering = &estate.offerings[0];
+    assert_eq!(
+        (offering.name.as_str(), offering.nodes, offering.price_per_hour, offering.zone.as_deref()),
+        ("reserved-h100", 16, 31.5, Some("use1-az2"))
+    );
+    let quota = &estate.quotas[0];
+    assert_eq!(quota.name, "gcp/us-central1/H100+H200");
+    assert_eq!(quota.purchase, crate::compute::QuotaPurchase::OnDemand);
+    let commitment = &estate.commitments[0];
+    assert_eq!((commitment.start.as_str(), commitment.end.as_str()), ("2025-11-01", "2032-10-31"));
+    assert_eq!(commitment.current_discount(), 0.08);
+    assert_eq!(commitment.remaining_usd(), 36_000_000.0);
+}
+
+#[test]
+fn compute_section_errors_point_at_their_place() {
+    let with = |from: &str, to: &str| COMPUTE.replacen(from, to, 1);
+    check(
+        &with("kind = \"reserved\"", "kind = \"rented\""),
+        "4:8: [[offering]] `reserved-h100`: unknown kind",
+    );
+    check(&with("price_per_hour = 31.5", "price_per_hour = -1.0"), "11:18: [[offering]]");
+    check(&with("nodes = 16", "nodes = 0"), "12:9: [[offering]]");
+    check(&with("purchase = \"on_demand\"", "purchase = \"reserved\""), "18:12: [[quota]]");
+    check(&with("max_accelerators = 64", "max_accelerators = -1"), "19:20: [[quota]]");
+    check(&with("end = 2032-10-31", "end = \"2020-01-01\""), "24:10: [[commitment]] `aws`: period");
+    check(&with("discount = 0.08", "discount = 8"), "25:55: [[commitment]] `aws`: discount tier");
+    check(&with("burn_down_weight = 0.5", "burn_down_weight = 2.0"), "27:20: [[commitment]]");
+    check(&format!("{COMPUTE}\n[[commitment]]\ncloud = \"aws\"\ntotal_usd = 1\nperiod = {{ start = \"2026-01-01\", end = \"2026-12-31\" }}\n"), "30:9: [[commitment]] for `aws` is declared twice");
+    check(
+        &with("cloud = \"gcp\"", "cloud = \"gcp\"\nregions = [\"x\"]"),
+        "16:1: unknown field `regions`",
+    );
+}

@@ -60,7 +60,65 @@ pub fn summary(file: &str, estate: &Estate) -> String {
         }
         let _ = writeln!(out, "    failover: {}", failover_order(estate, model));
     }
+    compute_summary(&mut out, estate);
     out
+}
+
+/// The estate's compute sections, for the planner.
+fn compute_summary(out: &mut String, estate: &Estate) {
+    if !estate.offerings.is_empty() {
+        let _ = writeln!(
+            out,
+            "
+private offerings:"
+        );
+        for o in &estate.offerings {
+            let _ = writeln!(
+                out,
+                "  {}  ({}) {} {} {}: {} nodes of {} x{} at {:.2} USD/node-hour",
+                o.name,
+                o.kind.as_str(),
+                o.cloud,
+                o.region,
+                o.zone.as_deref().unwrap_or("-"),
+                o.nodes,
+                o.accelerator,
+                o.accelerator_count,
+                o.price_per_hour
+            );
+        }
+    }
+    if !estate.quotas.is_empty() {
+        let _ = writeln!(
+            out,
+            "
+quotas:"
+        );
+        for q in &estate.quotas {
+            let _ = writeln!(out, "  {}: at most {} accelerators", q.name, q.max_accelerators);
+        }
+    }
+    if !estate.commitments.is_empty() {
+        let _ = writeln!(
+            out,
+            "
+commitments:"
+        );
+        for c in &estate.commitments {
+            let _ = writeln!(
+                out,
+                "  {}: {:.0} USD from {} to {}, {:.0} USD spent, {:.0} USD remaining, \
+                 current discount {:.1}%",
+                c.cloud,
+                c.total_usd,
+                c.start,
+                c.end,
+                c.spent_usd,
+                c.remaining_usd(),
+                c.current_discount() * 100.0
+            );
+        }
+    }
 }
 
 fn describe(deployment: &Deployment) -> String {

@@ -165,3 +165,63 @@ fn gpu_hosts_follow_the_machine_type_table() {
         assert_eq!(gpu_of_host(machine), want, "{machine}");
     }
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Lines built from catalog-like fields, quotes and junk.
+    fn csv_text() -> impl Strategy<Value = String> {
+        let field = prop_oneof![
+            Just(String::new()),
+            Just("H100".to_string()),
+            Just("a3-highgpu-8g".to_string()),
+            Just("tpu-v5p-8".to_string()),
+            Just("us-central1".to_string()),
+            Just("us-central1-a".to_string()),
+            Just("\"{'Gpus': [1, 2]}\"".to_string()),
+            Just("\"".to_string()),
+            Just("-1".to_string()),
+            Just("NaN".to_string()),
+            Just("1e308".to_string()),
+            "[0-9]{1,3}(\\.[0-9]{1,2})?",
+            "\\PC{0,6}",
+        ];
+        let row = prop::collection::vec(field, 0..12).prop_map(|fields| fields.join(","));
+        (any::<bool>(), prop::collection::vec(row, 0..8)).prop_map(|(gcp, rows)| {
+            let header = if gcp {
+                "InstanceType,vCPUs,MemoryGiB,AcceleratorName,AcceleratorCount,GpuInfo,Region,AvailabilityZone,Price,SpotPrice"
+            } else {
+                "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone,Arch"
+            };
+            format!("{header}\n{}\n", rows.join("\n"))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_fails_with_a_located_error(text in csv_text()) {
+            match parse("gcp", &text) {
+                Ok(catalog) => {
+                    for o in &catalog.offerings {
+                        prop_assert!(o.accelerator_count >= 1);
+                        prop_assert!(o.on_demand.is_none_or(|p| p.is_finite() && p >= 0.0));
+                        prop_assert!(o.spot.is_none_or(|p| p.is_finite() && p >= 0.0));
+                    }
+                }
+                Err(errors) => {
+                    for error in &errors.0 {
+                        prop_assert!(error.line >= 1 && error.column >= 1);
+                        prop_assert_eq!(&error.file, "gcp.csv");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(text in "\\PC{0,200}") {
+            let _ = parse("aws", &text);
+        }
+    }
+}

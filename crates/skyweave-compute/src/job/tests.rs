@@ -121,3 +121,75 @@ fn unknown_keys_are_refused() {
 fn an_empty_file_has_no_job() {
     assert!(errors("").contains("the file has no [[job]]"));
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("\"H100:8\"".to_string()),
+            Just("[\"H100:8\", { name = \"H200\", count = 8, speed = 1.3 }]".to_string()),
+            Just("[\"aws:us-east-1\"]".to_string()),
+            Just("-1".to_string()),
+            Just("0".to_string()),
+            Just("1e400".to_string()),
+            Just("nan".to_string()),
+            Just("true".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            "[0-9]{1,4}",
+            "\"\\PC{0,8}\"",
+        ]
+    }
+
+    fn job_text() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "name",
+            "nodes",
+            "hours",
+            "spot",
+            "deadline_hours",
+            "clouds",
+            "regions",
+            "accelerators",
+            "data",
+            "size_gb",
+            "locations",
+        ]);
+        let line = (key, value()).prop_map(|(k, v)| format!("{k} = {v}"));
+        let section = prop::sample::select(vec!["[[job]]", "[[job.data]]", "[job]", ""]);
+        prop::collection::vec((section, prop::collection::vec(line, 0..6)), 0..4).prop_map(
+            |parts| {
+                parts
+                    .into_iter()
+                    .map(|(section, lines)| format!("{section}\n{}\n", lines.join("\n")))
+                    .collect()
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn any_job_file_parses_or_fails_with_located_errors(text in job_text()) {
+            static CATALOG: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+            let catalog = CATALOG.get_or_init(Catalog::shipped);
+            match parse_jobs(&text, "job.toml", catalog) {
+                Ok(jobs) => {
+                    for job in jobs {
+                        prop_assert!(job.nodes >= 1 && job.hours > 0.0 && job.hours.is_finite());
+                        prop_assert!(!job.accelerators.is_empty());
+                        prop_assert!(job.accelerators.iter().all(|a| a.speed > 0.0));
+                    }
+                }
+                Err(errors) => {
+                    prop_assert!(!errors.0.is_empty());
+                    for error in &errors.0 {
+                        prop_assert!(error.line >= 1 && error.column >= 1 && !error.fix.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}

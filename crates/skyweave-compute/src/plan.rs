@@ -13,7 +13,7 @@
 //!
 //! One job is planned exactly by enumeration. A batch competes for quotas,
 //! private capacity and commitments, so it is solved as a mixed-integer
-//! program (HiGHS, relative gap 0):
+//! program (HiGHS; proven optimal to within 0.01 USD):
 //!
 //! ```text
 //! min  sum_jk c_jk x_jk + sum_c ((1 - w_c) y_c + z_c) + P * sum_j u_j
@@ -28,7 +28,9 @@
 //! plus egress, `s_jk` its discounted compute on a committed cloud, `w_c` the
 //! commitment's burn-down weight (committed spend is valued at
 //! `(1 - w_c)` of its price, spend beyond the commitment at full price), and
-//! `u_j` marks a job left unplaced. `P` exceeds the cost of every job's
+//! `u_j` marks a job left unplaced (these columns exist only when the program
+//! without them, where every job that fits alone must be placed, is
+//! infeasible). `P` exceeds the cost of every job's
 //! dearest candidate together, so the optimum places as many jobs as
 //! possible and, among those placements, costs least.
 //!
@@ -360,11 +362,14 @@ impl Planner {
                     "cheapest feasible placement".to_string()
                 } else {
                     let alone = &candidates[ranked[0]];
+                    let offering = &self.catalog.offerings[alone.offering];
+                    let what = match &offering.private {
+                        Some(private) => format!("private offering `{}`", private.name),
+                        None => format!("{} {}", offering.cloud, offering.place()),
+                    };
                     format!(
-                        "cheapest for the batch; the cheapest alone ({} {}) is taken by \
-                         other jobs within the shared quotas and capacity",
-                        self.catalog.offerings[alone.offering].cloud,
-                        self.catalog.offerings[alone.offering].place()
+                        "cheapest for the batch; the cheapest alone ({what}) is taken by \
+                         other jobs within the shared quotas and capacity"
                     )
                 };
                 self.placement(job, &candidates[k], 1, why)
@@ -676,6 +681,9 @@ fn rank_alone(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
     order
 }
 
+/// How far from the optimum a batch plan may be, in USD.
+pub const MIP_ABS_GAP_USD: f64 = 0.01;
+
 struct Solved {
     choices: Vec<Option<usize>>,
     variables: usize,
@@ -685,27 +693,53 @@ struct Solved {
 impl Planner {
     /// The batch MILP (see the module documentation).
     fn solve(&self, generated: &[(Vec<Candidate>, Rejections)]) -> Result<Solved, PlanError> {
-        use highs::{ColProblem, HighsModelStatus, Sense};
-
         // Reduce each job's candidates to those that can be optimal.
         let kept: Vec<Vec<usize>> =
             generated.iter().map(|(candidates, _)| reduce(self, candidates)).collect();
+        // A job without candidates is unplaced whatever the others do; it
+        // stays out of the program (its penalty would only be a constant).
+        let active: Vec<usize> = (0..kept.len()).filter(|&j| !kept[j].is_empty()).collect();
+        if active.is_empty() {
+            return Ok(Solved { choices: vec![None; kept.len()], variables: 0, constraints: 0 });
+        }
+        // Usually every job that fits alone fits in the batch: solve that
+        // program first, without the unplaced markers and their large
+        // penalty (which weaken the relaxation and the numerics). Only if it
+        // is infeasible, solve the one that may leave jobs out.
+        match self.solve_model(generated, &kept, &active, false)? {
+            Some(solved) => Ok(solved),
+            None => self.solve_model(generated, &kept, &active, true)?.ok_or_else(|| {
+                PlanError::Solver("the program with unplaced jobs allowed is infeasible".into())
+            }),
+        }
+    }
+
+    /// Builds and solves one program; `Ok(None)` when it is infeasible and
+    /// jobs may not be left out.
+    fn solve_model(
+        &self,
+        generated: &[(Vec<Candidate>, Rejections)],
+        kept: &[Vec<usize>],
+        active: &[usize],
+        allow_unplaced: bool,
+    ) -> Result<Option<Solved>, PlanError> {
+        use highs::{ColProblem, HighsModelStatus, Sense};
 
         let penalty = 1.0
             + 2.0
-                * kept
+                * active
                     .iter()
-                    .zip(generated)
-                    .map(|(keep, (c, _))| keep.iter().map(|&k| c[k].cost()).fold(0.0, f64::max))
+                    .map(|&j| kept[j].iter().map(|&k| generated[j].0[k].cost()).fold(0.0, f64::max))
                     .sum::<f64>();
 
         let mut problem = ColProblem::default();
-        let job_rows: Vec<_> = kept.iter().map(|_| problem.add_row(1.0..=1.0)).collect();
+        let job_rows: HashMap<usize, _> =
+            active.iter().map(|&j| (j, problem.add_row(1.0..=1.0))).collect();
         let mut quota_rows = HashMap::new();
         let mut private_rows = HashMap::new();
         let mut commitment_rows = HashMap::new();
-        for (j, keep) in kept.iter().enumerate() {
-            for &k in keep {
+        for &j in active {
+            for &k in &kept[j] {
                 let c = &generated[j].0[k];
                 for &q in &c.quotas {
                     quota_rows.entry(q).or_insert_with(|| {
@@ -728,11 +762,13 @@ impl Planner {
         }
         let constraints =
             job_rows.len() + quota_rows.len() + private_rows.len() + commitment_rows.len();
-        let mut columns: Vec<(usize, usize)> = Vec::new();
-        for (j, keep) in kept.iter().enumerate() {
-            for &k in keep {
+        // (column index, job, candidate) of every candidate column.
+        let mut columns: Vec<(usize, usize, usize)> = Vec::new();
+        let mut next_column = 0;
+        for &j in active {
+            for &k in &kept[j] {
                 let c = &generated[j].0[k];
-                let mut entries = vec![(job_rows[j], 1.0)];
+                let mut entries = vec![(job_rows[&j], 1.0)];
                 for &q in &c.quotas {
                     entries.push((quota_rows[&q], f64::from(c.accelerators)));
                 }
@@ -748,9 +784,13 @@ impl Planner {
                     None => c.cost(),
                 };
                 problem.add_integer_column(cost, 0.0..=1.0, entries);
-                columns.push((j, k));
+                columns.push((next_column, j, k));
+                next_column += 1;
             }
-            problem.add_column(penalty, 0.0..=1.0, [(job_rows[j], 1.0)]);
+            if allow_unplaced {
+                problem.add_column(penalty, 0.0..=1.0, [(job_rows[&j], 1.0)]);
+                next_column += 1;
+            }
         }
         for (&m, &row) in &commitment_rows {
             let commitment = &self.commitments[m];
@@ -760,45 +800,40 @@ impl Planner {
                 [(row, -1.0)],
             );
             problem.add_column(1.0, 0.0.., [(row, -1.0)]);
+            next_column += 2;
         }
-        let variables = columns.len() + kept.len() + 2 * commitment_rows.len();
+        let variables = next_column;
 
         let mut model = problem
             .try_optimise(Sense::Minimise)
             .map_err(|status| PlanError::Solver(format!("{status:?}")))?;
         model.make_quiet();
+        // Exact to the cent: the search stops only when the best plan is
+        // proven within 0.01 USD of the optimum.
         model.set_option("mip_rel_gap", 0.0);
+        model.set_option("mip_abs_gap", MIP_ABS_GAP_USD);
         model.set_option("threads", 1);
         let solved =
             model.try_solve().map_err(|status| PlanError::Solver(format!("{status:?}")))?;
-        if solved.status() != HighsModelStatus::Optimal {
-            return Err(PlanError::Solver(format!(
-                "HiGHS ended with status {:?} on {} variables and {constraints} constraints",
-                solved.status(),
-                variables
-            )));
+        match solved.status() {
+            HighsModelStatus::Optimal => {}
+            HighsModelStatus::Infeasible if !allow_unplaced => return Ok(None),
+            status => {
+                return Err(PlanError::Solver(format!(
+                    "HiGHS ended with status {status:?} on {variables} variables and \
+                     {constraints} constraints"
+                )))
+            }
         }
         let solution = solved.get_solution();
         let values = solution.columns();
         let mut choices = vec![None; generated.len()];
-        // Columns are laid out job by job: its candidates, then its
-        // unplaced marker.
-        let mut column = 0;
-        let mut cursor = columns.iter().peekable();
-        for (j, choice) in choices.iter_mut().enumerate() {
-            while let Some(&&(job, k)) = cursor.peek() {
-                if job != j {
-                    break;
-                }
-                if values[column] > 0.5 {
-                    *choice = Some(k);
-                }
-                column += 1;
-                cursor.next();
+        for &(column, j, k) in &columns {
+            if values[column] > 0.5 {
+                choices[j] = Some(k);
             }
-            column += 1; // the unplaced marker
         }
-        Ok(Solved { choices, variables, constraints })
+        Ok(Some(Solved { choices, variables, constraints }))
     }
 }
 

@@ -568,3 +568,16 @@ proptest! {
         prop_assert!(close(planner.objective(&chosen), plan.objective_usd));
     }
 }
+
+#[test]
+fn an_empty_batch_and_a_batch_of_infeasible_jobs_are_plans_not_errors() {
+    let plan = planner(small()).plan(&[]).unwrap();
+    assert_eq!((plan.placed, plan.unplaced, plan.jobs.len()), (0, 0, 0));
+    let nowhere = |name: &str| Job {
+        regions: vec!["ap-south-1".into()],
+        ..job(name, 1, 1.0, &[("H100", 8, 1.0)])
+    };
+    let plan = planner(small()).plan(&[nowhere("a"), nowhere("b")]).unwrap();
+    assert_eq!((plan.placed, plan.unplaced), (0, 2));
+    assert!(plan.jobs.iter().all(|j| j.unplaced.as_ref().unwrap().binding == ["residency"]));
+}

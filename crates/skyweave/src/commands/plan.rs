@@ -102,9 +102,9 @@ fn table(plan: &Plan) -> String {
     for job in &plan.jobs {
         if let Some(placement) = &job.placement {
             row(&mut out, &job.job, placement);
-        }
-        for placement in &job.failover {
-            row(&mut out, "", placement);
+            for placement in &job.failover {
+                row(&mut out, "", placement);
+            }
         }
         if let Some(unplaced) = &job.unplaced {
             let _ = writeln!(
@@ -116,6 +116,12 @@ fn table(plan: &Plan) -> String {
             );
             for reason in &unplaced.reasons {
                 let _ = writeln!(out, "{:<26}{reason}", "");
+            }
+            if !job.failover.is_empty() {
+                let _ = writeln!(out, "{:<26}places to try once capacity frees:", "");
+                for placement in &job.failover {
+                    row(&mut out, "", placement);
+                }
             }
         }
     }

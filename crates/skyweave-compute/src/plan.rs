@@ -684,6 +684,11 @@ fn rank_alone(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
 /// How far from the optimum a batch plan may be, in USD.
 pub const MIP_ABS_GAP_USD: f64 = 0.01;
 
+/// Costs enter the program in thousands of USD, which keeps its
+/// coefficients and bounds within the ranges HiGHS handles best (in USD it
+/// warns of excessively large costs and bounds, and solves slower).
+const SCALE: f64 = 1e-3;
+
 struct Solved {
     choices: Vec<Option<usize>>,
     variables: usize,
@@ -778,17 +783,17 @@ impl Planner {
                 }
                 let cost = match c.commitment {
                     Some(m) => {
-                        entries.push((commitment_rows[&m], c.compute_usd));
+                        entries.push((commitment_rows[&m], c.compute_usd * SCALE));
                         c.egress_usd
                     }
                     None => c.cost(),
                 };
-                problem.add_integer_column(cost, 0.0..=1.0, entries);
+                problem.add_integer_column(cost * SCALE, 0.0..=1.0, entries);
                 columns.push((next_column, j, k));
                 next_column += 1;
             }
             if allow_unplaced {
-                problem.add_column(penalty, 0.0..=1.0, [(job_rows[&j], 1.0)]);
+                problem.add_column(penalty * SCALE, 0.0..=1.0, [(job_rows[&j], 1.0)]);
                 next_column += 1;
             }
         }
@@ -796,7 +801,7 @@ impl Planner {
             let commitment = &self.commitments[m];
             problem.add_column(
                 1.0 - commitment.burn_down_weight,
-                0.0..=commitment.remaining_usd(),
+                0.0..=commitment.remaining_usd() * SCALE,
                 [(row, -1.0)],
             );
             problem.add_column(1.0, 0.0.., [(row, -1.0)]);
@@ -811,7 +816,7 @@ impl Planner {
         // Exact to the cent: the search stops only when the best plan is
         // proven within 0.01 USD of the optimum.
         model.set_option("mip_rel_gap", 0.0);
-        model.set_option("mip_abs_gap", MIP_ABS_GAP_USD);
+        model.set_option("mip_abs_gap", MIP_ABS_GAP_USD * SCALE);
         model.set_option("threads", 1);
         let solved =
             model.try_solve().map_err(|status| PlanError::Solver(format!("{status:?}")))?;
@@ -839,6 +844,15 @@ impl Planner {
 
 /// Keeps, among candidates that touch the same shared constraints with the
 /// same usage, only those that can be optimal.
+///
+/// Within such a group, candidate A may replace candidate B in any plan
+/// without changing feasibility. The objective changes by
+/// `f(S - cB + cA) - f(S) + eA - eB`, where `c` is the discounted compute, `e`
+/// the egress and `f` the committed cloud's valuation of its spend `S`
+/// (convex, slope at least `1 - w`; `f(S) = S` without a commitment). With
+/// `cA <= cB` that change is at most `eA - eB - (1 - w) (cB - cA)`, so B can
+/// be dropped whenever that is `<= 0` for some kept A. Without a commitment
+/// (`w = 0`, `f(S) = S`) one candidate per group remains.
 fn reduce(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
     type Key = (Option<usize>, Option<usize>, Vec<usize>, u32);
     let mut groups: HashMap<Key, Vec<usize>> = HashMap::new();
@@ -851,12 +865,7 @@ fn reduce(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
     let position: HashMap<usize, usize> = order.iter().enumerate().map(|(i, &k)| (k, i)).collect();
     let mut kept = Vec::new();
     for ((commitment, ..), mut members) in groups {
-        members.sort_by_key(|k| position[k]);
-        if commitment.is_none() {
-            kept.push(members[0]);
-            continue;
-        }
-        // Pareto front on (discounted compute, egress).
+        let min_slope = commitment.map_or(1.0, |m| 1.0 - planner.commitments[m].burn_down_weight);
         members.sort_by(|&a, &b| {
             candidates[a]
                 .compute_usd
@@ -864,13 +873,33 @@ fn reduce(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
                 .then(candidates[a].egress_usd.total_cmp(&candidates[b].egress_usd))
                 .then(position[&a].cmp(&position[&b]))
         });
-        let mut best_egress = f64::INFINITY;
-        for k in members {
-            if candidates[k].egress_usd < best_egress {
-                best_egress = candidates[k].egress_usd;
-                kept.push(k);
+        let mut group_kept: Vec<usize> = Vec::new();
+        for b in members {
+            let (cb, eb) = (candidates[b].compute_usd, candidates[b].egress_usd);
+            let dominated = group_kept.iter().any(|&a| {
+                let (ca, ea) = (candidates[a].compute_usd, candidates[a].egress_usd);
+                ea - eb <= min_slope * (cb - ca)
+            });
+            if !dominated {
+                group_kept.push(b);
             }
         }
+        // A dearer A may replace B too: the change is then at most
+        // `(cA - cB) + eA - eB` (slope at most 1), so B goes if A's total is
+        // lower.
+        let total = |k: usize| candidates[k].cost();
+        let survivors: Vec<usize> = group_kept
+            .iter()
+            .copied()
+            .filter(|&b| {
+                !group_kept.iter().any(|&a| {
+                    a != b
+                        && total(a) < total(b)
+                        && candidates[a].compute_usd > candidates[b].compute_usd
+                })
+            })
+            .collect();
+        kept.extend(survivors);
     }
     kept.sort_by_key(|k| position[k]);
     kept

@@ -35,10 +35,12 @@
 //! possible and, among those placements, costs least.
 //!
 //! Before solving, each job's candidates are reduced without changing the
-//! optimum: candidates that touch the same constraints with the same usage
-//! are interchangeable for every other job, so only the cheapest of them
-//! is kept (on a committed cloud, those not dominated in both discounted
-//! compute and egress).
+//! optimum: a candidate is dropped when another candidate of the same job
+//! uses no more of any shared constraint (same quotas or a subset, no more
+//! accelerators, the same private offering or none, the same commitment)
+//! and is worth at least as much at every point of the commitment's
+//! valuation (see [`reduce`]); swapping them never makes a plan infeasible
+//! or dearer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
@@ -853,7 +855,7 @@ impl Planner {
 /// `cA <= cB` that change is at most `eA - eB - (1 - w) (cB - cA)`, so B can
 /// be dropped whenever that is `<= 0` for some kept A. Without a commitment
 /// (`w = 0`, `f(S) = S`) one candidate per group remains.
-fn reduce(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
+pub(crate) fn reduce(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
     type Key = (Option<usize>, Option<usize>, Vec<usize>, u32);
     let mut groups: HashMap<Key, Vec<usize>> = HashMap::new();
     for (k, c) in candidates.iter().enumerate() {
@@ -901,6 +903,41 @@ fn reduce(planner: &Planner, candidates: &[Candidate]) -> Vec<usize> {
             .collect();
         kept.extend(survivors);
     }
+    // Across groups: A may also replace B when A uses no more of any shared
+    // constraint than B (its quotas a subset of B's, no more accelerators,
+    // the same private offering or none) on the same commitment, and the
+    // value test above holds. Such a swap keeps every plan feasible.
+    let uses_no_more = |a: &Candidate, b: &Candidate| {
+        a.commitment == b.commitment
+            && (a.quotas.is_empty()
+                || (a.accelerators <= b.accelerators
+                    && a.quotas.iter().all(|q| b.quotas.contains(q))))
+            && (a.purchase != Purchase::Private
+                || (b.purchase == Purchase::Private && a.offering == b.offering))
+    };
+    let slope =
+        |c: &Candidate| c.commitment.map_or(1.0, |m| 1.0 - planner.commitments[m].burn_down_weight);
+    let replaces = |a: &Candidate, b: &Candidate| {
+        if a.compute_usd <= b.compute_usd {
+            a.egress_usd - b.egress_usd <= slope(b) * (b.compute_usd - a.compute_usd)
+        } else {
+            a.cost() <= b.cost()
+        }
+    };
+    let survivors: Vec<usize> = kept
+        .iter()
+        .copied()
+        .filter(|&b| {
+            let cb = &candidates[b];
+            !kept.iter().any(|&a| {
+                let ca = &candidates[a];
+                // Equal usage is one group, handled above; here A must use
+                // strictly less somewhere, so A and B cannot remove each other.
+                a != b && uses_no_more(ca, cb) && !uses_no_more(cb, ca) && replaces(ca, cb)
+            })
+        })
+        .collect();
+    let mut kept = survivors;
     kept.sort_by_key(|k| position[k]);
     kept
 }

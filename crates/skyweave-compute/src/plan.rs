@@ -39,7 +39,7 @@
 //! uses no more of any shared constraint (same quotas or a subset, no more
 //! accelerators, the same private offering or none, the same commitment)
 //! and is worth at least as much at every point of the commitment's
-//! valuation (see [`reduce`]); swapping them never makes a plan infeasible
+//! valuation (see `reduce`); swapping them never makes a plan infeasible
 //! or dearer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -373,20 +373,38 @@ fn parse_file(file: &CatalogFile, catalog: &mut Catalog, errors: &mut Vec<Config
         let count_value = number(Some(columns.count), "AcceleratorCount", false);
         let vcpus = number(columns.vcpus, "vCPUs", false);
         let memory_gib = number(columns.memory, "MemoryGiB", false);
+        let mut fractional = false;
         let mut count = match count_value {
             None => None,
             Some(c) if c >= 1.0 && c.fract() == 0.0 && c <= 65536.0 => Some(c as u32),
+            // Published catalogs list shares of one GPU (Azure NVads A10 v5:
+            // 1/6, 1/3, 1/2): real offerings, but not whole accelerators.
+            Some(c) if c > 0.0 && c <= 65536.0 => {
+                fractional = true;
+                None
+            }
             Some(c) => {
                 errors.push(at(
                     field_at(columns.count),
-                    format!("AcceleratorCount {c} is not a whole number of accelerators"),
-                    "write the accelerators per instance as a whole number (8 or 8.0)",
+                    format!("AcceleratorCount {c} is not a number of accelerators"),
+                    "write the accelerators per instance, more than 0 (8 or 8.0)",
                 ));
                 row_ok = false;
                 None
             }
         };
         if !row_ok {
+            continue;
+        }
+        if fractional {
+            catalog.skipped.push(Skipped {
+                origin: Origin { file: file_name.clone(), line },
+                reason: format!(
+                    "{}: a fraction of an accelerator ({}) is not planned",
+                    field(columns.instance),
+                    field(columns.count)
+                ),
+            });
             continue;
         }
         let instance_type = field(columns.instance).to_string();

@@ -129,6 +129,13 @@ impl Check<'_> {
     }
 }
 
+/// Longest job, deadline and largest dataset accepted: beyond these, costs
+/// stop being meaningful numbers.
+const MAX_HOURS: f64 = 1e6;
+const MAX_DATA_GB: f64 = 1e9;
+const MIN_SPEED: f64 = 1e-3;
+const MAX_SPEED: f64 = 1e3;
+
 /// Parses a job file against a catalog (accelerator names and regions are
 /// checked against it). Every problem is reported at once.
 pub fn parse_jobs(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<Job>, ConfigErrors> {
@@ -181,20 +188,20 @@ pub fn parse_jobs(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<Job>,
             );
         }
         let hours = *raw_job.hours.get_ref();
-        if !(hours.is_finite() && hours > 0.0) {
+        if !(hours > 0.0 && hours <= MAX_HOURS) {
             check.fail(
                 raw_job.hours.span(),
-                format!("job `{name}`: hours = {hours} is not a duration"),
-                "give the hours of work at speed 1.0, more than 0",
+                format!("job `{name}`: hours = {hours:?} is not a duration"),
+                "give the hours of work at speed 1.0, more than 0 and at most 1000000",
             );
         }
         let deadline = raw_job.deadline_hours.as_ref().map(|d| (*d.get_ref(), d.span()));
         if let Some((deadline, span)) = &deadline {
-            if !(deadline.is_finite() && *deadline > 0.0) {
+            if !(*deadline > 0.0 && *deadline <= MAX_HOURS) {
                 check.fail(
                     span.clone(),
-                    format!("job `{name}`: deadline_hours = {deadline} is not a duration"),
-                    "give the wall-clock hours the job may take, more than 0",
+                    format!("job `{name}`: deadline_hours = {deadline:?} is not a duration"),
+                    "give the wall-clock hours the job may take, more than 0 and at most 1000000",
                 );
             }
         }
@@ -284,7 +291,7 @@ pub fn parse_jobs(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<Job>,
                 continue;
             };
             let counts = catalog.counts(canonical);
-            if count < 1 || !counts.contains(&(count as u32)) {
+            let Some(count) = u32::try_from(count).ok().filter(|c| counts.contains(c)) else {
                 let sold: Vec<String> = counts.iter().map(u32::to_string).collect();
                 check.fail(
                     span,
@@ -292,31 +299,30 @@ pub fn parse_jobs(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<Job>,
                     format!("{canonical} is sold {} per node", sold.join(", ")),
                 );
                 continue;
-            }
-            if !(speed.is_finite() && speed > 0.0) {
+            };
+            if !(MIN_SPEED..=MAX_SPEED).contains(&speed) {
                 check.fail(
                     span,
-                    format!("job `{name}`: speed {speed} for {canonical} is not a speed"),
-                    "give the speed relative to 1.0, more than 0 (1.3 is 30% faster)",
+                    format!("job `{name}`: speed {speed:?} for {canonical} is not a speed"),
+                    "give the speed relative to 1.0, from 0.001 to 1000 (1.3 is 30% faster)",
                 );
                 continue;
             }
-            accelerators.push(Alternative {
-                name: canonical.to_string(),
-                count: count as u32,
-                speed,
-            });
+            accelerators.push(Alternative { name: canonical.to_string(), count, speed });
         }
         let mut data = Vec::new();
         for (index, dataset) in raw_job.data.iter().enumerate() {
             let span = dataset.span();
             let dataset = dataset.get_ref();
             let data_name = dataset.name.clone().unwrap_or_else(|| format!("data[{index}]"));
-            if !(dataset.size_gb.is_finite() && dataset.size_gb >= 0.0) {
+            if !(dataset.size_gb >= 0.0 && dataset.size_gb <= MAX_DATA_GB) {
                 check.fail(
                     span.clone(),
-                    format!("job `{name}`: {data_name}: size_gb {} is not a size", dataset.size_gb),
-                    "give the size in GB, 0 or more",
+                    format!(
+                        "job `{name}`: {data_name}: size_gb {:?} is not a size",
+                        dataset.size_gb
+                    ),
+                    "give the size in GB, 0 to 1000000000",
                 );
             }
             if dataset.locations.is_empty() {
@@ -330,6 +336,31 @@ pub fn parse_jobs(text: &str, file: &str, catalog: &Catalog) -> Result<Vec<Job>,
             for location in &dataset.locations {
                 match location.get_ref().split_once(':') {
                     Some((cloud, region)) if !cloud.is_empty() && !region.is_empty() => {
+                        if !known_clouds.contains(cloud) {
+                            check.fail(
+                                location.span(),
+                                format!(
+                                    "job `{name}`: data location `{}`: unknown cloud `{cloud}`",
+                                    location.get_ref()
+                                ),
+                                format!(
+                                    "use a cloud the catalog or the estate has, in lower case: {}",
+                                    known_clouds.iter().copied().collect::<Vec<_>>().join(", ")
+                                ),
+                            );
+                        } else if !known_regions.contains(&(cloud, region))
+                            && !shipped_regions.knows(region)
+                        {
+                            check.fail(
+                                location.span(),
+                                format!(
+                                    "job `{name}`: data location `{}`: unknown region `{region}`",
+                                    location.get_ref()
+                                ),
+                                "use a region name as the cloud writes it, e.g. aws:us-east-1, \
+                                 azure:eastus, gcp:us-central1",
+                            );
+                        }
                         locations.push((cloud.to_string(), region.to_string()));
                     }
                     _ => check.fail(

@@ -104,12 +104,37 @@ pub struct EgressLeg {
     pub usd: f64,
 }
 
-/// Why offerings of a job's accelerators were not candidates.
+/// What keeps an offering from being a candidate of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Filter {
+    Residency,
+    Deadline,
+    Spot,
+    Quota,
+    Capacity,
+}
+
+impl Filter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filter::Residency => "residency",
+            Filter::Deadline => "deadline",
+            Filter::Spot => "spot",
+            Filter::Quota => "quota",
+            Filter::Capacity => "capacity",
+        }
+    }
+}
+
+/// Why a job's offerings were not candidates.
 #[derive(Debug, Clone, Default)]
 pub struct Rejections {
-    pub offerings: usize,
-    pub residency: usize,
-    pub no_price: usize,
+    /// (offering, purchase) pairs of the job's accelerator shapes.
+    pub options: usize,
+    /// Pairs each filter rejects (a pair may fail several).
+    pub failed: BTreeMap<Filter, usize>,
+    /// Pairs that this filter alone rejects: relaxing it would admit them.
+    pub only: BTreeMap<Filter, usize>,
     /// (alternative, wall hours) that miss the deadline.
     pub deadline: Vec<(String, f64)>,
     /// Quota name -> (limit, needed).
@@ -208,6 +233,39 @@ impl Planner {
         Planner { catalog, quotas, commitments, egress: EgressPrices::shipped(), failover_depth: 5 }
     }
 
+    /// Estate entries that name a cloud or accelerator the catalog does not
+    /// have, and so limit nothing.
+    pub fn estate_warnings(&self) -> Vec<String> {
+        let clouds: BTreeSet<&str> =
+            self.catalog.offerings.iter().map(|o| o.cloud.as_str()).collect();
+        let mut warnings = Vec::new();
+        for quota in &self.quotas {
+            if !clouds.contains(quota.cloud.as_str()) {
+                warnings.push(format!(
+                    "[[quota]] `{}`: no offering is in cloud `{}`, so it limits nothing",
+                    quota.name, quota.cloud
+                ));
+            }
+            for accelerator in &quota.accelerators {
+                if self.catalog.canonical_name(accelerator).is_none() {
+                    warnings.push(format!(
+                        "[[quota]] `{}`: no offering has the accelerator `{accelerator}`",
+                        quota.name
+                    ));
+                }
+            }
+        }
+        for commitment in &self.commitments {
+            if !clouds.contains(commitment.cloud.as_str()) {
+                warnings.push(format!(
+                    "[[commitment]] `{}`: no offering is in this cloud, so it changes nothing",
+                    commitment.cloud
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Every candidate of a job, and why the other offerings were not.
     pub fn candidates(&self, job: &Job) -> (Vec<Candidate>, Rejections) {
         let mut rejections = Rejections::default();
@@ -216,45 +274,41 @@ impl Planner {
         for (alternative_index, alternative) in job.accelerators.iter().enumerate() {
             let wall_hours = job.hours / alternative.speed;
             let deadline_ok = job.deadline_hours.is_none_or(|d| wall_hours <= d + 1e-9);
+            if !deadline_ok {
+                rejections
+                    .deadline
+                    .push((format!("{}:{}", alternative.name, alternative.count), wall_hours));
+            }
             let accelerators = job.nodes.saturating_mul(alternative.count);
             for &index in self.catalog.matching(&alternative.name, alternative.count) {
                 let offering = &self.catalog.offerings[index];
-                rejections.offerings += 1;
-                if !job.allows(&offering.cloud, &offering.region) {
-                    rejections.residency += 1;
-                    continue;
-                }
-                if !deadline_ok {
-                    let entry = (format!("{}:{}", alternative.name, alternative.count), wall_hours);
-                    if !rejections.deadline.contains(&entry) {
-                        rejections.deadline.push(entry);
-                    }
-                    continue;
-                }
-                let mut purchases: Vec<(Purchase, f64)> = Vec::with_capacity(2);
-                if let Some(private) = &offering.private {
-                    if private.nodes < job.nodes {
-                        rejections.capacity.insert(private.name.clone(), private.nodes);
-                        continue;
-                    }
-                    purchases.extend(offering.on_demand.map(|p| (Purchase::Private, p)));
+                let allowed = job.allows(&offering.cloud, &offering.region);
+                let mut options: Vec<(Purchase, f64)> = Vec::with_capacity(2);
+                if offering.private.is_some() {
+                    options.extend(offering.on_demand.map(|p| (Purchase::Private, p)));
                 } else {
-                    purchases.extend(offering.on_demand.map(|p| (Purchase::OnDemand, p)));
-                    if job.spot {
-                        purchases.extend(offering.spot.map(|p| (Purchase::Spot, p)));
-                    }
+                    options.extend(offering.on_demand.map(|p| (Purchase::OnDemand, p)));
+                    options.extend(offering.spot.map(|p| (Purchase::Spot, p)));
                 }
-                if purchases.is_empty() {
-                    rejections.no_price += 1;
-                    continue;
-                }
-                let (egress_usd, egress) = egress_cache
-                    .entry((offering.cloud.as_str(), offering.region.as_str()))
-                    .or_insert_with(|| self.egress_for(job, offering))
-                    .clone();
                 let commitment = self.commitments.iter().position(|c| c.cloud == offering.cloud);
                 let discount = commitment.map_or(0.0, |c| self.commitments[c].current_discount());
-                'purchase: for (purchase, node_price) in purchases {
+                for (purchase, node_price) in options {
+                    let mut failed: Vec<Filter> = Vec::new();
+                    if !allowed {
+                        failed.push(Filter::Residency);
+                    }
+                    if !deadline_ok {
+                        failed.push(Filter::Deadline);
+                    }
+                    if purchase == Purchase::Spot && !job.spot {
+                        failed.push(Filter::Spot);
+                    }
+                    if let Some(private) = &offering.private {
+                        if private.nodes < job.nodes {
+                            failed.push(Filter::Capacity);
+                            rejections.capacity.insert(private.name.clone(), private.nodes);
+                        }
+                    }
                     let mut quotas = Vec::new();
                     if purchase != Purchase::Private {
                         for (q, quota) in self.quotas.iter().enumerate() {
@@ -265,17 +319,36 @@ impl Planner {
                                 purchase == Purchase::Spot,
                             ) {
                                 if quota.max_accelerators < accelerators {
+                                    if !failed.contains(&Filter::Quota) {
+                                        failed.push(Filter::Quota);
+                                    }
                                     rejections.quota.insert(
                                         quota.name.clone(),
                                         (quota.max_accelerators, accelerators),
                                     );
-                                    continue 'purchase;
                                 }
                                 quotas.push(q);
                             }
                         }
                     }
+                    rejections.options += 1;
                     let list_compute_usd = f64::from(job.nodes) * node_price * wall_hours;
+                    if !list_compute_usd.is_finite() {
+                        continue;
+                    }
+                    if !failed.is_empty() {
+                        for filter in &failed {
+                            *rejections.failed.entry(*filter).or_default() += 1;
+                        }
+                        if let [only] = failed.as_slice() {
+                            *rejections.only.entry(*only).or_default() += 1;
+                        }
+                        continue;
+                    }
+                    let (egress_usd, egress) = egress_cache
+                        .entry((offering.cloud.as_str(), offering.region.as_str()))
+                        .or_insert_with(|| self.egress_for(job, offering))
+                        .clone();
                     candidates.push(Candidate {
                         offering: index,
                         alternative: alternative_index,
@@ -286,7 +359,7 @@ impl Planner {
                         compute_usd: list_compute_usd * (1.0 - discount),
                         discount,
                         egress_usd,
-                        egress: egress.clone(),
+                        egress,
                         accelerators,
                         quotas,
                         commitment,
@@ -359,24 +432,28 @@ impl Planner {
         for (j, job) in jobs.iter().enumerate() {
             let (candidates, rejections) = &generated[j];
             let ranked = rank_alone(self, candidates);
+            let value = |k: usize| self.objective(&[Some(&candidates[k])]);
             let placement = choices[j].map(|k| {
-                let why = if jobs.len() == 1 || ranked.first() == Some(&k) {
+                let best = ranked[0];
+                let why = if value(k) <= value(best) + 1e-6 * (1.0 + value(best).abs()) {
                     "cheapest feasible placement".to_string()
                 } else {
-                    let alone = &candidates[ranked[0]];
-                    let offering = &self.catalog.offerings[alone.offering];
-                    let what = match &offering.private {
-                        Some(private) => format!("private offering `{}`", private.name),
-                        None => format!("{} {}", offering.cloud, offering.place()),
-                    };
-                    format!(
-                        "cheapest for the batch; the cheapest alone ({what}) is taken by \
-                         other jobs within the shared quotas and capacity"
-                    )
+                    let what = self.describe_place(&candidates[best]);
+                    match self.blocked(jobs, j, &candidates[best], &chosen) {
+                        Some(block) => format!(
+                            "cheapest for the batch: the cheapest alone ({what}) does not fit \
+                             beside the other jobs: {block}"
+                        ),
+                        None => format!(
+                            "cheapest for the batch: the cheapest alone ({what}) would cost the \
+                             batch more through the commitments' valuation of the other jobs' \
+                             spend"
+                        ),
+                    }
                 };
                 self.placement(job, &candidates[k], 1, why)
             });
-            let failover = self.failover(job, candidates, &ranked, choices[j]);
+            let failover = self.failover(jobs, j, candidates, &ranked, choices[j], &chosen);
             let unplaced = if choices[j].is_none() {
                 Some(self.explain(jobs, j, candidates, rejections, &chosen))
             } else {
@@ -456,19 +533,23 @@ impl Planner {
     /// The next best zones, regions and clouds after the chosen one.
     fn failover(
         &self,
-        job: &Job,
+        jobs: &[Job],
+        j: usize,
         candidates: &[Candidate],
         ranked: &[usize],
-        chosen: Option<usize>,
+        chosen_k: Option<usize>,
+        chosen: &[Option<&Candidate>],
     ) -> Vec<Placement> {
+        let job = &jobs[j];
         let place_of = |k: usize| {
             let o = &self.catalog.offerings[candidates[k].offering];
-            (o.cloud.as_str(), o.place())
+            (o.cloud.as_str(), o.place(), o.private.as_ref().map(|p| p.name.as_str()))
         };
-        let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
-        if let Some(k) = chosen {
+        let mut seen = BTreeSet::new();
+        if let Some(k) = chosen_k {
             seen.insert(place_of(k));
         }
+        let first_rank = if chosen_k.is_some() { 2 } else { 1 };
         let mut list = Vec::new();
         for &k in ranked {
             if list.len() >= self.failover_depth {
@@ -477,13 +558,96 @@ impl Planner {
             if !seen.insert(place_of(k)) {
                 continue;
             }
-            let why = match chosen {
-                Some(first) => self.compare(&candidates[first], &candidates[k], job),
-                None => "not placed in this plan; the best place once capacity frees".into(),
+            let why = match chosen_k {
+                Some(first) => {
+                    let mut why = self.compare(&candidates[first], &candidates[k], job);
+                    let (v_first, v_k) = (
+                        self.objective(&[Some(&candidates[first])]),
+                        self.objective(&[Some(&candidates[k])]),
+                    );
+                    if v_k < v_first - 1e-6 * (1.0 + v_first.abs()) {
+                        match self.blocked(jobs, j, &candidates[k], chosen) {
+                            Some(block) => why.push_str(&format!("; cheaper, but {block}")),
+                            None => why.push_str(
+                                "; cheaper alone, dearer for the batch through the commitments",
+                            ),
+                        }
+                    }
+                    why
+                }
+                None => match self.blocked(jobs, j, &candidates[k], chosen) {
+                    Some(block) => format!("feasible alone; in this plan {block}"),
+                    None => "feasible alone".into(),
+                },
             };
-            list.push(self.placement(job, &candidates[k], list.len() + 2, why));
+            list.push(self.placement(job, &candidates[k], list.len() + first_rank, why));
         }
         list
+    }
+
+    /// "aws use1-az2" or "private offering `reserved-h100`".
+    fn describe_place(&self, candidate: &Candidate) -> String {
+        let offering = &self.catalog.offerings[candidate.offering];
+        match &offering.private {
+            Some(private) => format!("private offering `{}`", private.name),
+            None => format!("{} {}", offering.cloud, offering.place()),
+        }
+    }
+
+    /// Which shared constraint a candidate of job `j` would overflow beside
+    /// the other jobs' choices, if any.
+    fn blocked(
+        &self,
+        jobs: &[Job],
+        j: usize,
+        candidate: &Candidate,
+        chosen: &[Option<&Candidate>],
+    ) -> Option<String> {
+        for &q in &candidate.quotas {
+            let users: Vec<(usize, u32)> = chosen
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| *i != j && c.is_some_and(|c| c.quotas.contains(&q)))
+                .map(|(i, c)| (i, c.map_or(0, |c| c.accelerators)))
+                .collect();
+            let used: u32 = users.iter().map(|(_, a)| a).sum();
+            let quota = &self.quotas[q];
+            if used + candidate.accelerators > quota.max_accelerators {
+                let names: Vec<&str> = users.iter().map(|(i, _)| jobs[*i].name.as_str()).collect();
+                return Some(format!(
+                    "quota `{}` ({} accelerators) has {used} in use by {}",
+                    quota.name,
+                    quota.max_accelerators,
+                    name_some(&names)
+                ));
+            }
+        }
+        if candidate.purchase == Purchase::Private {
+            let offering = &self.catalog.offerings[candidate.offering];
+            let private = offering.private.as_ref()?;
+            let users: Vec<usize> = chosen
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| {
+                    *i != j
+                        && c.is_some_and(|c| {
+                            c.purchase == Purchase::Private && c.offering == candidate.offering
+                        })
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let used: u32 = users.iter().map(|&i| jobs[i].nodes).sum();
+            if used + jobs[j].nodes > private.nodes {
+                let names: Vec<&str> = users.iter().map(|&i| jobs[i].name.as_str()).collect();
+                return Some(format!(
+                    "private offering `{}` ({} nodes) has {used} in use by {}",
+                    private.name,
+                    private.nodes,
+                    name_some(&names)
+                ));
+            }
+        }
+        None
     }
 
     fn compare(&self, first: &Candidate, other: &Candidate, job: &Job) -> String {
@@ -532,12 +696,31 @@ impl Planner {
         if candidates.is_empty() {
             let shapes: Vec<String> =
                 job.accelerators.iter().map(|a| format!("{}:{}", a.name, a.count)).collect();
+            if rejections.options == 0 {
+                binding.insert("catalog");
+                reasons.push(format!(
+                    "no priced offering of {} in the catalog (the shape is listed without a \
+                     price, or only in rows that were skipped)",
+                    shapes.join(" or ")
+                ));
+                return Unplaced {
+                    binding: binding.into_iter().map(str::to_string).collect(),
+                    reasons,
+                };
+            }
             reasons.push(format!(
-                "{} offerings of {} exist; none is feasible",
-                rejections.offerings,
+                "{} offerings of {} (counting on-demand and spot apart) exist; none is feasible",
+                rejections.options,
                 shapes.join(" or ")
             ));
-            if rejections.residency > 0 {
+            // A filter binds when relaxing it alone would admit an offering;
+            // where every offering fails several, all of them are named.
+            let binds = |filter: Filter| {
+                rejections.failed.contains_key(&filter)
+                    && (rejections.only.contains_key(&filter) || rejections.only.is_empty())
+            };
+            let count = |filter: Filter| rejections.failed.get(&filter).copied().unwrap_or(0);
+            if binds(Filter::Residency) {
                 binding.insert("residency");
                 let mut allowed = Vec::new();
                 if !job.clouds.is_empty() {
@@ -548,39 +731,43 @@ impl Planner {
                 }
                 reasons.push(format!(
                     "residency: {} are outside the allowed {}",
-                    rejections.residency,
+                    count(Filter::Residency),
                     allowed.join(" and ")
                 ));
             }
-            if rejections.no_price > 0 {
+            if binds(Filter::Spot) {
                 binding.insert("spot");
                 reasons.push(format!(
-                    "spot: {} are sold only as spot and the job has spot = false",
-                    rejections.no_price
+                    "spot: {} are spot capacity and the job has spot = false",
+                    count(Filter::Spot)
                 ));
             }
-            for (shape, hours) in &rejections.deadline {
+            if binds(Filter::Deadline) {
                 binding.insert("deadline");
-                reasons.push(format!(
-                    "deadline: on {shape} the job takes {hours:.1} h, more than deadline_hours = {}",
-                    job.deadline_hours.unwrap_or_default()
-                ));
+                for (shape, hours) in &rejections.deadline {
+                    reasons.push(format!(
+                        "deadline: on {shape} the job takes {hours:.1} h, more than \
+                         deadline_hours = {}",
+                        job.deadline_hours.unwrap_or_default()
+                    ));
+                }
             }
-            for (quota, (limit, needed)) in &rejections.quota {
+            if binds(Filter::Quota) {
                 binding.insert("quota");
-                reasons.push(format!(
-                    "quota: `{quota}` allows {limit} accelerators; the job needs {needed}"
-                ));
+                for (quota, (limit, needed)) in &rejections.quota {
+                    reasons.push(format!(
+                        "quota: `{quota}` allows {limit} accelerators; the job needs {needed}"
+                    ));
+                }
             }
-            for (name, nodes) in &rejections.capacity {
+            if binds(Filter::Capacity) {
                 binding.insert("capacity");
-                reasons.push(format!(
-                    "capacity: private offering `{name}` has {nodes} nodes; the job needs {}",
-                    job.nodes
-                ));
-            }
-            if rejections.offerings == 0 {
-                binding.insert("capacity");
+                for (name, nodes) in &rejections.capacity {
+                    reasons.push(format!(
+                        "capacity: private offering `{name}` has {nodes} nodes; the job needs {}",
+                        job.nodes
+                    ));
+                }
             }
         } else {
             // Feasible alone, left out in the batch: name the shared

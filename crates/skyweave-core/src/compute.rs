@@ -112,6 +112,11 @@ impl Commitment {
             .map_or(0.0, |tier| tier.discount)
     }
 
+    /// Whether `date` (YYYY-MM-DD) falls in the commitment's period.
+    pub fn active_on(&self, date: &str) -> bool {
+        self.start.as_str() <= date && date <= self.end.as_str()
+    }
+
     /// What is left to spend before the commitment is met.
     pub fn remaining_usd(&self) -> f64 {
         (self.total_usd - self.spent_usd).max(0.0)
@@ -144,6 +149,10 @@ mod tests {
         assert_eq!(commitment(500.0).current_discount(), 0.08);
         assert_eq!(commitment(200.0).remaining_usd(), 800.0);
         assert_eq!(commitment(1200.0).remaining_usd(), 0.0);
+        assert!(commitment(0.0).active_on("2026-01-01") && commitment(0.0).active_on("2026-12-31"));
+        assert!(
+            !commitment(0.0).active_on("2027-01-01") && !commitment(0.0).active_on("2025-12-31")
+        );
     }
 
     #[test]

@@ -112,7 +112,8 @@ fn malformed_rows_are_errors_at_file_line_column() {
          p5.48xlarge,H100,8.0,192.0,2048.0,,55.04,14.58,us-east-1,use1-az3,x86_64\n\
          p5.48xlarge,H100,8.0,192.0,2048.0,,-1.5,14.58,us-east-1,use1-az4,x86_64\n\
          p5.48xlarge,H100,8.0,192.0,2048.0,,cheap,14.58,us-east-1,use1-az5,x86_64\n\
-         p5.48xlarge,H100,8.5,192.0,2048.0,,55.04,14.58,us-east-1,use1-az6,x86_64\n\
+         p5.48xlarge,H100,-8,192.0,2048.0,,55.04,14.58,us-east-1,use1-az6,x86_64\n\
+         NV6ads_A10_v5,A10,0.167,6.0,55.0,,0.45,0.1,us-east-1,use1-az6,x86_64\n\
          p5.48xlarge,H100,8.0,192.0\n"
     );
     let errors = parse("aws", &text).unwrap_err().to_string();
@@ -120,10 +121,11 @@ fn malformed_rows_are_errors_at_file_line_column() {
     assert!(errors.contains("aws.csv:3:36: Price -1.5 is not a price"), "{errors}");
     assert!(errors.contains("aws.csv:4:36: Price `cheap` is not a number"), "{errors}");
     assert!(
-        errors.contains("aws.csv:5:18: AcceleratorCount 8.5 is not a whole number"),
+        errors.contains("aws.csv:5:18: AcceleratorCount -8 is not a number of accelerators"),
         "{errors}"
     );
-    assert!(errors.contains("aws.csv:6:1: malformed row"), "{errors}");
+    assert!(errors.contains("aws.csv:7:1: malformed row"), "{errors}");
+    assert!(!errors.contains("aws.csv:6:"), "a fractional GPU is skipped, not an error: {errors}");
     assert!(errors.contains("fix: "), "{errors}");
 }
 

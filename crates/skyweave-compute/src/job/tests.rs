@@ -88,13 +88,13 @@ accelerators = []
     let e = errors(text);
     for expected in [
         "job.toml:4:9: job `a`: nodes = 0 is out of range",
-        "job.toml:5:9: job `a`: hours = -1 is not a duration",
-        "job.toml:6:18: job `a`: deadline_hours = 0 is not a duration",
+        "job.toml:5:9: job `a`: hours = -1.0 is not a duration",
+        "job.toml:6:18: job `a`: deadline_hours = 0.0 is not a duration",
         "job.toml:7:11: job `a`: the catalog has no cloud `oracle`",
         "job.toml:8:12: job `a`: unknown region `moon-1`",
         "job.toml:9:17: job `a`: accelerator `H100` has no count",
-        "job `a`: speed 0 for A100 is not a speed",
-        "job `a`: data[0]: size_gb -5 is not a size",
+        "job `a`: speed 0.0 for A100 is not a speed",
+        "job `a`: data[0]: size_gb -5.0 is not a size",
         "job `a`: data location `us-east-1` is not CLOUD:REGION",
         "job.toml:16:8: job name `a` is used twice",
         "job.toml:18:16: job `a`: accelerators is empty",
@@ -102,6 +102,32 @@ accelerators = []
         assert!(e.contains(expected), "missing `{expected}` in:\n{e}");
     }
     assert!(e.starts_with("job.toml has 11 problems:"), "{e}");
+}
+
+#[test]
+fn data_locations_and_numbers_are_checked() {
+    let text = r#"
+[[job]]
+name = "a"
+hours = 1e300
+accelerators = ["H100:4294967304", { name = "A100", count = 8, speed = 1e-300 }]
+
+[[job.data]]
+size_gb = 10
+locations = ["AWS:us-east-1", "aws:us-east-9", "gcp:us-central1"]
+"#;
+    let e = errors(text);
+    for expected in [
+        "job.toml:4:9: job `a`: hours = 1e300 is not a duration",
+        "job.toml:5:17: job `a`: no instance has 4294967304 H100 per node",
+        "job `a`: speed 1e-300 for A100 is not a speed",
+        "job.toml:9:14: job `a`: data location `AWS:us-east-1`: unknown cloud `AWS`",
+        "in lower case: aws, azure, gcp",
+        "job.toml:9:31: job `a`: data location `aws:us-east-9`: unknown region `us-east-9`",
+    ] {
+        assert!(e.contains(expected), "missing `{expected}` in:\n{e}");
+    }
+    assert!(!e.contains("`gcp:us-central1`"), "{e}");
 }
 
 #[test]

@@ -13,8 +13,9 @@ const HEADER: &str =
 /// (cloud, instance, accelerator, count, region, zone, price, spot).
 type Row<'a> = (&'a str, &'a str, &'a str, u32, &'a str, &'a str, f64, Option<f64>);
 
-/// (nodes, hours, spot, alternatives (count, speed), data (cloud, GB)).
-type RandomJob = (u32, f64, bool, Vec<(u32, f64)>, Option<(usize, f64)>);
+/// (nodes, hours, spot, alternatives (accelerator, count, speed), data
+/// (cloud, GB), deadline hours).
+type RandomJob = (u32, f64, bool, Vec<(usize, u32, f64)>, Option<(usize, f64)>, Option<f64>);
 
 fn catalog(rows: &[Row]) -> Catalog {
     let mut by_cloud: BTreeMap<&str, String> = BTreeMap::new();
@@ -164,7 +165,7 @@ fn infeasibility_names_the_binding_constraint() {
         (
             Job { regions: vec!["ap-south-1".into()], ..job("r", 1, 1.0, &[("H100", 8, 1.0)]) },
             "residency",
-            "residency: 6 are outside the allowed regions ap-south-1",
+            "residency: 9 are outside the allowed regions ap-south-1",
         ),
         (
             Job { deadline_hours: Some(5.0), ..job("d", 1, 10.0, &[("H100", 8, 1.0)]) },
@@ -179,6 +180,27 @@ fn infeasibility_names_the_binding_constraint() {
         assert!(unplaced.reasons.iter().any(|r| r == reason), "{:?}", unplaced.reasons);
         assert_eq!((plan.placed, plan.unplaced), (0, 1));
     }
+    // A deadline no alternative meets binds alone, even with a residency
+    // rule that rejects most offerings too.
+    let j = Job {
+        regions: vec!["us-east-1".into()],
+        deadline_hours: Some(5.0),
+        ..job("rd", 1, 10.0, &[("H100", 8, 1.0)])
+    };
+    let plan = planner(small()).plan(&[j]).unwrap();
+    assert_eq!(plan.jobs[0].unplaced.as_ref().unwrap().binding, ["deadline"]);
+    // A shape the catalog lists without a price.
+    let mut unpriced = small();
+    for offering in &mut unpriced.offerings {
+        if offering.accelerator == "H200" {
+            offering.on_demand = None;
+            offering.spot = None;
+        }
+    }
+    let plan = planner(unpriced).plan(&[job("u", 1, 1.0, &[("H200", 8, 1.0)])]).unwrap();
+    let unplaced = plan.jobs[0].unplaced.as_ref().unwrap();
+    assert_eq!(unplaced.binding, ["catalog"]);
+    assert!(unplaced.reasons[0].starts_with("no priced offering of H200:8"), "{unplaced:?}");
     // Only spot capacity in the allowed region, spot not allowed.
     let mut j = job("s", 1, 1.0, &[("H200", 8, 1.0)]);
     j.clouds = vec!["aws".into()];
@@ -234,7 +256,18 @@ fn a_batch_shares_a_quota_at_least_total_cost() {
     assert_eq!(placed(&plan, 1), ("gcp", "us-central1-a", Purchase::OnDemand));
     assert_eq!(placed(&plan, 0), ("gcp", "europe-west4-a", Purchase::OnDemand));
     assert!(close(plan.total_usd, 4400.0 + 460.0));
-    assert!(plan.jobs[0].placement.as_ref().unwrap().why.contains("taken by other jobs"));
+    let why = &plan.jobs[0].placement.as_ref().unwrap().why;
+    assert!(
+        why.contains(
+            "the cheapest alone (gcp us-central1-a) does not fit beside the other jobs: quota \
+             `gcp/us-central1` (8 accelerators) has 8 in use by long"
+        ),
+        "{why}"
+    );
+    // Its failover list shows the cheaper place, and why it is not used.
+    let cheaper = &plan.jobs[0].failover[0];
+    assert_eq!(cheaper.zone.as_deref(), Some("us-central1-a"));
+    assert!(cheaper.why.contains("; cheaper, but quota `gcp/us-central1`"), "{}", cheaper.why);
 }
 
 #[test]
@@ -333,29 +366,43 @@ fn gcp_split_prices_add_up_in_the_plan() {
 // ---------------------------------------------------------------------------
 // The MILP against brute force on small random instances.
 
+/// cloud, region, accelerator filter, purchase (0 any, 1 on demand, 2 spot), max
+type RandomQuota = (usize, Option<usize>, Option<usize>, usize, u32);
+
 #[derive(Debug, Clone)]
 struct Instance {
-    offerings: Vec<(usize, usize, u32, f64, Option<f64>)>, // cloud, region, count, price, spot
-    private: Vec<(usize, u32, f64)>,                       // region, nodes, price
-    quotas: Vec<(usize, Option<usize>, u32)>,              // cloud, region, max
-    commitments: Vec<(usize, f64, f64, f64)>,              // cloud, remaining, discount, weight
+    /// cloud, region, accelerator (0: GPU, 1: TPU), count, price, spot
+    offerings: Vec<(usize, usize, usize, u32, f64, Option<f64>)>,
+    /// cloud (3: on premises), region, nodes, price
+    private: Vec<(usize, usize, u32, f64)>,
+    quotas: Vec<RandomQuota>,
+    /// cloud, remaining, discount, weight
+    commitments: Vec<(usize, f64, f64, f64)>,
     jobs: Vec<RandomJob>,
 }
 
 const CLOUDS: [&str; 3] = ["aws", "gcp", "azure"];
 const REGIONS: [&str; 3] = ["us-east-1", "us-central1", "westeurope"];
 
+const ACCELERATORS: [&str; 2] = ["GPU", "TPU"];
+
 fn instance() -> impl Strategy<Value = Instance> {
     let offering = (
         0..3usize,
         0..3usize,
+        0..2usize,
         prop::sample::select(vec![4u32, 8]),
         1.0..50.0f64,
         prop::option::of(1.0..30.0f64),
     );
-    let private = (0..3usize, 1..6u32, 0.0..20.0f64);
-    let quota =
-        (0..3usize, prop::option::of(0..3usize), prop::sample::select(vec![0u32, 8, 16, 24, 32]));
+    let private = (0..4usize, 0..3usize, 1..6u32, 0.0..20.0f64);
+    let quota = (
+        0..3usize,
+        prop::option::of(0..3usize),
+        prop::option::of(0..2usize),
+        0..3usize,
+        prop::sample::select(vec![0u32, 8, 16, 24, 32]),
+    );
     let commitment = (
         0..3usize,
         0.0..3000.0f64,
@@ -363,13 +410,14 @@ fn instance() -> impl Strategy<Value = Instance> {
         prop::sample::select(vec![0.0, 0.5, 1.0]),
     );
     let alternative =
-        (prop::sample::select(vec![4u32, 8]), prop::sample::select(vec![0.8, 1.0, 1.3]));
+        (0..2usize, prop::sample::select(vec![4u32, 8]), prop::sample::select(vec![0.8, 1.0, 1.3]));
     let job = (
         1..4u32,
         1.0..40.0f64,
         any::<bool>(),
         prop::collection::vec(alternative, 1..3),
         prop::option::of((0..3usize, 0.0..2000.0f64)),
+        prop::option::of(5.0..50.0f64),
     );
     (
         prop::collection::vec(offering, 1..6),
@@ -401,11 +449,12 @@ fn build(instance: &Instance) -> (Planner, Vec<Job>) {
         .offerings
         .iter()
         .zip(&names)
-        .map(|(&(cloud, _, count, price, spot), (instance, region, zone))| {
+        .map(|(&(cloud, _, accelerator, count, price, spot), (instance, region, zone))| {
+            let accelerator = ACCELERATORS[accelerator];
             (
                 CLOUDS[cloud],
                 instance.as_str(),
-                "GPU",
+                accelerator,
                 count,
                 region.as_str(),
                 zone.as_str(),
@@ -419,10 +468,10 @@ fn build(instance: &Instance) -> (Planner, Vec<Job>) {
         .private
         .iter()
         .enumerate()
-        .map(|(i, &(region, nodes, price))| PrivateOffering {
+        .map(|(i, &(cloud, region, nodes, price))| PrivateOffering {
             name: format!("private-{i}"),
-            kind: PrivateKind::OnPremises,
-            cloud: "onprem".into(),
+            kind: PrivateKind::Reserved,
+            cloud: if cloud == 3 { "onprem".into() } else { CLOUDS[cloud].into() },
             region: REGIONS[region].into(),
             zone: None,
             instance_type: format!("rack-{i}"),
@@ -436,7 +485,15 @@ fn build(instance: &Instance) -> (Planner, Vec<Job>) {
     let quotas = instance
         .quotas
         .iter()
-        .map(|&(cloud, region, max)| quota(CLOUDS[cloud], region.map(|r| REGIONS[r]), &[], max))
+        .map(|&(cloud, region, accelerator, purchase, max)| Quota {
+            purchase: [QuotaPurchase::Any, QuotaPurchase::OnDemand, QuotaPurchase::Spot][purchase],
+            ..quota(
+                CLOUDS[cloud],
+                region.map(|r| REGIONS[r]),
+                &accelerator.map(|a| vec![ACCELERATORS[a]]).unwrap_or_default(),
+                max,
+            )
+        })
         .collect();
     let mut seen = BTreeSet::new();
     let commitments = instance
@@ -451,17 +508,21 @@ fn build(instance: &Instance) -> (Planner, Vec<Job>) {
         .jobs
         .iter()
         .enumerate()
-        .map(|(i, (nodes, hours, spot, alternatives, data))| Job {
+        .map(|(i, (nodes, hours, spot, alternatives, data, deadline))| Job {
             name: format!("job{i}"),
             nodes: *nodes,
             hours: *hours,
             spot: *spot,
-            deadline_hours: None,
+            deadline_hours: *deadline,
             clouds: vec![],
             regions: vec![],
             accelerators: alternatives
                 .iter()
-                .map(|&(count, speed)| Alternative { name: "GPU".into(), count, speed })
+                .map(|&(accelerator, count, speed)| Alternative {
+                    name: ACCELERATORS[accelerator].into(),
+                    count,
+                    speed,
+                })
                 .collect(),
             data: data
                 .iter()

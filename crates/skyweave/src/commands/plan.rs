@@ -33,7 +33,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
-        print!("{}", table(&plan));
+        print!("{}", table(&plan, &planner.catalog));
     }
     Ok(if plan.unplaced == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
@@ -59,7 +59,7 @@ pub fn load_planner(args: &CatalogArgs) -> anyhow::Result<Result<Planner, String
             Err(errors) => return Ok(Err(errors.to_string())),
         }
     };
-    let (quotas, commitments) = match &args.estate {
+    let (quotas, mut commitments) = match &args.estate {
         None => (Vec::new(), Vec::new()),
         Some(path) => match super::load_estate(path)? {
             Ok(loaded) => {
@@ -69,7 +69,59 @@ pub fn load_planner(args: &CatalogArgs) -> anyhow::Result<Result<Planner, String
             Err(errors) => return Ok(Err(errors)),
         },
     };
-    Ok(Ok(Planner::new(catalog, quotas, commitments)))
+    // A commitment outside its period gives no discount and needs no
+    // burning down.
+    let today = today_utc();
+    commitments.retain(|commitment| {
+        let active = commitment.active_on(&today);
+        if !active {
+            eprintln!(
+                "warning: [[commitment]] `{}` runs {} to {}; today ({today}) is outside it, so \
+                 the plan ignores it",
+                commitment.cloud, commitment.start, commitment.end
+            );
+        }
+        active
+    });
+    let planner = Planner::new(catalog, quotas, commitments);
+    for warning in planner.estate_warnings() {
+        eprintln!("warning: {warning}");
+    }
+    Ok(Ok(planner))
+}
+
+/// Today's date in UTC, YYYY-MM-DD (`SKYWEAVE_TODAY` overrides it, for
+/// planning ahead and for tests).
+fn today_utc() -> String {
+    if let Ok(date) = std::env::var("SKYWEAVE_TODAY") {
+        let iso = date.len() == 10
+            && date.bytes().enumerate().all(|(i, b)| matches!(i, 4 | 7) == (b == b'-'))
+            && date.bytes().enumerate().all(|(i, b)| matches!(i, 4 | 7) || b.is_ascii_digit());
+        if iso {
+            return date;
+        }
+        eprintln!("warning: SKYWEAVE_TODAY=`{date}` is not YYYY-MM-DD; using today's date");
+    }
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's days-to-civil algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// `aws.csv` and `catalogs/v8/aws/vms.csv` both describe aws.
@@ -83,7 +135,7 @@ fn cloud_of(path: &Path) -> String {
     stem.to_string()
 }
 
-fn table(plan: &Plan) -> String {
+fn table(plan: &Plan, catalog: &Catalog) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -146,6 +198,14 @@ fn table(plan: &Plan) -> String {
     }
     let _ = writeln!(
         out,
+        "catalog: {} offerings; {} rows skipped (no price, no accelerator, no host row); {} \
+         corrections of the published data",
+        catalog.offerings.len(),
+        catalog.skipped.len(),
+        catalog.notes.len()
+    );
+    let _ = writeln!(
+        out,
         "solved by {} over {} candidates ({} variables, {} constraints) in {:.3} s",
         plan.solver.method,
         plan.solver.candidates,
@@ -180,4 +240,15 @@ fn row(out: &mut String, job: &str, p: &Placement) {
         p.total_usd,
         p.why
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_415), (2025, 11, 23));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(super::civil_from_days(-1), (1969, 12, 31));
+    }
 }

@@ -327,7 +327,7 @@ fn commitment_discount_moves_a_job_to_the_committed_cloud() {
 [[commitment]]
 cloud = "aws"
 total_usd = 1000000
-period = { start = "2026-01-01", end = "2026-12-31" }
+period = { start = "2000-01-01", end = "2099-12-31" }
 discount_tiers = [{ above_usd = 0, discount = 0.5 }]
 "#;
     let dir = TempDir::new();
@@ -341,6 +341,35 @@ discount_tiers = [{ above_usd = 0, discount = 0.5 }]
     assert!(close(number(&placement["list_compute_usd"]), 1139.328), "{placement}");
     assert!(close(number(&placement["compute_usd"]), 569.664), "{placement}");
     assert!(close(number(&result["commitments"][0]["planned_usd"]), 569.664), "{result}");
+
+    // Outside its period the commitment gives nothing, and the user is told.
+    let expired = estate.replace("2000-01-01", "2020-01-01").replace("2099-12-31", "2020-12-31");
+    let run = plan(&dir, ONE_B200, Some(&expired), &["--json"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(
+        run.stderr.contains("warning: [[commitment]] `aws` runs 2020-01-01 to 2020-12-31"),
+        "{run}"
+    );
+    assert_eq!(place(&run.json()["jobs"][0]["placement"]).0, "gcp");
+}
+
+#[test]
+fn estate_entries_that_match_nothing_are_warned_about() {
+    let estate = r#"
+[[quota]]
+name = "typo"
+cloud = "AWS"
+accelerators = ["B2000"]
+max_accelerators = 8
+"#;
+    let dir = TempDir::new();
+    let run = plan(&dir, ONE_B200, Some(estate), &[]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(
+        run.stderr.contains("warning: [[quota]] `typo`: no offering is in cloud `AWS`"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("no offering has the accelerator `B2000`"), "{run}");
 }
 
 #[test]

@@ -160,6 +160,8 @@ struct RawBreaker {
 #[serde(deny_unknown_fields)]
 struct RawModel {
     name: Spanned<String>,
+    /// Contract rule: the only clouds this model may be served from.
+    allowed_clouds: Option<Spanned<Vec<String>>>,
     strategy: Option<Strategy>,
     max_attempts: Option<Spanned<u32>>,
     deadline_ms: Option<Spanned<u64>>,
@@ -1120,6 +1122,30 @@ fn validate_models(
             );
             continue;
         }
+        if let Some(allowed) = &raw.allowed_clouds {
+            if allowed.get_ref().is_empty() {
+                check.fail(
+                    allowed.span(),
+                    format!("[[model]] `{name}`: allowed_clouds is empty"),
+                    "list the clouds the model may run on, or remove allowed_clouds",
+                );
+            }
+            for deployment in deployments.iter().filter(|d| d.model == name) {
+                if !allowed.get_ref().contains(&deployment.cloud) {
+                    check.fail(
+                        allowed.span(),
+                        format!(
+                            "[[model]] `{name}` may run only on {}, but deployment `{}` is on {}",
+                            allowed.get_ref().join(", "),
+                            deployment.name,
+                            deployment.cloud
+                        ),
+                        "remove that deployment, or add its cloud to allowed_clouds if the \
+                         model's licence allows it",
+                    );
+                }
+            }
+        }
         overrides.insert(name, raw);
     }
 
@@ -1165,6 +1191,9 @@ fn validate_models(
                 max_retry_after_wait: raw
                     .and_then(|r| r.max_retry_after_wait_ms)
                     .map_or(default_wait, Duration::from_millis),
+                allowed_clouds: raw
+                    .and_then(|r| r.allowed_clouds.as_ref())
+                    .map(|clouds| clouds.get_ref().clone()),
                 deployments: ids,
             }
         })

@@ -79,7 +79,17 @@ pub struct Model {
     /// Longest Retry-After the gateway will wait out on one deployment rather
     /// than move on; longer ones mark the deployment as out of capacity.
     pub max_retry_after_wait: Duration,
+    /// Contract rule: the only clouds the model may be served from (every
+    /// deployment of the model is on one of them; the router checks it on
+    /// every attempt too). `None`: any cloud.
+    pub allowed_clouds: Option<Vec<String>>,
     pub deployments: Vec<DeploymentId>,
+}
+
+impl Model {
+    pub fn allows_cloud(&self, cloud: &str) -> bool {
+        self.allowed_clouds.as_ref().is_none_or(|clouds| clouds.iter().any(|c| c == cloud))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -512,7 +512,11 @@ fn pick_deployment(
             continue;
         }
         let runtime = gateway.runtime(id);
-        if !scope_allows(scope, &runtime.deployment) {
+        // The model's contract rule holds on every attempt, whatever the
+        // estate's deployments (validation already refuses contradictions).
+        if !model.allows_cloud(&runtime.deployment.cloud)
+            || !scope_allows(scope, &runtime.deployment)
+        {
             continue;
         }
         let health = runtime.health.lock().expect("health lock");
@@ -634,7 +638,12 @@ fn explain(
         }
         let runtime = gateway.runtime(id);
         let deployment = &runtime.deployment;
-        let reason = if !scope_allows(scope, deployment) {
+        let reason = if !model.allows_cloud(&deployment.cloud) {
+            format!(
+                "model `{}` may not run on cloud `{}` (allowed_clouds)",
+                model.name, deployment.cloud
+            )
+        } else if !scope_allows(scope, deployment) {
             format!(
                 "not allowed for this caller (cloud `{}`, region `{}` outside x-skyweave-allowed-clouds/regions)",
                 deployment.cloud, deployment.region

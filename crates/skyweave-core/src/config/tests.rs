@@ -441,3 +441,27 @@ fn compute_section_errors_point_at_their_place() {
         "16:1: unknown field `regions`",
     );
 }
+
+#[test]
+fn a_model_restricted_to_clouds_refuses_deployments_elsewhere() {
+    let two_clouds = format!(
+        "{AZURE}\n[[deployment]]\nname = \"gpt-4o@openai\"\nmodel = \"gpt-4o\"\nprovider = \"openai\"\n\
+         cloud = \"openai\"\nregion = \"us-east-1\"\nauth = {{ api_key_env = \"OPENAI_KEY\" }}\n"
+    );
+    let allowed = |clouds: &str| {
+        format!("{two_clouds}\n[[model]]\nname = \"gpt-4o\"\nallowed_clouds = {clouds}\n")
+    };
+    let loaded = parse_estate(&allowed("[\"azure\", \"openai\"]"), "estate.toml").unwrap();
+    let model = loaded.estate.model("gpt-4o").unwrap();
+    assert!(model.allows_cloud("azure") && !model.allows_cloud("aws"));
+    let errors = parse_estate(&allowed("[\"azure\"]"), "estate.toml").unwrap_err().to_string();
+    assert!(
+        errors.contains(
+            "[[model]] `gpt-4o` may run only on azure, but deployment `gpt-4o@openai` is on openai"
+        ),
+        "{errors}"
+    );
+    assert!(errors.contains("estate.toml:24:18:"), "the error points at allowed_clouds: {errors}");
+    let errors = parse_estate(&allowed("[]"), "estate.toml").unwrap_err().to_string();
+    assert!(errors.contains("allowed_clouds is empty"), "{errors}");
+}

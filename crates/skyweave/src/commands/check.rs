@@ -54,6 +54,9 @@ pub fn summary(file: &str, estate: &Estate) -> String {
             model.max_attempts,
             model.deadline.as_secs()
         );
+        if let Some(clouds) = &model.allowed_clouds {
+            let _ = writeln!(out, "    contract: only on {}", clouds.join(", "));
+        }
         for id in &model.deployments {
             let deployment = estate.deployment(*id);
             let _ = writeln!(out, "    - {}", describe(deployment));

@@ -24,6 +24,7 @@ use crate::estate::{
 use crate::region::{Location, Proximity};
 
 mod compute;
+mod tenants;
 use crate::routing::Strategy;
 
 /// One problem in an estate file.
@@ -125,6 +126,8 @@ struct RawEstate {
     quotas: Vec<Spanned<compute::RawQuota>>,
     #[serde(default, rename = "commitment")]
     commitments: Vec<Spanned<compute::RawCommitment>>,
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<Spanned<tenants::RawTenant>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -451,6 +454,8 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
     }
 
     let models = validate_models(raw.models, &routing, &deployments, &mut check);
+    let tenants =
+        tenants::validate_tenants(raw.tenants, &models, &deployments, &proximity, &mut check);
 
     if !check.errors.is_empty() {
         return Err(ConfigErrors(check.errors));
@@ -465,6 +470,7 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
             offerings,
             quotas,
             commitments,
+            tenants,
         },
         warnings: check.warnings,
     })

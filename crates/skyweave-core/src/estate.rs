@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::compute::{Commitment, PrivateOffering, Quota};
 use crate::region::Proximity;
 use crate::routing::Strategy;
+use crate::tenant::Tenant;
 
 #[derive(Debug, Clone)]
 pub struct Estate {
@@ -27,6 +28,8 @@ pub struct Estate {
     pub quotas: Vec<Quota>,
     /// At most one per cloud.
     pub commitments: Vec<Commitment>,
+    /// When there is at least one, every API request needs a key of one.
+    pub tenants: Vec<Tenant>,
 }
 
 impl Estate {

@@ -12,5 +12,7 @@ pub mod egress;
 pub mod estate;
 pub mod failure;
 pub mod health;
+pub mod keys;
 pub mod region;
 pub mod routing;
+pub mod tenant;

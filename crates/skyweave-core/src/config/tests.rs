@@ -465,3 +465,68 @@ fn a_model_restricted_to_clouds_refuses_deployments_elsewhere() {
     let errors = parse_estate(&allowed("[]"), "estate.toml").unwrap_err().to_string();
     assert!(errors.contains("allowed_clouds is empty"), "{errors}");
 }
+
+#[test]
+fn tenants_parse_and_their_mistakes_are_located() {
+    let tenants = r#"
+[[tenant]]
+name = "eu-bank"
+models = ["gpt-4o"]
+clouds = ["azure"]
+regions = ["westeurope", "eastus"]
+rpm = 600
+tpm = 150000
+max_concurrency = 20
+budget = { monthly_usd = 5000, mode = "soft" }
+
+[[tenant]]
+name = "lab"
+"#;
+    let estate = parse_estate(&format!("{AZURE}{tenants}"), "estate.toml").unwrap().estate;
+    let bank = &estate.tenants[0];
+    assert_eq!(
+        bank.regions.as_deref(),
+        Some(&["westeurope".to_string(), "eastus".to_string()][..])
+    );
+    assert_eq!((bank.rpm, bank.tpm, bank.max_concurrency), (Some(600), Some(150_000), Some(20)));
+    assert_eq!(bank.budget, Some(crate::tenant::Budget { monthly_usd: 5000.0, hard: false }));
+    assert!(bank.allows_model("gpt-4o") && !bank.allows_model("other"));
+    let lab = &estate.tenants[1];
+    assert!(lab.allows_model("gpt-4o") && lab.allows_place("aws", "us-east-1"));
+
+    let with = |from: &str, to: &str| format!("{AZURE}{}", tenants.replacen(from, to, 1));
+    let line = |n: usize| AZURE.lines().count() + n;
+    check(
+        &with("models = [\"gpt-4o\"]", "models = [\"gpt-5\"]"),
+        &format!("{}:11: [[tenant]] `eu-bank`: no deployment serves model `gpt-5`", line(4)),
+    );
+    check(
+        &with("\"westeurope\", \"eastus\"", "\"west-europe\""),
+        &format!("{}:12: [[tenant]] `eu-bank`: unknown region `west-europe`", line(6)),
+    );
+    check(
+        &with("rpm = 600", "rpm = 0"),
+        &format!("{}:7: [[tenant]] `eu-bank`: rpm = 0 admits nothing", line(7)),
+    );
+    check(
+        &with("mode = \"soft\"", "mode = \"maybe\""),
+        &format!("{}:10: [[tenant]] `eu-bank`: unknown budget mode", line(10)),
+    );
+    check(
+        &with("monthly_usd = 5000", "monthly_usd = -1"),
+        &format!("{}:10: [[tenant]] `eu-bank`: monthly_usd -1.0", line(10)),
+    );
+    check(
+        &with("name = \"lab\"", "name = \"eu-bank\""),
+        &format!("{}:8: [[tenant]] `eu-bank` is declared twice", line(13)),
+    );
+    // A cloud with no deployment is allowed but warned about.
+    let loaded =
+        parse_estate(&with("clouds = [\"azure\"]", "clouds = [\"oracle\"]"), "estate.toml")
+            .unwrap();
+    assert!(
+        loaded.warnings[0].message.contains("no deployment is on cloud `oracle`"),
+        "{:?}",
+        loaded.warnings
+    );
+}

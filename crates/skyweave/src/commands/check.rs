@@ -64,6 +64,28 @@ pub fn summary(file: &str, estate: &Estate) -> String {
         let _ = writeln!(out, "    failover: {}", failover_order(estate, model));
     }
     compute_summary(&mut out, estate);
+    if !estate.tenants.is_empty() {
+        let _ = writeln!(out, "\ntenants:");
+        for t in &estate.tenants {
+            let list = |v: &Option<Vec<String>>| v.as_ref().map_or("any".into(), |v| v.join(", "));
+            let limit = |v: Option<u32>| v.map_or("-".into(), |v| v.to_string());
+            let budget = t.budget.map_or("none".into(), |b| {
+                format!("{:.0} USD/month ({})", b.monthly_usd, if b.hard { "hard" } else { "soft" })
+            });
+            let _ = writeln!(
+                out,
+                "  {}: models {}; clouds {}; regions {}; rpm {}, tpm {}, concurrency {}; budget {}",
+                t.name,
+                list(&t.models),
+                list(&t.clouds),
+                list(&t.regions),
+                limit(t.rpm),
+                limit(t.tpm),
+                limit(t.max_concurrency),
+                budget
+            );
+        }
+    }
     out
 }
 

@@ -30,6 +30,16 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         );
         return Ok(ExitCode::from(2));
     }
+    if !estate.tenants.is_empty() {
+        // Serving a tenant's traffic without enforcing its rights would
+        // silently break its residency; refuse until keys are enforced.
+        eprintln!(
+            "{}: the estate declares [[tenant]], but this build does not enforce tenants and API \
+             keys yet\n    fix: remove the [[tenant]] tables to serve without authentication",
+            config.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
     if let Some(listen) = listen {
         estate.server.listen = listen;
     }

@@ -137,6 +137,8 @@ struct RawServer {
     max_body_bytes: Option<Spanned<u64>>,
     default_caller_region: Option<Spanned<String>>,
     shutdown_grace_secs: Option<u64>,
+    /// SQLite file for API keys (and, later, the ledger).
+    database: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -487,6 +489,7 @@ fn validate_server(
         max_body_bytes: 4 * 1024 * 1024,
         default_caller_region: None,
         shutdown_grace: Duration::from_secs(30),
+        database: None,
     };
     let Some(raw) = raw else { return settings };
     if let Some(listen) = raw.listen {
@@ -523,6 +526,7 @@ fn validate_server(
         }
         settings.default_caller_region = Some(region.into_inner());
     }
+    settings.database = raw.database.map(PathBuf::from);
     if let Some(grace) = raw.shutdown_grace_secs {
         settings.shutdown_grace = Duration::from_secs(grace);
     }

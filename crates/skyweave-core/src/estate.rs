@@ -65,6 +65,9 @@ pub struct ServerSettings {
     pub default_caller_region: Option<String>,
     /// How long a graceful shutdown waits for in-flight requests and streams.
     pub shutdown_grace: Duration,
+    /// The SQLite database of API keys, as written (relative paths are
+    /// relative to the estate file); default `skyweave.db` beside it.
+    pub database: Option<PathBuf>,
 }
 
 /// Index of a deployment in [`Estate::deployments`].

@@ -32,6 +32,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub started: Instant,
     shutting_down: AtomicBool,
+    /// API keys, when the estate has tenants.
+    pub keys: Option<crate::keystore::KeyStore>,
 }
 
 pub struct DeploymentRuntime {
@@ -64,6 +66,16 @@ impl Gateway {
     /// Builds every provider and resolves every secret; fails on the first
     /// deployment whose secret is missing.
     pub fn new(estate: Estate) -> Result<Arc<Gateway>, BuildError> {
+        Gateway::with_keys(estate, None)
+    }
+
+    /// As `new`, with the key store that authenticates tenants' requests
+    /// (required when the estate has tenants: without it every request is
+    /// refused).
+    pub fn with_keys(
+        estate: Estate,
+        keys: Option<crate::keystore::KeyStore>,
+    ) -> Result<Arc<Gateway>, BuildError> {
         let started = Instant::now();
         let metrics = Metrics::new();
         let mut deployments = Vec::with_capacity(estate.deployments.len());
@@ -100,6 +112,7 @@ impl Gateway {
             metrics,
             started,
             shutting_down: AtomicBool::new(false),
+            keys,
         }))
     }
 

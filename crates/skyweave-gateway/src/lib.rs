@@ -8,6 +8,7 @@
 
 pub mod api_error;
 pub mod gateway;
+pub mod keystore;
 pub mod metrics;
 pub mod providers;
 pub mod secrets;

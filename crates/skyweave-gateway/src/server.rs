@@ -136,11 +136,22 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     }
 }
 
-async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let grant = if gateway.estate.tenants.is_empty() {
+        None
+    } else {
+        match authorize(&gateway, &headers, None) {
+            Ok(grant) => Some(grant),
+            Err(error) => return error.into_response(),
+        }
+    };
+    let tenant =
+        grant.as_ref().and_then(|g| gateway.estate.tenants.iter().find(|t| t.name == g.tenant));
     let data: Vec<Value> = gateway
         .estate
         .models
         .iter()
+        .filter(|model| tenant.is_none_or(|t| t.allows_model(&model.name)))
         .map(|model| {
             let clouds: std::collections::BTreeSet<&str> = model
                 .deployments
@@ -239,8 +250,128 @@ async fn read_request(
         .with_code("model_not_found")
         .with_param("model"));
     };
-    let scope = caller_scope(headers, &request_id)?;
+    let mut scope = caller_scope(headers, &request_id)?;
+    if !gateway.estate.tenants.is_empty() {
+        let grant = authorize(gateway, headers, Some(model))?;
+        scope.allowed_clouds = intersect(scope.allowed_clouds.take(), grant.clouds);
+        scope.allowed_regions = intersect(scope.allowed_regions.take(), grant.regions);
+        let within = |d: &skyweave_core::estate::Deployment| {
+            scope.allowed_clouds.as_ref().is_none_or(|c| c.contains(&d.cloud))
+                && scope.allowed_regions.as_ref().is_none_or(|r| r.contains(&d.region))
+        };
+        if !model.deployments.iter().any(|&id| within(gateway.estate.deployment(id))) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                format!(
+                    "no deployment of `{}` is within the clouds and regions tenant `{}` (key \
+                     `{}`) may use",
+                    model.name, grant.tenant, grant.key_id
+                ),
+            )
+            .with_code("region_not_allowed"));
+        }
+    }
     Ok(Incoming { received, request_id, body, model: model.clone(), scope })
+}
+
+/// What an authenticated key may use.
+struct Grant {
+    tenant: String,
+    key_id: String,
+    clouds: Option<Vec<String>>,
+    regions: Option<Vec<String>>,
+}
+
+/// `None` is "no restriction".
+fn intersect(a: Option<Vec<String>>, b: Option<Vec<String>>) -> Option<Vec<String>> {
+    match (a, b) {
+        (None, b) => b,
+        (a, None) => a,
+        (Some(a), Some(b)) => Some(a.into_iter().filter(|x| b.contains(x)).collect()),
+    }
+}
+
+/// Checks the request's API key against the key store and the tenant's
+/// and key's rights (for `model`, if given).
+fn authorize(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    model: Option<&Model>,
+) -> Result<Grant, ApiError> {
+    use skyweave_core::keys;
+    let unauthorized = |message: String| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .with_code("invalid_api_key")
+    };
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "no API key: send `Authorization: Bearer sk-sw-...` (create one with `skyweave keys \
+             create`)"
+                .into(),
+        ));
+    };
+    let text = value.to_str().unwrap_or_default();
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <key>`".into()))?;
+    let (id, secret) = keys::parse(token)
+        .map_err(|error| unauthorized(format!("the API key is malformed: {error}")))?;
+    let Some(store) = &gateway.keys else {
+        return Err(unauthorized("this gateway has no key database".into()));
+    };
+    let record = store.lookup(id).map_err(|error| {
+        tracing::error!(error = %error, "key database lookup failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the key database cannot be read; try again",
+        )
+    })?;
+    // Unknown id and wrong secret read the same, so that ids cannot be
+    // probed.
+    let Some(record) = record.filter(|record| keys::verify(secret, &record.hash)) else {
+        return Err(unauthorized(format!("unknown API key `sk-sw-{id}-...`")));
+    };
+    if record.revoked_unix.is_some() {
+        return Err(unauthorized(format!("API key `{id}` was revoked")));
+    }
+    if record.expires_unix.is_some_and(|at| crate::keystore::now_unix() >= at) {
+        return Err(unauthorized(format!("API key `{id}` has expired")));
+    }
+    let forbidden = |message: String, code: &str| {
+        ApiError::new(StatusCode::FORBIDDEN, "permission_error", message).with_code(code)
+    };
+    let Some(tenant) = gateway.estate.tenants.iter().find(|t| t.name == record.tenant) else {
+        return Err(forbidden(
+            format!(
+                "API key `{id}` belongs to tenant `{}`, which this estate no longer has",
+                record.tenant
+            ),
+            "tenant_not_found",
+        ));
+    };
+    if let Some(model) = model {
+        let key_allows =
+            record.models.as_ref().is_none_or(|models| models.iter().any(|m| m == &model.name));
+        if !tenant.allows_model(&model.name) || !key_allows {
+            return Err(forbidden(
+                format!(
+                    "API key `{id}` (tenant `{}`) may not use model `{}`",
+                    tenant.name, model.name
+                ),
+                "model_not_allowed",
+            ));
+        }
+    }
+    Ok(Grant {
+        tenant: tenant.name.clone(),
+        key_id: record.id.clone(),
+        clouds: intersect(tenant.clouds.clone(), record.clouds.clone()),
+        regions: intersect(tenant.regions.clone(), record.regions.clone()),
+    })
 }
 
 fn missing(field: &str) -> ApiError {

@@ -42,6 +42,53 @@ pub enum Command {
     Plan(PlanArgs),
     /// List accelerator offerings across clouds, cheapest per accelerator-hour first.
     Offerings(OfferingsArgs),
+    /// Create, list and revoke tenants' API keys.
+    Keys(KeysArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeysArgs {
+    /// The estate file (TOML): its tenants and `server.database`.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key for a tenant; the key is printed once and stored hashed.
+    Create {
+        /// The tenant the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// A label for lists.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Only these models (comma-separated; within the tenant's).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Only these clouds (comma-separated; within the tenant's).
+        #[arg(long, value_delimiter = ',')]
+        clouds: Option<Vec<String>>,
+        /// Only these regions (comma-separated; within the tenant's).
+        #[arg(long, value_delimiter = ',')]
+        regions: Option<Vec<String>>,
+        /// The key stops working after this many seconds.
+        #[arg(long)]
+        expires_in_secs: Option<u64>,
+    },
+    /// List keys (ids and rights, never secrets).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id; it stops working on the next request.
+    Revoke {
+        /// The key's id (the 12 characters after `sk-sw-`).
+        id: String,
+    },
 }
 
 /// Where offerings come from: catalog files (default: the shipped catalog)

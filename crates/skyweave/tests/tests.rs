@@ -8,6 +8,7 @@ mod cases {
     mod bedrock;
     mod cli;
     mod failover;
+    mod keys;
     mod plan;
     mod python_sdk;
     mod routing;

@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+mod keys;
 mod offerings;
 mod plan;
 mod serve;
@@ -20,6 +21,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { config } => check::run(&config),
         Command::Demo { listen, tour_only } => demo::run(listen, tour_only).await,
         Command::Plan(args) => plan::run(&args),
+        Command::Keys(args) => keys::run(&args),
         Command::Offerings(args) => offerings::run(&args),
     }
 }
@@ -30,6 +32,17 @@ pub fn load_estate(path: &Path) -> anyhow::Result<Result<Loaded, String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the estate file {}", path.display()))?;
     Ok(parse_estate(&text, &path.display().to_string()).map_err(|errors| errors.to_string()))
+}
+
+/// The key database: `server.database` (relative to the estate file), or
+/// `skyweave.db` beside the estate file.
+pub fn database_path(config: &Path, estate: &skyweave_core::estate::Estate) -> std::path::PathBuf {
+    let base = config.parent().unwrap_or_else(|| Path::new("."));
+    match &estate.server.database {
+        Some(path) if path.is_absolute() => path.clone(),
+        Some(path) => base.join(path),
+        None => base.join("skyweave.db"),
+    }
 }
 
 /// JSON logs on stderr, `RUST_LOG` to filter (else `default_filter`).

@@ -30,20 +30,20 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         );
         return Ok(ExitCode::from(2));
     }
-    if !estate.tenants.is_empty() {
-        // Serving a tenant's traffic without enforcing its rights would
-        // silently break its residency; refuse until keys are enforced.
-        eprintln!(
-            "{}: the estate declares [[tenant]], but this build does not enforce tenants and API \
-             keys yet\n    fix: remove the [[tenant]] tables to serve without authentication",
-            config.display()
-        );
-        return Ok(ExitCode::from(2));
-    }
+    let keys = if estate.tenants.is_empty() {
+        tracing::warn!("the estate has no [[tenant]]: requests are not authenticated");
+        None
+    } else {
+        let path = super::database_path(config, &estate);
+        let store = skyweave_gateway::keystore::KeyStore::open(&path)
+            .with_context(|| "cannot open the key database (server.database)".to_string())?;
+        tracing::info!(database = %path.display(), tenants = estate.tenants.len(), "API keys required");
+        Some(store)
+    };
     if let Some(listen) = listen {
         estate.server.listen = listen;
     }
-    serve_estate(estate, |_, _| {}, shutdown_signal()).await?;
+    serve_estate_with_keys(estate, keys, |_, _| {}, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -54,9 +54,19 @@ pub async fn serve_estate(
     on_bound: impl FnOnce(SocketAddr, Arc<Gateway>),
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Arc<Gateway>> {
+    serve_estate_with_keys(estate, None, on_bound, stop).await
+}
+
+/// As `serve_estate`, authenticating tenants' requests against `keys`.
+pub async fn serve_estate_with_keys(
+    estate: Estate,
+    keys: Option<skyweave_gateway::keystore::KeyStore>,
+    on_bound: impl FnOnce(SocketAddr, Arc<Gateway>),
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Arc<Gateway>> {
     let listen = estate.server.listen;
     let grace = estate.server.shutdown_grace;
-    let gateway = Gateway::new(estate).context("cannot start the gateway")?;
+    let gateway = Gateway::with_keys(estate, keys).context("cannot start the gateway")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen or --listen)"))?;

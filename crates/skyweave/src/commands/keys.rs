@@ -1,0 +1,147 @@
+//! `skyweave keys`: tenants' API keys in the estate's key database.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use skyweave_core::estate::Estate;
+use skyweave_gateway::keystore::{now_unix, KeyRecord, KeyStore, Narrowing};
+
+use crate::cli::{KeysArgs, KeysCommand};
+
+pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
+    let Some(config) = &args.config else {
+        eprintln!("error: `skyweave keys` needs --config ESTATE.toml (its tenants and database)");
+        return Ok(ExitCode::from(2));
+    };
+    let estate = match super::load_estate(config)? {
+        Ok(loaded) => loaded.estate,
+        Err(errors) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let path = super::database_path(config, &estate);
+    let store = KeyStore::open(&path).context("cannot open the key database (server.database)")?;
+    match &args.command {
+        KeysCommand::Create { tenant, name, models, clouds, regions, expires_in_secs } => {
+            let narrowing = Narrowing {
+                models: models.clone(),
+                clouds: clouds.clone(),
+                regions: regions.clone(),
+                expires_unix: expires_in_secs.map(|s| now_unix() + s as i64),
+            };
+            if let Err(problem) = check_narrowing(&estate, tenant, &narrowing) {
+                eprintln!("error: {problem}");
+                return Ok(ExitCode::from(2));
+            }
+            let new = store.create(tenant, name, &narrowing, now_unix())?;
+            eprintln!(
+                "created key `{}` for tenant `{tenant}`; it is shown only now and stored hashed:",
+                new.id
+            );
+            println!("{}", new.key);
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::List { json } => {
+            let keys = store.list()?;
+            if *json {
+                let rows: Vec<serde_json::Value> = keys.iter().map(describe_json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", table(&keys));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Revoke { id } => {
+            if store.revoke(id, now_unix())? {
+                println!("revoked key `{id}`");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "error: no key `{id}` in {}\n    fix: `skyweave keys list`",
+                    path.display()
+                );
+                Ok(ExitCode::from(2))
+            }
+        }
+    }
+}
+
+/// A key may only narrow its tenant's rights.
+fn check_narrowing(estate: &Estate, tenant: &str, narrowing: &Narrowing) -> Result<(), String> {
+    let Some(t) = estate.tenants.iter().find(|t| t.name == tenant) else {
+        let known: Vec<&str> = estate.tenants.iter().map(|t| t.name.as_str()).collect();
+        return Err(format!(
+            "the estate has no tenant `{tenant}`\n    fix: use one of: {}",
+            if known.is_empty() { "(none: add a [[tenant]])".into() } else { known.join(", ") }
+        ));
+    };
+    let within = |what: &str, asked: &Option<Vec<String>>, allowed: &Option<Vec<String>>| {
+        for item in asked.iter().flatten() {
+            if allowed.as_ref().is_some_and(|allowed| !allowed.contains(item)) {
+                return Err(format!(
+                    "tenant `{tenant}` may not use {what} `{item}`, so its keys may not either\n    \
+                     fix: list only {what}s of the tenant's: {}",
+                    allowed.as_ref().map(|a| a.join(", ")).unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    };
+    within("model", &narrowing.models, &t.models)?;
+    within("cloud", &narrowing.clouds, &t.clouds)?;
+    within("region", &narrowing.regions, &t.regions)?;
+    for model in narrowing.models.iter().flatten() {
+        if estate.model(model).is_none() {
+            return Err(format!("the estate has no model `{model}`"));
+        }
+    }
+    Ok(())
+}
+
+fn state(key: &KeyRecord) -> &'static str {
+    if key.revoked_unix.is_some() {
+        "revoked"
+    } else if key.expires_unix.is_some_and(|at| now_unix() >= at) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+fn describe_json(key: &KeyRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": key.id,
+        "tenant": key.tenant,
+        "name": key.name,
+        "state": state(key),
+        "created_unix": key.created_unix,
+        "expires_unix": key.expires_unix,
+        "revoked_unix": key.revoked_unix,
+        "models": key.models,
+        "clouds": key.clouds,
+        "regions": key.regions,
+    })
+}
+
+fn table(keys: &[KeyRecord]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<14} {:<16} {:<16} {:<8} rights", "id", "tenant", "name", "state");
+    for key in keys {
+        let list = |v: &Option<Vec<String>>| v.as_ref().map_or("tenant's".into(), |v| v.join(","));
+        let _ = writeln!(
+            out,
+            "{:<14} {:<16} {:<16} {:<8} models {}; clouds {}; regions {}",
+            key.id,
+            key.tenant,
+            key.name,
+            state(key),
+            list(&key.models),
+            list(&key.clouds),
+            list(&key.regions)
+        );
+    }
+    let _ = writeln!(out, "\n{} keys", keys.len());
+    out
+}

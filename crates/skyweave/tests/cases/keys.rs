@@ -11,6 +11,22 @@ use serde_json::{json, Value};
 use crate::support::{client, header, Gateway, TempDir, BIN};
 
 fn estate(database: &Path) -> String {
+    let sim = |model: &str, cloud: &str, region: &str, extra: &str| {
+        format!(
+            "[[deployment]]\nname = \"{model}@{cloud}-{region}\"\nmodel = \"{model}\"\n\
+             provider = \"sim\"\ncloud = \"{cloud}\"\nregion = \"{region}\"\n\
+             sim = {{ ttft_ms = 1, output_tokens = 3{extra} }}\n\n"
+        )
+    };
+    let deployments = [
+        sim("chat", "aws", "us-east-1", ""),
+        sim("chat", "azure", "westeurope", ""),
+        // The EU tenant's only place for `flaky` always fails.
+        sim("flaky", "azure", "westeurope", ", error_rate = 1.0"),
+        sim("flaky", "aws", "us-east-1", ""),
+        sim("other", "aws", "us-east-1", ""),
+    ]
+    .concat();
     format!(
         r#"
 [server]
@@ -19,46 +35,7 @@ database = "{}"
 [circuit_breaker]
 consecutive_failures = 100
 
-[[deployment]]
-name = "chat@aws-us-east-1"
-model = "chat"
-provider = "sim"
-cloud = "aws"
-region = "us-east-1"
-sim = {{ ttft_ms = 1, output_tokens = 3 }}
-
-[[deployment]]
-name = "chat@azure-westeurope"
-model = "chat"
-provider = "sim"
-cloud = "azure"
-region = "westeurope"
-sim = {{ ttft_ms = 1, output_tokens = 3 }}
-
-[[deployment]]
-name = "flaky@azure-westeurope"
-model = "flaky"
-provider = "sim"
-cloud = "azure"
-region = "westeurope"
-sim = {{ ttft_ms = 1, output_tokens = 3, error_rate = 1.0 }}
-
-[[deployment]]
-name = "flaky@aws-us-east-1"
-model = "flaky"
-provider = "sim"
-cloud = "aws"
-region = "us-east-1"
-sim = {{ ttft_ms = 1, output_tokens = 3 }}
-
-[[deployment]]
-name = "other@aws-us-east-1"
-model = "other"
-provider = "sim"
-cloud = "aws"
-region = "us-east-1"
-sim = {{ ttft_ms = 1, output_tokens = 3 }}
-
+{deployments}
 [[tenant]]
 name = "eu-bank"
 models = ["chat", "flaky"]

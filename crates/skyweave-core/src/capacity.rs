@@ -141,6 +141,26 @@ impl Capacity {
         }
     }
 
+    /// When a request refused for `refusal` may be admitted: when the
+    /// oldest second still counted leaves the minute window (rate limits),
+    /// or in a second (concurrency: a slot frees when a request ends).
+    pub fn retry_in(&self, now: Instant, refusal: CapacityRefusal) -> Duration {
+        let window = match refusal {
+            CapacityRefusal::Paused { retry_in } => return retry_in,
+            CapacityRefusal::Concurrency { .. } => return Duration::from_secs(1),
+            CapacityRefusal::RequestsPerMinute { .. } => &self.requests,
+            CapacityRefusal::TokensPerMinute { .. } => &self.tokens,
+        };
+        let second = self.second(now);
+        match window.oldest(second) {
+            Some(oldest) => {
+                let frees = self.epoch + Duration::from_secs(oldest + SECONDS as u64);
+                frees.saturating_duration_since(now).max(Duration::from_millis(1))
+            }
+            None => Duration::from_secs(1),
+        }
+    }
+
     pub fn pause_until(&mut self, until: Instant) {
         if self.paused_until.is_none_or(|current| current < until) {
             self.paused_until = Some(until);
@@ -182,6 +202,17 @@ impl MinuteWindow {
             && self.stamps[(slot_second % SECONDS as u64) as usize] == slot_second
     }
 
+    /// The oldest second in the window ending at `second` with a count.
+    fn oldest(&self, second: u64) -> Option<u64> {
+        let oldest = second.saturating_sub(SECONDS as u64 - 1);
+        self.stamps
+            .iter()
+            .zip(self.counts.iter())
+            .filter(|(stamp, count)| **stamp >= oldest && **stamp <= second && **count > 0)
+            .map(|(stamp, _)| *stamp)
+            .min()
+    }
+
     fn total(&self, second: u64) -> i64 {
         let oldest = second.saturating_sub(SECONDS as u64 - 1);
         let sum: i64 = self
@@ -214,6 +245,22 @@ mod tests {
         assert_eq!(capacity.check(epoch, 1), Err(CapacityRefusal::RequestsPerMinute { limit: 3 }));
         assert!(capacity.check(epoch + Duration::from_secs(59), 1).is_err());
         assert!(capacity.check(epoch + Duration::from_secs(60), 1).is_ok());
+    }
+
+    #[test]
+    fn retry_in_says_when_the_window_frees() {
+        let epoch = Instant::now();
+        let mut capacity = Capacity::new(limits(Some(2), None, Some(5)), epoch);
+        let a = capacity.reserve(epoch + Duration::from_secs(3), 1).unwrap();
+        let b = capacity.reserve(epoch + Duration::from_secs(10), 1).unwrap();
+        capacity.settle(epoch + Duration::from_secs(10), a, None);
+        capacity.settle(epoch + Duration::from_secs(10), b, None);
+        let now = epoch + Duration::from_millis(20_500);
+        let refusal = capacity.check(now, 1).unwrap_err();
+        assert_eq!(refusal, CapacityRefusal::RequestsPerMinute { limit: 2 });
+        // The request of second 3 leaves the window at second 63.
+        assert_eq!(capacity.retry_in(now, refusal), Duration::from_millis(42_500));
+        assert!(capacity.check(epoch + Duration::from_secs(63), 1).is_ok());
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Gateway {
     shutting_down: AtomicBool,
     /// API keys, when the estate has tenants.
     pub keys: Option<crate::keystore::KeyStore>,
+    /// Per-tenant RPM/TPM/concurrency, exact on this replica.
+    pub tenant_capacity: std::collections::HashMap<String, Mutex<Capacity>>,
+    /// Per-key RPM/TPM, created at a key's first request.
+    pub key_capacity: Mutex<std::collections::HashMap<String, Capacity>>,
 }
 
 pub struct DeploymentRuntime {
@@ -77,6 +81,7 @@ impl Gateway {
         keys: Option<crate::keystore::KeyStore>,
     ) -> Result<Arc<Gateway>, BuildError> {
         let started = Instant::now();
+        let estate_tenants = estate.tenants.clone();
         let metrics = Metrics::new();
         let mut deployments = Vec::with_capacity(estate.deployments.len());
         let mut file_secrets = Vec::new();
@@ -113,6 +118,8 @@ impl Gateway {
             started,
             shutting_down: AtomicBool::new(false),
             keys,
+            tenant_capacity: estate_tenant_capacity(&estate_tenants, started),
+            key_capacity: Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -734,4 +741,21 @@ pub async fn run_background(gateway: Arc<Gateway>, stop: impl Future<Output = ()
     for task in tasks {
         task.abort();
     }
+}
+
+fn estate_tenant_capacity(
+    tenants: &[skyweave_core::tenant::Tenant],
+    epoch: Instant,
+) -> std::collections::HashMap<String, Mutex<Capacity>> {
+    tenants
+        .iter()
+        .map(|t| {
+            let limits = skyweave_core::estate::Limits {
+                requests_per_minute: t.rpm,
+                tokens_per_minute: t.tpm,
+                max_concurrency: t.max_concurrency,
+            };
+            (t.name.clone(), Mutex::new(Capacity::new(limits, epoch)))
+        })
+        .collect()
 }

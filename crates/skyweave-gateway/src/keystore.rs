@@ -36,6 +36,9 @@ pub struct KeyRecord {
     pub models: Option<Vec<String>>,
     pub clouds: Option<Vec<String>>,
     pub regions: Option<Vec<String>>,
+    /// The key's own limits, beside its tenant's.
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
 }
 
 /// What a new key may do beyond its tenant's rights (only less).
@@ -45,6 +48,8 @@ pub struct Narrowing {
     pub clouds: Option<Vec<String>>,
     pub regions: Option<Vec<String>>,
     pub expires_unix: Option<i64>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
 }
 
 pub struct KeyStore {
@@ -69,7 +74,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_unix INTEGER,
     models TEXT,
     clouds TEXT,
-    regions TEXT
+    regions TEXT,
+    rpm INTEGER,
+    tpm INTEGER
 );";
 
 impl KeyStore {
@@ -108,7 +115,8 @@ impl KeyStore {
         connection
             .execute(
                 "INSERT INTO api_keys (id, tenant, name, hash, created_unix, expires_unix, \
-                 models, clouds, regions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 models, clouds, regions, rpm, tpm) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     new.id,
                     tenant,
@@ -119,6 +127,8 @@ impl KeyStore {
                     list(&narrowing.models),
                     list(&narrowing.clouds),
                     list(&narrowing.regions),
+                    narrowing.rpm,
+                    narrowing.tpm,
                 ],
             )
             .map_err(|e| self.error(e))?;
@@ -169,7 +179,7 @@ impl KeyStore {
 fn load(connection: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
     let mut statement = connection.prepare(
         "SELECT id, tenant, name, hash, created_unix, expires_unix, revoked_unix, models, \
-         clouds, regions FROM api_keys",
+         clouds, regions, rpm, tpm FROM api_keys",
     )?;
     let split = |v: Option<String>| {
         v.map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
@@ -191,6 +201,8 @@ fn load(connection: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
             models: split(row.get(7)?),
             clouds: split(row.get(8)?),
             regions: split(row.get(9)?),
+            rpm: row.get(10)?,
+            tpm: row.get(11)?,
         })
     })?;
     rows.collect()

@@ -177,6 +177,10 @@ struct Incoming {
     body: Map<String, Value>,
     model: Model,
     scope: CallerScope,
+    /// The authenticated key, when the estate has tenants.
+    grant: Option<Grant>,
+    /// The tenant's and key's capacity held for this request.
+    admission: Option<Admission>,
 }
 
 async fn read_request(
@@ -251,10 +255,11 @@ async fn read_request(
         .with_param("model"));
     };
     let mut scope = caller_scope(headers, &request_id)?;
+    let mut granted = None;
     if !gateway.estate.tenants.is_empty() {
         let grant = authorize(gateway, headers, Some(model))?;
-        scope.allowed_clouds = intersect(scope.allowed_clouds.take(), grant.clouds);
-        scope.allowed_regions = intersect(scope.allowed_regions.take(), grant.regions);
+        scope.allowed_clouds = intersect(scope.allowed_clouds.take(), grant.clouds.clone());
+        scope.allowed_regions = intersect(scope.allowed_regions.take(), grant.regions.clone());
         let within = |d: &skyweave_core::estate::Deployment| {
             scope.allowed_clouds.as_ref().is_none_or(|c| c.contains(&d.cloud))
                 && scope.allowed_regions.as_ref().is_none_or(|r| r.contains(&d.region))
@@ -271,8 +276,114 @@ async fn read_request(
             )
             .with_code("region_not_allowed"));
         }
+        granted = Some(grant);
     }
-    Ok(Incoming { received, request_id, body, model: model.clone(), scope })
+    Ok(Incoming {
+        received,
+        request_id,
+        body,
+        model: model.clone(),
+        scope,
+        grant: granted,
+        admission: None,
+    })
+}
+
+use skyweave_core::capacity::{Capacity, CapacityRefusal, Reservation};
+
+/// Capacity held for one request against its tenant's and key's limits;
+/// settled with the real usage by `finish`, or with the estimate if the
+/// request ends otherwise (never under-counted).
+struct Admission {
+    gateway: Arc<Gateway>,
+    tenant: String,
+    key: String,
+    tenant_reservation: Option<Reservation>,
+    key_reservation: Option<Reservation>,
+}
+
+impl Admission {
+    fn finish(mut self, tokens: Option<u64>) {
+        self.settle(tokens);
+    }
+
+    fn settle(&mut self, tokens: Option<u64>) {
+        let now = Instant::now();
+        if let Some(reservation) = self.tenant_reservation.take() {
+            if let Some(capacity) = self.gateway.tenant_capacity.get(&self.tenant) {
+                capacity.lock().expect("tenant capacity lock").settle(now, reservation, tokens);
+            }
+        }
+        if let Some(reservation) = self.key_reservation.take() {
+            let mut keys = self.gateway.key_capacity.lock().expect("key capacity lock");
+            if let Some(capacity) = keys.get_mut(&self.key) {
+                capacity.settle(now, reservation, tokens);
+            }
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.settle(None);
+    }
+}
+
+/// Reserves the request against its tenant's and key's limits; 429 with
+/// Retry-After when either is full.
+fn admit(
+    gateway: &Arc<Gateway>,
+    grant: &Grant,
+    estimated_tokens: u32,
+) -> Result<Admission, ApiError> {
+    let now = Instant::now();
+    let refused = |who: String, refusal: CapacityRefusal, retry_in: Duration| {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!("{who} is {refusal}; retry after {} s", retry_in.as_secs_f64().ceil()),
+        )
+        .with_code("rate_limit_exceeded");
+        error.retry_after_secs = Some(retry_in.as_secs_f64().ceil().clamp(1.0, 86_400.0) as u32);
+        error
+    };
+    let mut admission = Admission {
+        gateway: gateway.clone(),
+        tenant: grant.tenant.clone(),
+        key: grant.key_id.clone(),
+        tenant_reservation: None,
+        key_reservation: None,
+    };
+    if let Some(capacity) = gateway.tenant_capacity.get(&grant.tenant) {
+        let mut capacity = capacity.lock().expect("tenant capacity lock");
+        match capacity.reserve(now, estimated_tokens) {
+            Ok(reservation) => admission.tenant_reservation = Some(reservation),
+            Err(refusal) => {
+                let retry_in = capacity.retry_in(now, refusal);
+                return Err(refused(format!("tenant `{}`", grant.tenant), refusal, retry_in));
+            }
+        }
+    }
+    if grant.rpm.is_some() || grant.tpm.is_some() {
+        let mut keys = gateway.key_capacity.lock().expect("key capacity lock");
+        let capacity = keys.entry(grant.key_id.clone()).or_insert_with(|| {
+            let limits = skyweave_core::estate::Limits {
+                requests_per_minute: grant.rpm,
+                tokens_per_minute: grant.tpm,
+                max_concurrency: None,
+            };
+            Capacity::new(limits, gateway.started)
+        });
+        match capacity.reserve(now, estimated_tokens) {
+            Ok(reservation) => admission.key_reservation = Some(reservation),
+            Err(refusal) => {
+                let retry_in = capacity.retry_in(now, refusal);
+                // `admission` drops here and returns the tenant's slot.
+                return Err(refused(format!("API key `{}`", grant.key_id), refusal, retry_in));
+            }
+        }
+    }
+    Ok(admission)
 }
 
 /// What an authenticated key may use.
@@ -281,6 +392,8 @@ struct Grant {
     key_id: String,
     clouds: Option<Vec<String>>,
     regions: Option<Vec<String>>,
+    rpm: Option<u32>,
+    tpm: Option<u32>,
 }
 
 /// `None` is "no restriction".
@@ -371,6 +484,8 @@ fn authorize(
         key_id: record.id.clone(),
         clouds: intersect(tenant.clouds.clone(), record.clouds.clone()),
         regions: intersect(tenant.regions.clone(), record.regions.clone()),
+        rpm: record.rpm,
+        tpm: record.tpm,
     })
 }
 
@@ -716,6 +831,12 @@ async fn chat_completions(
     };
     let prompt_tokens = estimate_prompt_tokens(&incoming.body["messages"]);
     let estimated_tokens = prompt_tokens.saturating_add(output_estimate(&incoming.body));
+    if let Some(grant) = &incoming.grant {
+        match admit(&gateway, grant, estimated_tokens) {
+            Ok(admission) => incoming.admission = Some(admission),
+            Err(error) => return fail(&incoming, error, 0),
+        }
+    }
     let request = ChatRequest {
         body: Arc::new(std::mem::take(&mut incoming.body)),
         stream,
@@ -792,7 +913,11 @@ async fn chat_completions(
             return fail(&incoming, error, served.attempts);
         }
     };
-    complete_response(&gateway, &incoming, served, body, usage)
+    let response = complete_response(&gateway, &incoming, served, body, usage);
+    if let Some(admission) = incoming.admission.take() {
+        admission.finish(usage.map(|u| u.total()));
+    }
+    response
 }
 
 fn complete_response<T>(
@@ -847,7 +972,7 @@ fn sse_frame(data: &[u8]) -> Bytes {
 
 fn stream_response(
     gateway: Arc<Gateway>,
-    incoming: Incoming,
+    mut incoming: Incoming,
     served: Served<(StreamChunk, ChunkStream)>,
     include_usage: bool,
 ) -> Response {
@@ -879,6 +1004,7 @@ fn stream_response(
         first: first_frame,
         upstream: rest,
         lease: Some(lease),
+        admission: incoming.admission.take(),
         include_usage,
         usage,
         received: incoming.received,
@@ -908,6 +1034,8 @@ struct Relay {
     first: Option<Bytes>,
     upstream: ChunkStream,
     lease: Option<Lease>,
+    /// The tenant's and key's capacity, settled when the stream ends.
+    admission: Option<Admission>,
     include_usage: bool,
     usage: Option<Usage>,
     received: Instant,
@@ -923,6 +1051,9 @@ struct Relay {
 impl Relay {
     fn finish(&mut self, outcome: Outcome, status: u16) {
         self.done = true;
+        if let Some(admission) = self.admission.take() {
+            admission.finish(self.usage.map(|u| u.total()));
+        }
         let Some(lease) = self.lease.take() else {
             return;
         };
@@ -1073,6 +1204,20 @@ async fn embeddings(
         return error_response(&gateway, Some(&incoming), incoming.request_id.clone(), error, 0);
     }
     let prompt_tokens = estimate_prompt_tokens(&incoming.body["input"]);
+    if let Some(grant) = &incoming.grant {
+        match admit(&gateway, grant, prompt_tokens) {
+            Ok(admission) => incoming.admission = Some(admission),
+            Err(error) => {
+                return error_response(
+                    &gateway,
+                    Some(&incoming),
+                    incoming.request_id.clone(),
+                    error,
+                    0,
+                )
+            }
+        }
+    }
     let request = EmbeddingsRequest {
         body: Arc::new(std::mem::take(&mut incoming.body)),
         estimated_prompt_tokens: prompt_tokens,
@@ -1090,7 +1235,11 @@ async fn embeddings(
         Ok(served) => {
             let body = served.value.body.clone();
             let usage = served.value.usage;
-            complete_response(&gateway, &incoming, served, body, usage)
+            let response = complete_response(&gateway, &incoming, served, body, usage);
+            if let Some(admission) = incoming.admission.take() {
+                admission.finish(usage.map(|u| u.total()));
+            }
+            response
         }
         Err(error) => {
             let (error, attempts) = dispatch_error(&gateway, &incoming.model, error);

@@ -77,6 +77,12 @@ pub enum KeysCommand {
         /// The key stops working after this many seconds.
         #[arg(long)]
         expires_in_secs: Option<u64>,
+        /// The key's own requests per minute (its tenant's limit applies too).
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// The key's own tokens per minute (its tenant's limit applies too).
+        #[arg(long)]
+        tpm: Option<u32>,
     },
     /// List keys (ids and rights, never secrets).
     List {

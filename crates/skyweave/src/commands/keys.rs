@@ -24,13 +24,28 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
     let path = super::database_path(config, &estate);
     let store = KeyStore::open(&path).context("cannot open the key database (server.database)")?;
     match &args.command {
-        KeysCommand::Create { tenant, name, models, clouds, regions, expires_in_secs } => {
+        KeysCommand::Create {
+            tenant,
+            name,
+            models,
+            clouds,
+            regions,
+            expires_in_secs,
+            rpm,
+            tpm,
+        } => {
             let narrowing = Narrowing {
                 models: models.clone(),
                 clouds: clouds.clone(),
                 regions: regions.clone(),
                 expires_unix: expires_in_secs.map(|s| now_unix() + s as i64),
+                rpm: *rpm,
+                tpm: *tpm,
             };
+            if rpm == &Some(0) || tpm == &Some(0) {
+                eprintln!("error: --rpm and --tpm must be at least 1 (omit them for no key limit)");
+                return Ok(ExitCode::from(2));
+            }
             if let Err(problem) = check_narrowing(&estate, tenant, &narrowing) {
                 eprintln!("error: {problem}");
                 return Ok(ExitCode::from(2));
@@ -122,6 +137,8 @@ fn describe_json(key: &KeyRecord) -> serde_json::Value {
         "models": key.models,
         "clouds": key.clouds,
         "regions": key.regions,
+        "rpm": key.rpm,
+        "tpm": key.tpm,
     })
 }
 

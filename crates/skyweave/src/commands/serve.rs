@@ -30,6 +30,21 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         );
         return Ok(ExitCode::from(2));
     }
+    // Budgets are computed from the ledger, which this build does not have:
+    // a hard budget must not be silently unenforced.
+    if let Some(tenant) = estate.tenants.iter().find(|t| t.budget.is_some_and(|b| b.hard)) {
+        eprintln!(
+            "{}: tenant `{}` has a hard budget, but this build has no usage ledger to enforce it \
+             with\n    fix: set budget.mode = \"soft\" (alert only, not enforced yet either) or \
+             remove the budget",
+            config.display(),
+            tenant.name
+        );
+        return Ok(ExitCode::from(2));
+    }
+    for tenant in estate.tenants.iter().filter(|t| t.budget.is_some()) {
+        tracing::warn!(tenant = tenant.name.as_str(), "soft budget is not tracked yet (no ledger)");
+    }
     let keys = if estate.tenants.is_empty() {
         tracing::warn!("the estate has no [[tenant]]: requests are not authenticated");
         None

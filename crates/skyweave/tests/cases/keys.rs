@@ -10,19 +10,23 @@ use serde_json::{json, Value};
 
 use crate::support::{client, header, Gateway, TempDir, BIN};
 
+/// A `sim` deployment named `model@cloud-region`, answering in 1 ms with
+/// three tokens unless `settings` (more `sim` keys) say otherwise.
+fn sim(model: &str, cloud: &str, region: &str, settings: &str) -> String {
+    let settings = if settings.is_empty() { "ttft_ms = 1, output_tokens = 3" } else { settings };
+    format!(
+        "[[deployment]]\nname = \"{model}@{cloud}-{region}\"\nmodel = \"{model}\"\n\
+         provider = \"sim\"\ncloud = \"{cloud}\"\nregion = \"{region}\"\n\
+         sim = {{ {settings} }}\n\n"
+    )
+}
+
 fn estate(database: &Path) -> String {
-    let sim = |model: &str, cloud: &str, region: &str, extra: &str| {
-        format!(
-            "[[deployment]]\nname = \"{model}@{cloud}-{region}\"\nmodel = \"{model}\"\n\
-             provider = \"sim\"\ncloud = \"{cloud}\"\nregion = \"{region}\"\n\
-             sim = {{ ttft_ms = 1, output_tokens = 3{extra} }}\n\n"
-        )
-    };
     let deployments = [
         sim("chat", "aws", "us-east-1", ""),
         sim("chat", "azure", "westeurope", ""),
         // The EU tenant's only place for `flaky` always fails.
-        sim("flaky", "azure", "westeurope", ", error_rate = 1.0"),
+        sim("flaky", "azure", "westeurope", "ttft_ms = 1, output_tokens = 3, error_rate = 1.0"),
         sim("flaky", "aws", "us-east-1", ""),
         sim("other", "aws", "us-east-1", ""),
     ]
@@ -221,4 +225,115 @@ async fn keys_authenticate_tenants_and_hold_their_rights() {
         assert!(!listing.contains(secret));
         assert!(!logs.contains(secret), "a secret is in the logs");
     }
+}
+
+fn limits_estate(database: &Path) -> String {
+    let deployments = [
+        sim("chat", "aws", "us-east-1", ""),
+        sim("slow", "aws", "us-east-1", "ttft_ms = 2000, output_tokens = 1"),
+    ]
+    .concat();
+    format!(
+        r#"
+[server]
+database = "{}"
+
+{deployments}[[tenant]]
+name = "metered"
+rpm = 15
+
+[[tenant]]
+name = "narrow"
+max_concurrency = 3
+
+[[tenant]]
+name = "tokens"
+tpm = 200
+
+[[tenant]]
+name = "free"
+"#,
+        database.display()
+    )
+}
+
+/// Fires `n` requests at once; returns (admitted, refused with 429 and a
+/// Retry-After header).
+async fn burst(gateway: &Gateway, key: &str, model: &str, n: usize) -> (usize, usize) {
+    let requests = (0..n).map(|_| chat(gateway, Some(key), model));
+    let responses = futures::future::join_all(requests).await;
+    let mut admitted = 0;
+    let mut refused = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            200 => admitted += 1,
+            429 => {
+                let retry_after: u64 = header(&response, "retry-after").parse().unwrap();
+                assert!((1..=60).contains(&retry_after), "{retry_after}");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    (admitted, refused)
+}
+
+#[tokio::test]
+async fn limits_are_exact_under_concurrency() {
+    let dir = TempDir::new();
+    let database = dir.path().join("keys.db");
+    let config = dir.write("estate.toml", &limits_estate(&database));
+    let key_rpm = create(&config, &["--tenant", "free", "--rpm", "20"]);
+    let metered_a = create(&config, &["--tenant", "metered"]);
+    let metered_b = create(&config, &["--tenant", "metered"]);
+    let narrow = create(&config, &["--tenant", "narrow"]);
+    let tokens = create(&config, &["--tenant", "tokens"]);
+    let gateway = Gateway::start(&limits_estate(&database)).await;
+
+    // A key's own RPM: exactly 20 of 60 concurrent requests are admitted.
+    assert_eq!(burst(&gateway, &key_rpm, "chat", 60).await, (20, 40));
+    let (status, code, message) = error_of(chat(&gateway, Some(&key_rpm), "chat").await).await;
+    assert_eq!((status, code.as_str()), (429, "rate_limit_exceeded"));
+    assert!(message.contains(&format!("API key `{}`", &key_rpm[6..18])), "{message}");
+
+    // A tenant's RPM holds across its keys: 15 of 2 x 20.
+    let (a, b) = tokio::join!(
+        burst(&gateway, &metered_a, "chat", 20),
+        burst(&gateway, &metered_b, "chat", 20)
+    );
+    assert_eq!((a.0 + b.0, a.1 + b.1), (15, 25));
+    let (_, _, message) = error_of(chat(&gateway, Some(&metered_a), "chat").await).await;
+    assert!(
+        message.contains("tenant `metered` is at its limit of 15 requests per minute"),
+        "{message}"
+    );
+
+    // Concurrency: 3 of 10 simultaneous two-second requests.
+    assert_eq!(burst(&gateway, &narrow, "slow", 10).await, (3, 7));
+    // Their slots are free again once they end.
+    assert_eq!(chat(&gateway, Some(&narrow), "slow").await.status(), 200);
+
+    // Tokens: a streamed request reserves its estimate (max_tokens 150 plus
+    // the prompt) and settles with the usage it reports (a few tokens), so a
+    // second one fits in 200 tokens per minute; without settling it would not.
+    let stream = |key: &str| {
+        client()
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(key.to_string())
+            .json(&json!({
+                "model": "chat",
+                "stream": true,
+                "stream_options": { "include_usage": true },
+                "max_tokens": 150,
+                "messages": [{ "role": "user", "content": "hi" }],
+            }))
+            .send()
+    };
+    for _ in 0..2 {
+        let response = stream(&tokens).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("\"usage\""), "{text}");
+    }
+    gateway.terminate().await;
 }

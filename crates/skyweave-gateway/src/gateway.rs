@@ -38,6 +38,8 @@ pub struct Gateway {
     pub tenant_capacity: std::collections::HashMap<String, Mutex<Capacity>>,
     /// Per-key RPM/TPM, created at a key's first request.
     pub key_capacity: Mutex<std::collections::HashMap<String, Capacity>>,
+    /// The usage ledger, when the gateway has a database.
+    pub ledger: Option<crate::ledger::Ledger>,
 }
 
 pub struct DeploymentRuntime {
@@ -80,6 +82,15 @@ impl Gateway {
         estate: Estate,
         keys: Option<crate::keystore::KeyStore>,
     ) -> Result<Arc<Gateway>, BuildError> {
+        Gateway::with_state(estate, keys, None)
+    }
+
+    /// As `with_keys`, recording every request in `ledger`.
+    pub fn with_state(
+        estate: Estate,
+        keys: Option<crate::keystore::KeyStore>,
+        ledger: Option<crate::ledger::Ledger>,
+    ) -> Result<Arc<Gateway>, BuildError> {
         let started = Instant::now();
         let estate_tenants = estate.tenants.clone();
         let metrics = Metrics::new();
@@ -120,6 +131,7 @@ impl Gateway {
             keys,
             tenant_capacity: estate_tenant_capacity(&estate_tenants, started),
             key_capacity: Mutex::new(std::collections::HashMap::new()),
+            ledger,
         }))
     }
 

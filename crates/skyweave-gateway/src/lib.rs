@@ -9,6 +9,7 @@
 pub mod api_error;
 pub mod gateway;
 pub mod keystore;
+pub mod ledger;
 pub mod metrics;
 pub mod providers;
 pub mod secrets;

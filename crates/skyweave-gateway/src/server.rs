@@ -725,11 +725,69 @@ fn error_response(
             error = error.message.as_str(),
             "request failed"
         );
+        record_ledger(
+            gateway,
+            &request_id,
+            incoming.grant.as_ref(),
+            &incoming.model.name,
+            None,
+            None,
+            status.as_u16(),
+            attempts,
+            incoming.received.elapsed(),
+            None,
+        );
     }
     let mut response = error.into_response();
     response.headers_mut().insert(HEADER_REQUEST_ID, request_id);
     response.headers_mut().insert(HEADER_ATTEMPTS, HeaderValue::from(attempts));
     response
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Writes one request to the ledger, if the gateway keeps one.
+#[allow(clippy::too_many_arguments)]
+fn record_ledger(
+    gateway: &Gateway,
+    request_id: &HeaderValue,
+    grant: Option<&Grant>,
+    model: &str,
+    deployment: Option<skyweave_core::estate::DeploymentId>,
+    usage: Option<Usage>,
+    status: u16,
+    attempts: u32,
+    latency: Duration,
+    ttft: Option<Duration>,
+) {
+    let Some(ledger) = &gateway.ledger else { return };
+    let runtime = deployment.map(|id| gateway.runtime(id));
+    let (prompt_tokens, completion_tokens) =
+        usage.map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens));
+    ledger.record(crate::ledger::Record {
+        unix_ms: unix_ms(),
+        request_id: request_id.to_str().unwrap_or_default().to_string(),
+        tenant: grant.map(|g| g.tenant.clone()),
+        key_id: grant.map(|g| g.key_id.clone()),
+        model: model.to_string(),
+        deployment: runtime.map(|r| r.name.to_string()),
+        cloud: runtime.map(|r| r.cloud.to_string()),
+        region: runtime.map(|r| r.region.to_string()),
+        prompt_tokens,
+        completion_tokens,
+        cost_usd: runtime
+            .map_or(0.0, |r| r.deployment.price.cost_usd(prompt_tokens, completion_tokens)),
+        latency_ms: latency.as_secs_f64() * 1000.0,
+        ttft_ms: ttft.map(|t| t.as_secs_f64() * 1000.0),
+        status,
+        attempts,
+        stream: ttft.is_some(),
+    });
 }
 
 fn record_served(
@@ -939,6 +997,18 @@ fn complete_response<T>(
     let upstream_time = served.upstream_time;
     served.lease.finish(Outcome::Success { time_to_first_token: None, usage });
     record_served(gateway, deployment, 200, usage, total, total);
+    record_ledger(
+        gateway,
+        &incoming.request_id,
+        incoming.grant.as_ref(),
+        &incoming.model.name,
+        Some(deployment),
+        usage,
+        200,
+        attempts,
+        total,
+        None,
+    );
     gateway.metrics.observe_overhead(total.saturating_sub(upstream_time));
     let runtime = gateway.runtime(deployment);
     tracing::info!(
@@ -1005,6 +1075,8 @@ fn stream_response(
         upstream: rest,
         lease: Some(lease),
         admission: incoming.admission.take(),
+        grant: incoming.grant.take(),
+        model: incoming.model.name.clone(),
         include_usage,
         usage,
         received: incoming.received,
@@ -1036,6 +1108,8 @@ struct Relay {
     lease: Option<Lease>,
     /// The tenant's and key's capacity, settled when the stream ends.
     admission: Option<Admission>,
+    grant: Option<Grant>,
+    model: String,
     include_usage: bool,
     usage: Option<Usage>,
     received: Instant,
@@ -1067,6 +1141,18 @@ impl Relay {
             self.usage,
             total,
             self.time_to_first_token,
+        );
+        record_ledger(
+            &self.gateway,
+            &self.request_id,
+            self.grant.as_ref(),
+            &self.model,
+            Some(deployment),
+            self.usage,
+            status,
+            self.attempts,
+            total,
+            Some(self.time_to_first_token),
         );
         let runtime = self.gateway.runtime(deployment);
         tracing::info!(

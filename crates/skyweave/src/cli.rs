@@ -44,6 +44,30 @@ pub enum Command {
     Offerings(OfferingsArgs),
     /// Create, list and revoke tenants' API keys.
     Keys(KeysArgs),
+    /// Spend and tokens per cloud, tenant, model or deployment, from the ledger.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    /// The estate file (TOML): its `server.database`.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Group by cloud, tenant, model or deployment.
+    #[arg(long, default_value = "cloud", value_parser = ["cloud", "tenant", "model", "deployment"])]
+    pub by: String,
+    /// First day (YYYY-MM-DD, UTC, inclusive). Default: the first of this month.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Last day (YYYY-MM-DD, UTC, inclusive). Default: today.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Print JSON.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -9,6 +9,7 @@ mod cases {
     mod cli;
     mod failover;
     mod keys;
+    mod ledger;
     mod plan;
     mod python_sdk;
     mod routing;

@@ -6,6 +6,7 @@ mod keys;
 mod offerings;
 mod plan;
 mod serve;
+mod usage;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo { listen, tour_only } => demo::run(listen, tour_only).await,
         Command::Plan(args) => plan::run(&args),
         Command::Keys(args) => keys::run(&args),
+        Command::Usage(args) => usage::run(&args),
         Command::Offerings(args) => offerings::run(&args),
     }
 }

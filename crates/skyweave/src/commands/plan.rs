@@ -92,7 +92,7 @@ pub fn load_planner(args: &CatalogArgs) -> anyhow::Result<Result<Planner, String
 
 /// Today's date in UTC, YYYY-MM-DD (`SKYWEAVE_TODAY` overrides it, for
 /// planning ahead and for tests).
-fn today_utc() -> String {
+pub fn today_utc() -> String {
     if let Ok(date) = std::env::var("SKYWEAVE_TODAY") {
         let iso = date.len() == 10
             && date.bytes().enumerate().all(|(i, b)| matches!(i, 4 | 7) == (b == b'-'))

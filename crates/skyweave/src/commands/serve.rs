@@ -58,7 +58,11 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
     if let Some(listen) = listen {
         estate.server.listen = listen;
     }
-    serve_estate_with_keys(estate, keys, |_, _| {}, shutdown_signal()).await?;
+    let path = super::database_path(config, &estate);
+    let ledger = skyweave_gateway::ledger::Ledger::open(&path)
+        .context("cannot open the usage ledger (server.database)")?;
+    tracing::info!(database = %path.display(), "recording usage");
+    serve_estate_with_state(estate, keys, Some(ledger), |_, _| {}, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -69,19 +73,21 @@ pub async fn serve_estate(
     on_bound: impl FnOnce(SocketAddr, Arc<Gateway>),
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Arc<Gateway>> {
-    serve_estate_with_keys(estate, None, on_bound, stop).await
+    serve_estate_with_state(estate, None, None, on_bound, stop).await
 }
 
-/// As `serve_estate`, authenticating tenants' requests against `keys`.
-pub async fn serve_estate_with_keys(
+/// As `serve_estate`, authenticating tenants' requests against `keys` and
+/// recording every request in `ledger` (written out in full on shutdown).
+pub async fn serve_estate_with_state(
     estate: Estate,
     keys: Option<skyweave_gateway::keystore::KeyStore>,
+    ledger: Option<skyweave_gateway::ledger::Ledger>,
     on_bound: impl FnOnce(SocketAddr, Arc<Gateway>),
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Arc<Gateway>> {
     let listen = estate.server.listen;
     let grace = estate.server.shutdown_grace;
-    let gateway = Gateway::with_keys(estate, keys).context("cannot start the gateway")?;
+    let gateway = Gateway::with_state(estate, keys, ledger).context("cannot start the gateway")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen or --listen)"))?;
@@ -113,6 +119,10 @@ pub async fn serve_estate_with_keys(
         }
     }
     let _ = probes.await;
+    if let Some(ledger) = &gateway.ledger {
+        ledger.close();
+        tracing::info!("usage ledger written");
+    }
     Ok(gateway)
 }
 

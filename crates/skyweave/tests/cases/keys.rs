@@ -8,17 +8,10 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::support::{client, header, Gateway, TempDir, BIN};
+use crate::support::{client, header, sim_deployment, Gateway, TempDir, BIN};
 
-/// A `sim` deployment named `model@cloud-region`, answering in 1 ms with
-/// three tokens unless `settings` (more `sim` keys) say otherwise.
 fn sim(model: &str, cloud: &str, region: &str, settings: &str) -> String {
-    let settings = if settings.is_empty() { "ttft_ms = 1, output_tokens = 3" } else { settings };
-    format!(
-        "[[deployment]]\nname = \"{model}@{cloud}-{region}\"\nmodel = \"{model}\"\n\
-         provider = \"sim\"\ncloud = \"{cloud}\"\nregion = \"{region}\"\n\
-         sim = {{ {settings} }}\n\n"
-    )
+    sim_deployment(model, cloud, region, "", settings)
 }
 
 fn estate(database: &Path) -> String {

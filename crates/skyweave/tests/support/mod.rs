@@ -303,3 +303,20 @@ pub fn vertex_deployment(
         emulator.base_url()
     )
 }
+
+/// A `sim` deployment named `model@cloud-region`, with `extra` lines (e.g. a
+/// price) and `sim` settings (default: 1 ms to first token, three tokens).
+pub fn sim_deployment(
+    model: &str,
+    cloud: &str,
+    region: &str,
+    extra: &str,
+    settings: &str,
+) -> String {
+    let settings = if settings.is_empty() { "ttft_ms = 1, output_tokens = 3" } else { settings };
+    format!(
+        "[[deployment]]\nname = \"{model}@{cloud}-{region}\"\nmodel = \"{model}\"\n\
+         provider = \"sim\"\ncloud = \"{cloud}\"\nregion = \"{region}\"\n{extra}\
+         sim = {{ {settings} }}\n\n"
+    )
+}

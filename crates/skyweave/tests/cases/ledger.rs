@@ -1,0 +1,185 @@
+//! The usage ledger: every request recorded, a report that matches what the
+//! responses said, records surviving a graceful restart and `kill -9`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{client, header, sim_deployment, Gateway, TempDir, BIN};
+
+fn estate(database: &Path) -> String {
+    let deployments = [
+        sim_deployment(
+            "chat",
+            "aws",
+            "us-east-1",
+            "price = { input_per_mtok = 2.0, output_per_mtok = 8.0 }\n",
+            "ttft_ms = 1, output_tokens = 7",
+        ),
+        sim_deployment(
+            "chat",
+            "gcp",
+            "us-central1",
+            "price = { input_per_mtok = 1.0, output_per_mtok = 4.0 }\n",
+            "ttft_ms = 1, output_tokens = 5",
+        ),
+        sim_deployment("broken", "azure", "eastus", "", "ttft_ms = 1, error_rate = 1.0"),
+    ]
+    .concat();
+    format!(
+        r#"
+[server]
+database = "{}"
+
+[routing]
+strategy = "weighted"
+
+[circuit_breaker]
+consecutive_failures = 1000
+
+{deployments}"#,
+        database.display()
+    )
+}
+
+/// Per cloud: (requests, prompt tokens, completion tokens, cost) as the
+/// responses reported them, priced by hand.
+type Expected = BTreeMap<String, (u64, u64, u64, f64)>;
+
+fn price(cloud: &str) -> (f64, f64) {
+    match cloud {
+        "aws" => (2.0, 8.0),
+        "gcp" => (1.0, 4.0),
+        _ => unreachable!(),
+    }
+}
+
+/// One served request, priced by hand.
+fn add(expected: &mut Expected, cloud: String, prompt: u64, completion: u64) {
+    let (input, output) = price(&cloud);
+    let entry = expected.entry(cloud).or_default();
+    entry.0 += 1;
+    entry.1 += prompt;
+    entry.2 += completion;
+    entry.3 += (prompt as f64 * input + completion as f64 * output) / 1e6;
+}
+
+async fn workload(gateway: &Gateway, expected: &mut Expected, requests: usize) {
+    for i in 0..requests {
+        let text = "word ".repeat(i % 7 + 1);
+        let response = gateway
+            .post_chat(
+                json!({ "model": "chat", "messages": [{ "role": "user", "content": text }] }),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let cloud = header(&response, "x-skyweave-cloud").to_string();
+        let body: Value = response.json().await.unwrap();
+        let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap();
+        let completion = body["usage"]["completion_tokens"].as_u64().unwrap();
+        add(expected, cloud, prompt, completion);
+    }
+    // Streams report their usage in the last chunk.
+    for _ in 0..3 {
+        let response = client()
+            .post(gateway.url("/v1/chat/completions"))
+            .json(&json!({
+                "model": "chat", "stream": true, "stream_options": { "include_usage": true },
+                "messages": [{ "role": "user", "content": "stream please" }],
+            }))
+            .send()
+            .await
+            .unwrap();
+        let cloud = header(&response, "x-skyweave-cloud").to_string();
+        let text = response.text().await.unwrap();
+        let usage: Value = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find_map(|v| v.get("usage").filter(|u| !u.is_null()).cloned())
+            .expect("a usage chunk");
+        let (prompt, completion) = (
+            usage["prompt_tokens"].as_u64().unwrap(),
+            usage["completion_tokens"].as_u64().unwrap(),
+        );
+        add(expected, cloud, prompt, completion);
+    }
+    // A request no deployment can serve is recorded too.
+    let response = gateway.chat("broken").await;
+    assert!(response.status().is_server_error());
+}
+
+fn usage(config: &Path, by: &str, format: &str) -> String {
+    let output = Command::new(BIN)
+        .args(["usage", "--by", by, format, "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn check_report(config: &Path, expected: &Expected, failures: u64) {
+    let report: Value = serde_json::from_str(&usage(config, "cloud", "--json")).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    for (cloud, (requests, prompt, completion, cost)) in expected {
+        let row = rows.iter().find(|r| r["group"] == cloud.as_str()).expect(cloud);
+        assert_eq!(row["requests"].as_u64(), Some(*requests), "{cloud}: {row}");
+        assert_eq!(row["prompt_tokens"].as_u64(), Some(*prompt), "{cloud}: {row}");
+        assert_eq!(row["completion_tokens"].as_u64(), Some(*completion), "{cloud}: {row}");
+        assert!(
+            (row["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-9,
+            "{cloud}: {row} vs {cost}"
+        );
+    }
+    // Failed requests have no deployment: they are grouped under `-`.
+    let failed = rows.iter().find(|r| r["group"] == "-").expect("failures are recorded");
+    assert_eq!(
+        (failed["requests"].as_u64(), failed["errors"].as_u64()),
+        (Some(failures), Some(failures))
+    );
+}
+
+#[tokio::test]
+async fn the_ledger_matches_the_responses_and_survives_restarts_and_kill_9() {
+    let dir = TempDir::new();
+    let database = dir.path().join("ledger.db");
+    let config = dir.write("estate.toml", &estate(&database));
+    let mut expected = Expected::new();
+
+    // A graceful stop writes everything.
+    let gateway = Gateway::start(&estate(&database)).await;
+    workload(&gateway, &mut expected, 40).await;
+    let (status, _) = gateway.terminate().await;
+    assert!(status.success());
+    assert!(expected.len() == 2, "both clouds served: {expected:?}");
+    check_report(&config, &expected, 1);
+
+    // After a restart the records are still there, and new ones add up.
+    let gateway = Gateway::start(&estate(&database)).await;
+    workload(&gateway, &mut expected, 25).await;
+    // kill -9: what completed more than the flush bound (20 ms plus one
+    // commit) ago is on disk; this waits 200 ms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Command::new("kill").args(["-KILL", &gateway.pid().to_string()]).status().unwrap();
+    assert!(killed.success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    check_report(&config, &expected, 2);
+
+    // The other groupings and CSV.
+    let csv = usage(&config, "deployment", "--csv");
+    assert!(
+        csv.starts_with("deployment,requests,errors,prompt_tokens,completion_tokens,cost_usd\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("chat@aws-us-east-1,") && csv.contains("chat@gcp-us-central1,"), "{csv}");
+    let by_model: Value = serde_json::from_str(&usage(&config, "model", "--json")).unwrap();
+    let models: Vec<&str> =
+        by_model["rows"].as_array().unwrap().iter().map(|r| r["group"].as_str().unwrap()).collect();
+    assert!(models.contains(&"chat") && models.contains(&"broken"), "{models:?}");
+    let table = usage(&config, "cloud", "--since=2000-01-01");
+    assert!(table.contains("usage 2000-01-01 to"), "{table}");
+}

@@ -5,6 +5,7 @@
 //! caller hands to [`config::parse_estate`], no async runtime. The gateway
 //! crate wraps these types in the IO it needs.
 
+pub mod calendar;
 pub mod capacity;
 pub mod compute;
 pub mod config;

@@ -40,6 +40,28 @@ pub struct Gateway {
     pub key_capacity: Mutex<std::collections::HashMap<String, Capacity>>,
     /// The usage ledger, when the gateway has a database.
     pub ledger: Option<crate::ledger::Ledger>,
+    /// This month's spend per tenant and key, for budgets.
+    pub spend: Mutex<Spend>,
+}
+
+/// Spend in one UTC month, seeded from the ledger at start and added to as
+/// requests are recorded.
+#[derive(Debug, Default)]
+pub struct Spend {
+    pub month: String,
+    pub tenants: std::collections::HashMap<String, f64>,
+    pub keys: std::collections::HashMap<String, f64>,
+    /// Tenants whose soft budget was already reported this month.
+    pub alerted: std::collections::HashSet<String>,
+}
+
+impl Spend {
+    /// Moves to `month`, forgetting the previous month's spend.
+    pub fn roll(&mut self, month: &str) {
+        if self.month != month {
+            *self = Spend { month: month.to_string(), ..Spend::default() };
+        }
+    }
 }
 
 pub struct DeploymentRuntime {
@@ -132,6 +154,7 @@ impl Gateway {
             tenant_capacity: estate_tenant_capacity(&estate_tenants, started),
             key_capacity: Mutex::new(std::collections::HashMap::new()),
             ledger,
+            spend: Mutex::new(Spend::default()),
         }))
     }
 

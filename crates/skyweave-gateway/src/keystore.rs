@@ -39,6 +39,8 @@ pub struct KeyRecord {
     /// The key's own limits, beside its tenant's.
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    /// The key's own monthly budget in USD (hard).
+    pub budget_usd: Option<f64>,
 }
 
 /// What a new key may do beyond its tenant's rights (only less).
@@ -50,6 +52,7 @@ pub struct Narrowing {
     pub expires_unix: Option<i64>,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    pub budget_usd: Option<f64>,
 }
 
 pub struct KeyStore {
@@ -76,7 +79,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     clouds TEXT,
     regions TEXT,
     rpm INTEGER,
-    tpm INTEGER
+    tpm INTEGER,
+    budget_usd REAL
 );";
 
 impl KeyStore {
@@ -115,8 +119,8 @@ impl KeyStore {
         connection
             .execute(
                 "INSERT INTO api_keys (id, tenant, name, hash, created_unix, expires_unix, \
-                 models, clouds, regions, rpm, tpm) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 models, clouds, regions, rpm, tpm, budget_usd) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     new.id,
                     tenant,
@@ -129,6 +133,7 @@ impl KeyStore {
                     list(&narrowing.regions),
                     narrowing.rpm,
                     narrowing.tpm,
+                    narrowing.budget_usd,
                 ],
             )
             .map_err(|e| self.error(e))?;
@@ -179,7 +184,7 @@ impl KeyStore {
 fn load(connection: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
     let mut statement = connection.prepare(
         "SELECT id, tenant, name, hash, created_unix, expires_unix, revoked_unix, models, \
-         clouds, regions, rpm, tpm FROM api_keys",
+         clouds, regions, rpm, tpm, budget_usd FROM api_keys",
     )?;
     let split = |v: Option<String>| {
         v.map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
@@ -203,6 +208,7 @@ fn load(connection: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
             regions: split(row.get(9)?),
             rpm: row.get(10)?,
             tpm: row.get(11)?,
+            budget_usd: row.get(12)?,
         })
     })?;
     rows.collect()

@@ -13,6 +13,7 @@
 //!   that ended within the last `FLUSH_INTERVAL` plus the time of one
 //!   commit (a few milliseconds): records older than that are on disk.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::Mutex;
@@ -194,6 +195,29 @@ fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Resul
         }
     }
     transaction.commit()
+}
+
+/// USD per tenant or per key.
+pub type SpendBy = HashMap<String, f64>;
+
+/// Spend since `since_ms` per tenant and per key.
+pub fn spend_since(path: &Path, since_ms: i64) -> Result<(SpendBy, SpendBy), StoreError> {
+    let connection = open_connection(path)?;
+    let error = |source| StoreError { path: path.to_path_buf(), source };
+    let sum = |column: &str| -> Result<SpendBy, StoreError> {
+        let sql = format!(
+            "SELECT {column}, SUM(cost_usd) FROM requests WHERE unix_ms >= ?1 AND {column} IS \
+             NOT NULL GROUP BY 1"
+        );
+        let mut statement = connection.prepare(&sql).map_err(error)?;
+        let rows = statement
+            .query_map(params![since_ms], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, f64>(1)?))
+            })
+            .map_err(error)?;
+        rows.collect::<Result<_, _>>().map_err(error)
+    };
+    Ok((sum("tenant")?, sum("key_id")?))
 }
 
 /// Spend and tokens per group over a period.

@@ -329,6 +329,49 @@ impl Drop for Admission {
     }
 }
 
+/// Refuses a request (402) once its tenant's hard monthly budget or its
+/// key's budget is spent. Spend counts requests already recorded: requests
+/// in flight when the budget is reached still complete.
+fn check_budgets(gateway: &Gateway, grant: &Grant) -> Result<(), ApiError> {
+    let (month, start_ms) = skyweave_core::calendar::month_of_unix_ms(unix_ms());
+    let next = skyweave_core::calendar::date(
+        skyweave_core::calendar::month_of_unix_ms(start_ms + 32 * 86_400_000).1 / 86_400_000,
+    );
+    let mut spend = gateway.spend.lock().expect("spend lock");
+    spend.roll(&month);
+    let over = |who: String, spent: f64, budget: f64| {
+        ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_quota",
+            format!(
+                "{who} has spent {spent:.2} USD of its {budget:.2} USD budget for {month}; \
+                 requests are refused until {next}"
+            ),
+        )
+        .with_code("budget_exceeded")
+    };
+    if let Some(budget) = gateway
+        .estate
+        .tenants
+        .iter()
+        .find(|t| t.name == grant.tenant)
+        .and_then(|t| t.budget)
+        .filter(|b| b.hard)
+    {
+        let spent = spend.tenants.get(&grant.tenant).copied().unwrap_or(0.0);
+        if spent >= budget.monthly_usd {
+            return Err(over(format!("tenant `{}`", grant.tenant), spent, budget.monthly_usd));
+        }
+    }
+    if let Some(budget) = grant.budget_usd {
+        let spent = spend.keys.get(&grant.key_id).copied().unwrap_or(0.0);
+        if spent >= budget {
+            return Err(over(format!("API key `{}`", grant.key_id), spent, budget));
+        }
+    }
+    Ok(())
+}
+
 /// Reserves the request against its tenant's and key's limits; 429 with
 /// Retry-After when either is full.
 fn admit(
@@ -347,6 +390,7 @@ fn admit(
         error.retry_after_secs = Some(retry_in.as_secs_f64().ceil().clamp(1.0, 86_400.0) as u32);
         error
     };
+    check_budgets(gateway, grant)?;
     let mut admission = Admission {
         gateway: gateway.clone(),
         tenant: grant.tenant.clone(),
@@ -394,6 +438,7 @@ struct Grant {
     regions: Option<Vec<String>>,
     rpm: Option<u32>,
     tpm: Option<u32>,
+    budget_usd: Option<f64>,
 }
 
 /// `None` is "no restriction".
@@ -486,6 +531,7 @@ fn authorize(
         regions: intersect(tenant.regions.clone(), record.regions.clone()),
         rpm: record.rpm,
         tpm: record.tpm,
+        budget_usd: record.budget_usd,
     })
 }
 
@@ -751,6 +797,33 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Adds a request's cost to its tenant's and key's spend this month, and
+/// reports a soft budget the first time it is reached.
+fn add_spend(gateway: &Gateway, grant: &Grant, now_ms: i64, cost_usd: f64) {
+    let (month, _) = skyweave_core::calendar::month_of_unix_ms(now_ms);
+    let mut spend = gateway.spend.lock().expect("spend lock");
+    spend.roll(&month);
+    let spent = {
+        let tenant = spend.tenants.entry(grant.tenant.clone()).or_default();
+        *tenant += cost_usd;
+        *tenant
+    };
+    *spend.keys.entry(grant.key_id.clone()).or_default() += cost_usd;
+    let budget =
+        gateway.estate.tenants.iter().find(|t| t.name == grant.tenant).and_then(|t| t.budget);
+    if let Some(budget) = budget.filter(|b| !b.hard && spent >= b.monthly_usd) {
+        if spend.alerted.insert(grant.tenant.clone()) {
+            tracing::warn!(
+                tenant = grant.tenant.as_str(),
+                spent_usd = spent,
+                budget_usd = budget.monthly_usd,
+                month = month.as_str(),
+                "soft budget reached"
+            );
+        }
+    }
+}
+
 /// Writes one request to the ledger, if the gateway keeps one.
 #[allow(clippy::too_many_arguments)]
 fn record_ledger(
@@ -765,12 +838,18 @@ fn record_ledger(
     latency: Duration,
     ttft: Option<Duration>,
 ) {
-    let Some(ledger) = &gateway.ledger else { return };
     let runtime = deployment.map(|id| gateway.runtime(id));
     let (prompt_tokens, completion_tokens) =
         usage.map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens));
+    let cost_usd =
+        runtime.map_or(0.0, |r| r.deployment.price.cost_usd(prompt_tokens, completion_tokens));
+    let now_ms = unix_ms();
+    if let Some(grant) = grant {
+        add_spend(gateway, grant, now_ms, cost_usd);
+    }
+    let Some(ledger) = &gateway.ledger else { return };
     ledger.record(crate::ledger::Record {
-        unix_ms: unix_ms(),
+        unix_ms: now_ms,
         request_id: request_id.to_str().unwrap_or_default().to_string(),
         tenant: grant.map(|g| g.tenant.clone()),
         key_id: grant.map(|g| g.key_id.clone()),
@@ -780,8 +859,7 @@ fn record_ledger(
         region: runtime.map(|r| r.region.to_string()),
         prompt_tokens,
         completion_tokens,
-        cost_usd: runtime
-            .map_or(0.0, |r| r.deployment.price.cost_usd(prompt_tokens, completion_tokens)),
+        cost_usd,
         latency_ms: latency.as_secs_f64() * 1000.0,
         ttft_ms: ttft.map(|t| t.as_secs_f64() * 1000.0),
         status,

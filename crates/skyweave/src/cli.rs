@@ -107,6 +107,9 @@ pub enum KeysCommand {
         /// The key's own tokens per minute (its tenant's limit applies too).
         #[arg(long)]
         tpm: Option<u32>,
+        /// The key's own monthly budget in USD (hard; its tenant's applies too).
+        #[arg(long)]
+        budget_usd: Option<f64>,
     },
     /// List keys (ids and rights, never secrets).
     List {

@@ -33,6 +33,7 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
             expires_in_secs,
             rpm,
             tpm,
+            budget_usd,
         } => {
             let narrowing = Narrowing {
                 models: models.clone(),
@@ -41,7 +42,12 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
                 expires_unix: expires_in_secs.map(|s| now_unix() + s as i64),
                 rpm: *rpm,
                 tpm: *tpm,
+                budget_usd: *budget_usd,
             };
+            if budget_usd.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
+                eprintln!("error: --budget-usd must be more than 0");
+                return Ok(ExitCode::from(2));
+            }
             if rpm == &Some(0) || tpm == &Some(0) {
                 eprintln!("error: --rpm and --tpm must be at least 1 (omit them for no key limit)");
                 return Ok(ExitCode::from(2));
@@ -139,6 +145,7 @@ fn describe_json(key: &KeyRecord) -> serde_json::Value {
         "regions": key.regions,
         "rpm": key.rpm,
         "tpm": key.tpm,
+        "budget_usd": key.budget_usd,
     })
 }
 

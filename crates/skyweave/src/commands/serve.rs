@@ -30,21 +30,6 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         );
         return Ok(ExitCode::from(2));
     }
-    // Budgets are computed from the ledger, which this build does not have:
-    // a hard budget must not be silently unenforced.
-    if let Some(tenant) = estate.tenants.iter().find(|t| t.budget.is_some_and(|b| b.hard)) {
-        eprintln!(
-            "{}: tenant `{}` has a hard budget, but this build has no usage ledger to enforce it \
-             with\n    fix: set budget.mode = \"soft\" (alert only, not enforced yet either) or \
-             remove the budget",
-            config.display(),
-            tenant.name
-        );
-        return Ok(ExitCode::from(2));
-    }
-    for tenant in estate.tenants.iter().filter(|t| t.budget.is_some()) {
-        tracing::warn!(tenant = tenant.name.as_str(), "soft budget is not tracked yet (no ledger)");
-    }
     let keys = if estate.tenants.is_empty() {
         tracing::warn!("the estate has no [[tenant]]: requests are not authenticated");
         None
@@ -88,6 +73,19 @@ pub async fn serve_estate_with_state(
     let listen = estate.server.listen;
     let grace = estate.server.shutdown_grace;
     let gateway = Gateway::with_state(estate, keys, ledger).context("cannot start the gateway")?;
+    // Budgets continue from what the ledger recorded this month.
+    if let Some(ledger) = &gateway.ledger {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let (month, start_ms) = skyweave_core::calendar::month_of_unix_ms(now_ms);
+        let (tenants, keys) = skyweave_gateway::ledger::spend_since(ledger.path(), start_ms)
+            .context("cannot read this month's spend from the ledger")?;
+        let mut spend = gateway.spend.lock().expect("spend lock");
+        spend.roll(&month);
+        spend.tenants = tenants;
+        spend.keys = keys;
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen or --listen)"))?;

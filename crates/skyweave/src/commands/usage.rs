@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use skyweave_core::calendar::days_from_civil;
 use skyweave_gateway::ledger::{usage, GroupBy, UsageRow};
 
 use crate::cli::UsageArgs;
@@ -93,38 +94,4 @@ fn table(by: &str, since: &str, until: &str, rows: &[UsageRow]) -> String {
         "total", requests, "", "", "", total
     );
     out
-}
-
-/// Days since 1970-01-01 of a YYYY-MM-DD date (Howard Hinnant's
-/// days-from-civil), or `None` if it is not one.
-fn days_from_civil(date: &str) -> Option<i64> {
-    let bytes = date.as_bytes();
-    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
-        return None;
-    }
-    let year: i64 = date[..4].parse().ok()?;
-    let month: i64 = date[5..7].parse().ok()?;
-    let day: i64 = date[8..10].parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn days_from_dates() {
-        assert_eq!(super::days_from_civil("1970-01-01"), Some(0));
-        assert_eq!(super::days_from_civil("2000-02-29"), Some(11_016));
-        assert_eq!(super::days_from_civil("2025-11-23"), Some(20_415));
-        assert_eq!(super::days_from_civil("2025-13-01"), None);
-        assert_eq!(super::days_from_civil("25-1-1"), None);
-    }
 }

@@ -122,18 +122,3 @@ fn demo_tour_shows_routing_and_failover() {
         "{during}"
     );
 }
-
-#[test]
-fn serve_refuses_a_hard_budget_it_cannot_enforce_yet() {
-    let dir = TempDir::new();
-    let estate = "[[deployment]]\nname = \"m@sim\"\nmodel = \"m\"\nprovider = \"sim\"\ncloud = \"aws\"\nregion = \"us-east-1\"\n\n[[tenant]]\nname = \"capped\"\nbudget = { monthly_usd = 100 }\n";
-    let path = dir.write("budget.toml", estate);
-    let output = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("tenant `capped` has a hard budget"), "{stderr}");
-}

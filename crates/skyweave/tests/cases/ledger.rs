@@ -183,3 +183,110 @@ async fn the_ledger_matches_the_responses_and_survives_restarts_and_kill_9() {
     let table = usage(&config, "cloud", "--since=2000-01-01");
     assert!(table.contains("usage 2000-01-01 to"), "{table}");
 }
+
+fn budget_estate(database: &Path) -> String {
+    let deployments = sim_deployment(
+        "chat",
+        "aws",
+        "us-east-1",
+        "price = { input_per_mtok = 1000.0, output_per_mtok = 1000.0 }\n",
+        "ttft_ms = 1, output_tokens = 5",
+    );
+    format!(
+        r#"
+[server]
+database = "{}"
+
+{deployments}
+[[tenant]]
+name = "capped"
+budget = {{ monthly_usd = 0.05 }}
+
+[[tenant]]
+name = "watched"
+budget = {{ monthly_usd = 0.02, mode = "soft" }}
+
+[[tenant]]
+name = "open"
+"#,
+        database.display()
+    )
+}
+
+fn create_key(config: &Path, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .arg("keys")
+        .arg("--config")
+        .arg(config)
+        .arg("create")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Sends requests with `key` until one is refused; returns the costs of
+/// those served (from their usage at 1,000 USD per million tokens) and the
+/// refusal.
+async fn spend_until_refused(
+    gateway: &Gateway,
+    key: &str,
+    limit: usize,
+) -> (Vec<f64>, Option<Value>) {
+    let mut costs = Vec::new();
+    for _ in 0..limit {
+        let response = client()
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({ "model": "chat", "messages": [{ "role": "user", "content": "hello there" }] }))
+            .send()
+            .await
+            .unwrap();
+        if response.status() != 200 {
+            assert_eq!(response.status(), 402);
+            return (costs, Some(response.json().await.unwrap()));
+        }
+        let body: Value = response.json().await.unwrap();
+        let tokens = body["usage"]["total_tokens"].as_u64().unwrap();
+        costs.push(tokens as f64 * 1000.0 / 1e6);
+    }
+    (costs, None)
+}
+
+#[tokio::test]
+async fn hard_budgets_refuse_at_the_limit_and_survive_restarts() {
+    let dir = TempDir::new();
+    let database = dir.path().join("ledger.db");
+    let config = dir.write("estate.toml", &budget_estate(&database));
+    let capped = create_key(&config, &["--tenant", "capped"]);
+    let watched = create_key(&config, &["--tenant", "watched"]);
+    let key_budget = create_key(&config, &["--tenant", "open", "--budget-usd", "0.03"]);
+
+    let gateway = Gateway::start(&budget_estate(&database)).await;
+    // The tenant's hard budget: served until the recorded spend reaches it.
+    let (costs, refusal) = spend_until_refused(&gateway, &capped, 50).await;
+    let refusal = refusal.expect("the budget is reached");
+    let spent: f64 = costs.iter().sum();
+    let before_last: f64 = costs[..costs.len() - 1].iter().sum();
+    assert!(spent >= 0.05 && before_last < 0.05, "{costs:?}");
+    assert_eq!(refusal["error"]["code"], "budget_exceeded");
+    let message = refusal["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tenant `capped` has spent"), "{message}");
+    assert!(message.contains("of its 0.05 USD budget"), "{message}");
+    // A key's own budget.
+    let (costs, refusal) = spend_until_refused(&gateway, &key_budget, 50).await;
+    assert!(refusal.is_some());
+    assert!(costs.iter().sum::<f64>() >= 0.03, "{costs:?}");
+    // A soft budget only alerts.
+    let (costs, refusal) = spend_until_refused(&gateway, &watched, 8).await;
+    assert!(refusal.is_none() && costs.iter().sum::<f64>() > 0.02, "{costs:?}");
+    let (_, logs) = gateway.terminate().await;
+    assert_eq!(logs.matches("soft budget reached").count(), 1, "{logs}");
+
+    // After a restart the spend comes back from the ledger.
+    let gateway = Gateway::start(&budget_estate(&database)).await;
+    let (costs, refusal) = spend_until_refused(&gateway, &capped, 5).await;
+    assert!(costs.is_empty() && refusal.is_some(), "{costs:?}");
+    gateway.terminate().await;
+}

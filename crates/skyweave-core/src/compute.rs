@@ -123,6 +123,63 @@ impl Commitment {
     }
 }
 
+/// Where a commitment stands on a day, from the spend recorded in its
+/// period so far.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CommitmentStatus {
+    pub cloud: String,
+    pub start: String,
+    pub end: String,
+    pub total_usd: f64,
+    /// Spend before the ledger (`spent_usd` in the estate) plus the ledger's.
+    pub spent_usd: f64,
+    /// What a straight line from 0 to the total would have spent by now.
+    pub plan_usd: f64,
+    /// `spent - plan`: negative is behind plan.
+    pub ahead_usd: f64,
+    /// The spend at the end of the period if it goes on at the rate so far.
+    pub projected_usd: f64,
+    /// The discount of the tier the spend has reached, and what list prices
+    /// cost after it (1 - discount).
+    pub discount: f64,
+    pub effective_price_factor: f64,
+    /// The spend at which the next tier starts, if any.
+    pub next_tier_at_usd: Option<f64>,
+}
+
+impl Commitment {
+    /// Its status on day `today` (days since 1970-01-01) with `recorded_usd`
+    /// spent in the period according to the ledger.
+    pub fn status(&self, today: i64, recorded_usd: f64) -> Option<CommitmentStatus> {
+        let start = crate::calendar::days_from_civil(&self.start)?;
+        let end = crate::calendar::days_from_civil(&self.end)?;
+        let length = (end - start + 1).max(1) as f64;
+        let elapsed = (today - start + 1).clamp(0, end - start + 1) as f64;
+        let spent = self.spent_usd + recorded_usd;
+        let plan = self.total_usd * elapsed / length;
+        let projected = if elapsed > 0.0 { spent * length / elapsed } else { spent };
+        let tier_spend = Commitment { spent_usd: spent, ..self.clone() };
+        let discount = tier_spend.current_discount();
+        Some(CommitmentStatus {
+            cloud: self.cloud.clone(),
+            start: self.start.clone(),
+            end: self.end.clone(),
+            total_usd: self.total_usd,
+            spent_usd: spent,
+            plan_usd: plan,
+            ahead_usd: spent - plan,
+            projected_usd: projected,
+            discount,
+            effective_price_factor: 1.0 - discount,
+            next_tier_at_usd: self
+                .discount_tiers
+                .iter()
+                .map(|t| t.above_usd)
+                .find(|above| *above > spent),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +210,27 @@ mod tests {
         assert!(
             !commitment(0.0).active_on("2027-01-01") && !commitment(0.0).active_on("2025-12-31")
         );
+    }
+
+    #[test]
+    fn status_against_a_straight_line_plan() {
+        // 2026-01-01 .. 2026-12-31 is 365 days; 2026-04-10 is day 100.
+        let c = Commitment { total_usd: 365_000.0, ..commitment(100.0) };
+        let today = crate::calendar::days_from_civil("2026-04-10").unwrap();
+        let s = c.status(today, 79_900.0).unwrap();
+        assert_eq!(s.spent_usd, 80_000.0);
+        assert!((s.plan_usd - 100_000.0).abs() < 1e-6);
+        assert!((s.ahead_usd + 20_000.0).abs() < 1e-6);
+        assert!((s.projected_usd - 292_000.0).abs() < 1e-6);
+        assert_eq!((s.discount, s.effective_price_factor), (0.08, 0.92));
+        assert_eq!(s.next_tier_at_usd, None);
+        let early = c.status(today, 0.0).unwrap();
+        assert_eq!((early.discount, early.next_tier_at_usd), (0.0, Some(500.0)));
+        // Before the period nothing is planned; after it, all is.
+        let before = crate::calendar::days_from_civil("2025-12-01").unwrap();
+        assert_eq!(c.status(before, 0.0).unwrap().plan_usd, 0.0);
+        let after = crate::calendar::days_from_civil("2027-03-01").unwrap();
+        assert_eq!(c.status(after, 0.0).unwrap().plan_usd, 365_000.0);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Gateway {
     pub ledger: Option<crate::ledger::Ledger>,
     /// This month's spend per tenant and key, for budgets.
     pub spend: Mutex<Spend>,
+    /// Recorded spend per committed cloud within its commitment's period.
+    pub commitment_spend: Mutex<std::collections::HashMap<String, f64>>,
 }
 
 /// Spend in one UTC month, seeded from the ledger at start and added to as
@@ -155,7 +157,33 @@ impl Gateway {
             key_capacity: Mutex::new(std::collections::HashMap::new()),
             ledger,
             spend: Mutex::new(Spend::default()),
+            commitment_spend: Mutex::new(std::collections::HashMap::new()),
         }))
+    }
+
+    /// How the router should weigh a cloud's list prices: its commitment's
+    /// current discount applies, and while the cloud is behind its
+    /// commitment's straight-line plan, committed spend counts at
+    /// `1 - burn_down_weight` of its price (so `cost` and `balanced` routing
+    /// prefer it). 1 for clouds without a commitment.
+    pub fn commitment_price_factor(&self, cloud: &str, today: i64) -> f64 {
+        let Some(commitment) = self.estate.commitments.iter().find(|c| c.cloud == cloud) else {
+            return 1.0;
+        };
+        let recorded = self
+            .commitment_spend
+            .lock()
+            .expect("commitment spend lock")
+            .get(cloud)
+            .copied()
+            .unwrap_or(0.0);
+        let Some(status) = commitment.status(today, recorded) else { return 1.0 };
+        let in_period = commitment.active_on(&skyweave_core::calendar::date(today));
+        if !in_period {
+            return 1.0;
+        }
+        let behind = status.ahead_usd < 0.0;
+        status.effective_price_factor * if behind { 1.0 - commitment.burn_down_weight } else { 1.0 }
     }
 
     pub fn runtime(&self, id: DeploymentId) -> &DeploymentRuntime {
@@ -586,12 +614,20 @@ fn pick_deployment(
             }
             continue;
         }
+        let price_factor = if gateway.estate.commitments.is_empty() {
+            1.0
+        } else {
+            let today = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() / 86_400) as i64;
+            gateway.commitment_price_factor(&runtime.deployment.cloud, today)
+        };
         candidates.push(Candidate {
             id,
             cloud: runtime.cloud.as_str(),
             priority: runtime.deployment.priority,
             weight: runtime.deployment.weight,
-            price_per_mtok: runtime.deployment.price.blended_per_mtok(),
+            price_per_mtok: runtime.deployment.price.blended_per_mtok() * price_factor,
             latency_ewma_ms: match bound {
                 AttemptBound::FirstToken => health.ttft.get(now).or(health.total.get(now)),
                 AttemptBound::Total => health.total.get(now).or(health.ttft.get(now)),

@@ -220,6 +220,20 @@ pub fn spend_since(path: &Path, since_ms: i64) -> Result<(SpendBy, SpendBy), Sto
     Ok((sum("tenant")?, sum("key_id")?))
 }
 
+/// Recorded spend on `cloud` from `from_ms` (inclusive) to `to_ms`
+/// (exclusive).
+pub fn cloud_spend(path: &Path, cloud: &str, from_ms: i64, to_ms: i64) -> Result<f64, StoreError> {
+    let connection = open_connection(path)?;
+    connection
+        .query_row(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE cloud = ?1 AND unix_ms >= ?2 \
+             AND unix_ms < ?3",
+            params![cloud, from_ms, to_ms],
+            |row| row.get(0),
+        )
+        .map_err(|source| StoreError { path: path.to_path_buf(), source })
+}
+
 /// Spend and tokens per group over a period.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct UsageRow {

@@ -847,6 +847,22 @@ fn record_ledger(
     if let Some(grant) = grant {
         add_spend(gateway, grant, now_ms, cost_usd);
     }
+    if let Some(runtime) = runtime.filter(|_| cost_usd > 0.0) {
+        let today = skyweave_core::calendar::date(now_ms.div_euclid(86_400_000));
+        let committed = gateway
+            .estate
+            .commitments
+            .iter()
+            .any(|c| c.cloud == runtime.deployment.cloud && c.active_on(&today));
+        if committed {
+            *gateway
+                .commitment_spend
+                .lock()
+                .expect("commitment spend lock")
+                .entry(runtime.deployment.cloud.clone())
+                .or_default() += cost_usd;
+        }
+    }
     let Some(ledger) = &gateway.ledger else { return };
     ledger.record(crate::ledger::Record {
         unix_ms: now_ms,

@@ -46,6 +46,15 @@ pub enum Command {
     Keys(KeysArgs),
     /// Spend and tokens per cloud, tenant, model or deployment, from the ledger.
     Usage(UsageArgs),
+    /// Each cloud commitment's spend against its plan, projection and discount tier.
+    Commitments {
+        /// The estate file (TOML): its [[commitment]] tables and `server.database`.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

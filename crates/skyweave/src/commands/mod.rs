@@ -24,6 +24,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::run(&args),
         Command::Keys(args) => keys::run(&args),
         Command::Usage(args) => usage::run(&args),
+        Command::Commitments { config, json } => usage::commitments(&config, json),
         Command::Offerings(args) => offerings::run(&args),
     }
 }

@@ -85,6 +85,29 @@ pub async fn serve_estate_with_state(
         spend.roll(&month);
         spend.tenants = tenants;
         spend.keys = keys;
+        drop(spend);
+        // And commitments from what it recorded in their periods.
+        let day_ms = 86_400_000;
+        for commitment in &gateway.estate.commitments {
+            let days = (
+                skyweave_core::calendar::days_from_civil(&commitment.start),
+                skyweave_core::calendar::days_from_civil(&commitment.end),
+            );
+            if let (Some(start), Some(end)) = days {
+                let recorded = skyweave_gateway::ledger::cloud_spend(
+                    ledger.path(),
+                    &commitment.cloud,
+                    start * day_ms,
+                    (end + 1) * day_ms,
+                )
+                .context("cannot read commitment spend from the ledger")?;
+                gateway
+                    .commitment_spend
+                    .lock()
+                    .expect("commitment spend lock")
+                    .insert(commitment.cloud.clone(), recorded);
+            }
+        }
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use std::path::Path;
+
 use skyweave_core::calendar::days_from_civil;
 use skyweave_gateway::ledger::{usage, GroupBy, UsageRow};
 
@@ -94,4 +96,70 @@ fn table(by: &str, since: &str, until: &str, rows: &[UsageRow]) -> String {
         "total", requests, "", "", "", total
     );
     out
+}
+
+/// `skyweave commitments`: spend to date against each commitment's plan.
+pub fn commitments(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let estate = match super::load_estate(config)? {
+        Ok(loaded) => loaded.estate,
+        Err(errors) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if estate.commitments.is_empty() {
+        eprintln!("error: the estate has no [[commitment]]\n    fix: add one (see README.md)");
+        return Ok(ExitCode::from(2));
+    }
+    let path = super::database_path(config, &estate);
+    let today_text = super::plan::today_utc();
+    let today = days_from_civil(&today_text).unwrap_or(0);
+    let day_ms = 86_400_000;
+    let mut statuses = Vec::new();
+    for commitment in &estate.commitments {
+        let (Some(start), Some(end)) =
+            (days_from_civil(&commitment.start), days_from_civil(&commitment.end))
+        else {
+            continue;
+        };
+        let recorded = if path.exists() {
+            skyweave_gateway::ledger::cloud_spend(
+                &path,
+                &commitment.cloud,
+                start * day_ms,
+                (end + 1) * day_ms,
+            )
+            .context("cannot read the usage ledger")?
+        } else {
+            0.0
+        };
+        statuses.extend(commitment.status(today, recorded));
+    }
+    if json {
+        let report = serde_json::json!({ "today": today_text, "commitments": statuses });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = format!("commitments on {today_text} (UTC)\n");
+    for s in &statuses {
+        let _ = writeln!(
+            out,
+            "{}: {:.2} of {:.2} USD spent ({} to {}); plan to date {:.2} USD, {} by {:.2} USD; \
+             projected {:.2} USD at the end; discount {:.1}% (list prices x {:.3}){}",
+            s.cloud,
+            s.spent_usd,
+            s.total_usd,
+            s.start,
+            s.end,
+            s.plan_usd,
+            if s.ahead_usd >= 0.0 { "ahead" } else { "behind" },
+            s.ahead_usd.abs(),
+            s.projected_usd,
+            s.discount * 100.0,
+            s.effective_price_factor,
+            s.next_tier_at_usd.map_or(String::new(), |at| format!("; next tier at {at:.2} USD")),
+        );
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
 }

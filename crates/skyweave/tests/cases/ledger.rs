@@ -182,6 +182,33 @@ async fn the_ledger_matches_the_responses_and_survives_restarts_and_kill_9() {
     assert!(models.contains(&"chat") && models.contains(&"broken"), "{models:?}");
     let table = usage(&config, "cloud", "--since=2000-01-01");
     assert!(table.contains("usage 2000-01-01 to"), "{table}");
+
+    // Commitments: the ledger's spend on the cloud in the period plus what
+    // the estate says was spent before, against a straight-line plan.
+    let with_commitment = format!(
+        "{}\n[[commitment]]\ncloud = \"aws\"\ntotal_usd = 1000\nspent_usd = 100\n\
+         period = {{ start = \"2000-01-01\", end = \"2099-12-31\" }}\n\
+         discount_tiers = [{{ above_usd = 0, discount = 0.05 }}, {{ above_usd = 500, discount = 0.1 }}]\n",
+        estate(&database)
+    );
+    let config = dir.write("estate.toml", &with_commitment);
+    let output = Command::new(BIN)
+        .args(["commitments", "--json", "--config"])
+        .arg(&config)
+        .env("SKYWEAVE_TODAY", "2050-01-01")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let aws = &report["commitments"][0];
+    let spent = 100.0 + expected["aws"].3;
+    assert!((aws["spent_usd"].as_f64().unwrap() - spent).abs() < 1e-9, "{aws}");
+    // 2000-01-01 ..= 2050-01-01 is 18,264 of the period's 36,525 days.
+    let plan = 1000.0 * 18_264.0 / 36_525.0;
+    assert!((aws["plan_usd"].as_f64().unwrap() - plan).abs() < 1e-6, "{aws}");
+    assert!((aws["ahead_usd"].as_f64().unwrap() - (spent - plan)).abs() < 1e-6, "{aws}");
+    assert_eq!(aws["discount"].as_f64(), Some(0.05));
+    assert_eq!(aws["next_tier_at_usd"].as_f64(), Some(500.0));
 }
 
 fn budget_estate(database: &Path) -> String {
@@ -288,5 +315,59 @@ async fn hard_budgets_refuse_at_the_limit_and_survive_restarts() {
     let gateway = Gateway::start(&budget_estate(&database)).await;
     let (costs, refusal) = spend_until_refused(&gateway, &capped, 5).await;
     assert!(costs.is_empty() && refusal.is_some(), "{costs:?}");
+    gateway.terminate().await;
+}
+
+#[tokio::test]
+async fn cost_routing_prefers_a_cloud_behind_its_commitment_plan() {
+    let deployments = [
+        sim_deployment(
+            "chat",
+            "aws",
+            "us-east-1",
+            "price = { input_per_mtok = 1.0, output_per_mtok = 1.0 }\n",
+            "",
+        ),
+        sim_deployment(
+            "chat",
+            "gcp",
+            "us-central1",
+            "price = { input_per_mtok = 1.2, output_per_mtok = 1.2 }\n",
+            "",
+        ),
+    ]
+    .concat();
+    let estate = |spent_usd: u64| {
+        format!(
+            "[routing]\nstrategy = \"cost\"\n\n{deployments}[[commitment]]\ncloud = \"gcp\"\n\
+             total_usd = 1000000\nspent_usd = {spent_usd}\nburn_down_weight = 0.5\n\
+             period = {{ start = \"2000-01-01\", end = \"2099-12-31\" }}\n"
+        )
+    };
+    let clouds = |gateway: &Gateway| {
+        let gateway_url = gateway.url("/v1/chat/completions");
+        async move {
+            let mut seen = BTreeMap::<String, usize>::new();
+            for _ in 0..10 {
+                let response = client()
+                    .post(&gateway_url)
+                    .json(&json!({ "model": "chat", "messages": [{ "role": "user", "content": "hi" }] }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                *seen.entry(header(&response, "x-skyweave-cloud").to_string()).or_default() += 1;
+            }
+            seen
+        }
+    };
+    // Far behind plan (nothing spent halfway through): gcp at half of 1.2
+    // beats aws at 1.0.
+    let gateway = Gateway::start(&estate(0)).await;
+    assert_eq!(clouds(&gateway).await, BTreeMap::from([("gcp".to_string(), 10)]));
+    gateway.terminate().await;
+    // Ahead of plan: list prices decide.
+    let gateway = Gateway::start(&estate(900_000)).await;
+    assert_eq!(clouds(&gateway).await, BTreeMap::from([("aws".to_string(), 10)]));
     gateway.terminate().await;
 }

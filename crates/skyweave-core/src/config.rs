@@ -17,9 +17,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::estate::{
-    AuthScheme, BreakerSettings, Credential, Deployment, DeploymentId, Estate, GoogleCredentials,
-    Limits, Model, Outage, Price, ProbeSettings, ProviderSpec, SecretSource, ServerSettings,
-    SimSpec, Timeouts, VertexMode,
+    AdminSettings, AuthScheme, BreakerSettings, Credential, Deployment, DeploymentId, Estate,
+    GoogleCredentials, Limits, Model, Outage, Price, ProbeSettings, ProviderSpec, SecretSource,
+    ServerSettings, SimSpec, Timeouts, VertexMode,
 };
 use crate::region::{Location, Proximity};
 
@@ -128,6 +128,16 @@ struct RawEstate {
     commitments: Vec<Spanned<compute::RawCommitment>>,
     #[serde(default, rename = "tenant")]
     tenants: Vec<Spanned<tenants::RawTenant>>,
+    admin: Option<Spanned<RawAdmin>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// Environment variable holding the admin token.
+    token_env: Spanned<String>,
+    /// A listener of its own for the admin API.
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,6 +468,36 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
     let models = validate_models(raw.models, &routing, &deployments, &mut check);
     let tenants =
         tenants::validate_tenants(raw.tenants, &models, &deployments, &proximity, &mut check);
+    let admin = raw.admin.and_then(|admin| {
+        let (span, admin) = (admin.span(), admin.into_inner());
+        let token_env = admin.token_env.get_ref().trim().to_string();
+        let valid_name = !token_env.is_empty()
+            && token_env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_name {
+            check.fail(
+                admin.token_env.span(),
+                "[admin] token_env must name an environment variable".into(),
+                "e.g. token_env = \"SKYWEAVE_ADMIN_TOKEN\"",
+            );
+            return None;
+        }
+        let listen = match admin.listen {
+            None => None,
+            Some(listen) => match listen.get_ref().parse::<SocketAddr>() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    check.fail(
+                        listen.span(),
+                        format!("[admin] listen `{}` is not an address", listen.get_ref()),
+                        "write host:port, e.g. \"127.0.0.1:9090\"",
+                    );
+                    return None;
+                }
+            },
+        };
+        let _ = span;
+        Some(AdminSettings { token_env, listen })
+    });
 
     if !check.errors.is_empty() {
         return Err(ConfigErrors(check.errors));
@@ -473,6 +513,7 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
             quotas,
             commitments,
             tenants,
+            admin,
         },
         warnings: check.warnings,
     })

@@ -30,6 +30,16 @@ pub struct Estate {
     pub commitments: Vec<Commitment>,
     /// When there is at least one, every API request needs a key of one.
     pub tenants: Vec<Tenant>,
+    /// The admin API, when the estate enables it.
+    pub admin: Option<AdminSettings>,
+}
+
+/// The admin API: its token (from an environment variable, never the file)
+/// and, optionally, a listener of its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    pub token_env: String,
+    pub listen: Option<SocketAddr>,
 }
 
 impl Estate {

@@ -37,6 +37,45 @@ impl Tenant {
     }
 }
 
+/// Checks that a new key for `tenant` only narrows its rights, and that
+/// the models it names exist.
+pub fn check_narrowing(
+    estate: &crate::estate::Estate,
+    tenant: &str,
+    models: &Option<Vec<String>>,
+    clouds: &Option<Vec<String>>,
+    regions: &Option<Vec<String>>,
+) -> Result<(), String> {
+    let Some(t) = estate.tenants.iter().find(|t| t.name == tenant) else {
+        let known: Vec<&str> = estate.tenants.iter().map(|t| t.name.as_str()).collect();
+        return Err(format!(
+            "the estate has no tenant `{tenant}`; use one of: {}",
+            if known.is_empty() { "(none: add a [[tenant]])".into() } else { known.join(", ") }
+        ));
+    };
+    let within = |what: &str, asked: &Option<Vec<String>>, allowed: &Option<Vec<String>>| {
+        for item in asked.iter().flatten() {
+            if allowed.as_ref().is_some_and(|allowed| !allowed.contains(item)) {
+                return Err(format!(
+                    "tenant `{tenant}` may not use {what} `{item}`, so its keys may not either; \
+                     list only {what}s of the tenant's: {}",
+                    allowed.as_ref().map(|a| a.join(", ")).unwrap_or_default()
+                ));
+            }
+        }
+        Ok(())
+    };
+    within("model", models, &t.models)?;
+    within("cloud", clouds, &t.clouds)?;
+    within("region", regions, &t.regions)?;
+    for model in models.iter().flatten() {
+        if estate.model(model).is_none() {
+            return Err(format!("the estate has no model `{model}`"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,8 @@ pub struct Gateway {
     pub spend: Mutex<Spend>,
     /// Recorded spend per committed cloud within its commitment's period.
     pub commitment_spend: Mutex<std::collections::HashMap<String, f64>>,
+    /// SHA-256 of the admin token, once set by the binary.
+    pub admin_token: std::sync::OnceLock<[u8; 32]>,
 }
 
 /// Spend in one UTC month, seeded from the ledger at start and added to as
@@ -158,6 +160,7 @@ impl Gateway {
             ledger,
             spend: Mutex::new(Spend::default()),
             commitment_spend: Mutex::new(std::collections::HashMap::new()),
+            admin_token: std::sync::OnceLock::new(),
         }))
     }
 

@@ -49,7 +49,35 @@ pub struct Record {
     pub stream: bool,
 }
 
+/// An admin action or a policy refusal.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditEntry {
+    pub unix_ms: i64,
+    /// `admin`, or the key id (or `-`) a refused request presented.
+    pub actor: String,
+    /// e.g. `key.create`, `key.revoke`, `admin.denied`, `request.refused`.
+    pub action: String,
+    /// What it acted on: a key id, a tenant, a model.
+    pub target: String,
+    /// HTTP status of the outcome.
+    pub status: u16,
+    pub detail: String,
+}
+
+enum Entry {
+    Request(Record),
+    Audit(AuditEntry),
+}
+
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit (
+    unix_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS requests (
     unix_ms INTEGER NOT NULL,
     request_id TEXT NOT NULL,
@@ -72,7 +100,7 @@ CREATE INDEX IF NOT EXISTS requests_time ON requests (unix_ms);";
 
 pub struct Ledger {
     path: PathBuf,
-    sender: Mutex<Option<Sender<Record>>>,
+    sender: Mutex<Option<Sender<Entry>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -81,7 +109,7 @@ impl Ledger {
     /// starts its writer thread.
     pub fn open(path: &Path) -> Result<Ledger, StoreError> {
         let connection = open_connection(path)?;
-        let (sender, receiver) = channel::<Record>();
+        let (sender, receiver) = channel::<Entry>();
         let writer_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("skyweave-ledger".into())
@@ -133,7 +161,23 @@ impl Ledger {
     /// Queues a record; never blocks on the database.
     pub fn record(&self, record: Record) {
         if let Some(sender) = self.sender.lock().expect("ledger lock").as_ref() {
-            let _ = sender.send(record);
+            let _ = sender.send(Entry::Request(record));
+        }
+    }
+
+    /// Queues an audit entry (and logs it); never blocks on the database.
+    pub fn audit(&self, entry: AuditEntry) {
+        tracing::info!(
+            audit = true,
+            actor = entry.actor.as_str(),
+            action = entry.action.as_str(),
+            target = entry.target.as_str(),
+            status = entry.status,
+            detail = entry.detail.as_str(),
+            "audit"
+        );
+        if let Some(sender) = self.sender.lock().expect("ledger lock").as_ref() {
+            let _ = sender.send(Entry::Audit(entry));
         }
     }
 
@@ -164,16 +208,29 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(connection)
 }
 
-fn write_batch(connection: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
+fn write_batch(connection: &mut Connection, batch: &[Entry]) -> rusqlite::Result<()> {
     let transaction = connection.transaction()?;
     {
+        let mut audit = transaction.prepare_cached(
+            "INSERT INTO audit (unix_ms, actor, action, target, status, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
         let mut insert = transaction.prepare_cached(
             "INSERT INTO requests (unix_ms, request_id, tenant, key_id, model, deployment, \
              cloud, region, prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms, \
              status, attempts, stream) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
-        for r in batch {
+        for entry in batch {
+            let r = match entry {
+                Entry::Request(record) => record,
+                Entry::Audit(a) => {
+                    audit.execute(params![
+                        a.unix_ms, a.actor, a.action, a.target, a.status, a.detail
+                    ])?;
+                    continue;
+                }
+            };
             insert.execute(params![
                 r.unix_ms,
                 r.request_id,
@@ -218,6 +275,31 @@ pub fn spend_since(path: &Path, since_ms: i64) -> Result<(SpendBy, SpendBy), Sto
         rows.collect::<Result<_, _>>().map_err(error)
     };
     Ok((sum("tenant")?, sum("key_id")?))
+}
+
+/// The latest audit entries, newest first.
+pub fn recent_audit(path: &Path, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+    let connection = open_connection(path)?;
+    let error = |source| StoreError { path: path.to_path_buf(), source };
+    let mut statement = connection
+        .prepare(
+            "SELECT unix_ms, actor, action, target, status, detail FROM audit \
+             ORDER BY unix_ms DESC, rowid DESC LIMIT ?1",
+        )
+        .map_err(error)?;
+    let rows = statement
+        .query_map(params![limit], |row| {
+            Ok(AuditEntry {
+                unix_ms: row.get(0)?,
+                actor: row.get(1)?,
+                action: row.get(2)?,
+                target: row.get(3)?,
+                status: row.get(4)?,
+                detail: row.get(5)?,
+            })
+        })
+        .map_err(error)?;
+    rows.collect::<Result<_, _>>().map_err(error)
 }
 
 /// Recorded spend on `cloud` from `from_ms` (inclusive) to `to_ms`

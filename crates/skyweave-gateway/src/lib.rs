@@ -6,6 +6,7 @@
 //! - [`server`]: the HTTP API.
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod admin;
 pub mod api_error;
 pub mod gateway;
 pub mod keystore;

@@ -44,8 +44,9 @@ pub const HEADER_DEADLINE_MS: &str = "x-skyweave-deadline-ms";
 const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
+    let admin_here = gateway.estate.admin.as_ref().is_some_and(|admin| admin.listen.is_none());
+    let base = if admin_here { crate::admin::routes(gateway.clone()) } else { Router::new() };
+    base.route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -142,7 +143,10 @@ async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     } else {
         match authorize(&gateway, &headers, None) {
             Ok(grant) => Some(grant),
-            Err(error) => return error.into_response(),
+            Err(error) => {
+                audit_refusal(&gateway, &headers, "/v1/models", &error);
+                return error.into_response();
+            }
         }
     };
     let tenant =
@@ -257,7 +261,8 @@ async fn read_request(
     let mut scope = caller_scope(headers, &request_id)?;
     let mut granted = None;
     if !gateway.estate.tenants.is_empty() {
-        let grant = authorize(gateway, headers, Some(model))?;
+        let grant = authorize(gateway, headers, Some(model))
+            .inspect_err(|error| audit_refusal(gateway, headers, &model.name, error))?;
         scope.allowed_clouds = intersect(scope.allowed_clouds.take(), grant.clouds.clone());
         scope.allowed_regions = intersect(scope.allowed_regions.take(), grant.regions.clone());
         let within = |d: &skyweave_core::estate::Deployment| {
@@ -265,7 +270,7 @@ async fn read_request(
                 && scope.allowed_regions.as_ref().is_none_or(|r| r.contains(&d.region))
         };
         if !model.deployments.iter().any(|&id| within(gateway.estate.deployment(id))) {
-            return Err(ApiError::new(
+            let error = ApiError::new(
                 StatusCode::FORBIDDEN,
                 "permission_error",
                 format!(
@@ -274,7 +279,9 @@ async fn read_request(
                     model.name, grant.tenant, grant.key_id
                 ),
             )
-            .with_code("region_not_allowed"));
+            .with_code("region_not_allowed");
+            audit_refusal(gateway, headers, &model.name, &error);
+            return Err(error);
         }
         granted = Some(grant);
     }
@@ -379,6 +386,23 @@ fn admit(
     grant: &Grant,
     estimated_tokens: u32,
 ) -> Result<Admission, ApiError> {
+    admit_inner(gateway, grant, estimated_tokens).inspect_err(|error| {
+        crate::admin::audit(
+            gateway,
+            &grant.key_id,
+            "request.refused",
+            &grant.tenant,
+            error.status.as_u16(),
+            &error.message,
+        )
+    })
+}
+
+fn admit_inner(
+    gateway: &Arc<Gateway>,
+    grant: &Grant,
+    estimated_tokens: u32,
+) -> Result<Admission, ApiError> {
     let now = Instant::now();
     let refused = |who: String, refusal: CapacityRefusal, retry_in: Duration| {
         let mut error = ApiError::new(
@@ -428,6 +452,25 @@ fn admit(
         }
     }
     Ok(admission)
+}
+
+/// Writes a refused request to the audit log: who (the key id presented,
+/// or `-`), what it asked for and why it was refused.
+fn audit_refusal(gateway: &Gateway, headers: &HeaderMap, target: &str, error: &ApiError) {
+    let actor = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| skyweave_core::keys::parse(token.trim()).ok())
+        .map_or("-".to_string(), |(id, _)| id.to_string());
+    crate::admin::audit(
+        gateway,
+        &actor,
+        "request.refused",
+        target,
+        error.status.as_u16(),
+        &error.message,
+    );
 }
 
 /// What an authenticated key may use.

@@ -4,6 +4,7 @@
 mod support;
 
 mod cases {
+    mod admin;
     mod api;
     mod bedrock;
     mod cli;

@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use skyweave_core::estate::Estate;
 use skyweave_gateway::keystore::{now_unix, KeyRecord, KeyStore, Narrowing};
 
 use crate::cli::{KeysArgs, KeysCommand};
@@ -52,7 +51,13 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("error: --rpm and --tpm must be at least 1 (omit them for no key limit)");
                 return Ok(ExitCode::from(2));
             }
-            if let Err(problem) = check_narrowing(&estate, tenant, &narrowing) {
+            if let Err(problem) = skyweave_core::tenant::check_narrowing(
+                &estate,
+                tenant,
+                &narrowing.models,
+                &narrowing.clouds,
+                &narrowing.regions,
+            ) {
                 eprintln!("error: {problem}");
                 return Ok(ExitCode::from(2));
             }
@@ -87,38 +92,6 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-}
-
-/// A key may only narrow its tenant's rights.
-fn check_narrowing(estate: &Estate, tenant: &str, narrowing: &Narrowing) -> Result<(), String> {
-    let Some(t) = estate.tenants.iter().find(|t| t.name == tenant) else {
-        let known: Vec<&str> = estate.tenants.iter().map(|t| t.name.as_str()).collect();
-        return Err(format!(
-            "the estate has no tenant `{tenant}`\n    fix: use one of: {}",
-            if known.is_empty() { "(none: add a [[tenant]])".into() } else { known.join(", ") }
-        ));
-    };
-    let within = |what: &str, asked: &Option<Vec<String>>, allowed: &Option<Vec<String>>| {
-        for item in asked.iter().flatten() {
-            if allowed.as_ref().is_some_and(|allowed| !allowed.contains(item)) {
-                return Err(format!(
-                    "tenant `{tenant}` may not use {what} `{item}`, so its keys may not either\n    \
-                     fix: list only {what}s of the tenant's: {}",
-                    allowed.as_ref().map(|a| a.join(", ")).unwrap_or_default()
-                ));
-            }
-        }
-        Ok(())
-    };
-    within("model", &narrowing.models, &t.models)?;
-    within("cloud", &narrowing.clouds, &t.clouds)?;
-    within("region", &narrowing.regions, &t.regions)?;
-    for model in narrowing.models.iter().flatten() {
-        if estate.model(model).is_none() {
-            return Err(format!("the estate has no model `{model}`"));
-        }
-    }
-    Ok(())
 }
 
 fn state(key: &KeyRecord) -> &'static str {

@@ -30,7 +30,30 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         );
         return Ok(ExitCode::from(2));
     }
-    let keys = if estate.tenants.is_empty() {
+    let admin_token = match &estate.admin {
+        None => None,
+        Some(admin) => match std::env::var(&admin.token_env) {
+            Ok(token) if token.trim().len() >= 16 => Some(token.trim().to_string()),
+            Ok(_) => {
+                eprintln!(
+                    "{}: [admin] token_env {} holds fewer than 16 characters\n    fix: use a long \
+                     random token, e.g. `openssl rand -hex 32`",
+                    config.display(),
+                    admin.token_env
+                );
+                return Ok(ExitCode::from(2));
+            }
+            Err(_) => {
+                eprintln!(
+                    "{}: [admin] token_env {} is not set\n    fix: export it, or remove [admin]",
+                    config.display(),
+                    admin.token_env
+                );
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
+    let keys = if estate.tenants.is_empty() && estate.admin.is_none() {
         tracing::warn!("the estate has no [[tenant]]: requests are not authenticated");
         None
     } else {
@@ -47,7 +70,12 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
     let ledger = skyweave_gateway::ledger::Ledger::open(&path)
         .context("cannot open the usage ledger (server.database)")?;
     tracing::info!(database = %path.display(), "recording usage");
-    serve_estate_with_state(estate, keys, Some(ledger), |_, _| {}, shutdown_signal()).await?;
+    let on_bound = move |_, gateway: Arc<Gateway>| {
+        if let Some(token) = admin_token {
+            let _ = gateway.admin_token.set(skyweave_core::keys::hash(&token));
+        }
+    };
+    serve_estate_with_state(estate, keys, Some(ledger), on_bound, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -122,6 +150,24 @@ pub async fn serve_estate_with_state(
         tokio::spawn(skyweave_gateway::gateway::run_background(gateway.clone(), async move {
             let _ = probes_stop_rx.await;
         }));
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_server = match gateway.estate.admin.as_ref().and_then(|a| a.listen) {
+        None => None,
+        Some(admin_listen) => {
+            let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+                .await
+                .with_context(|| format!("cannot listen on {admin_listen} ([admin] listen)"))?;
+            tracing::info!(address = %admin_listener.local_addr()?, "admin API listening");
+            let app = skyweave_gateway::admin::routes(gateway.clone()).with_state(gateway.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(admin_listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = admin_stop_rx.await;
+                    })
+                    .await
+            }))
+        }
+    };
     let server =
         tokio::spawn(skyweave_gateway::server::serve(gateway.clone(), listener, async move {
             let _ = stop_rx.await;
@@ -138,6 +184,10 @@ pub async fn serve_estate_with_state(
         Err(_) => {
             tracing::warn!("shutdown grace elapsed with requests still in flight; closing them")
         }
+    }
+    let _ = admin_stop_tx.send(());
+    if let Some(admin_server) = admin_server {
+        let _ = admin_server.await;
     }
     let _ = probes.await;
     if let Some(ledger) = &gateway.ledger {

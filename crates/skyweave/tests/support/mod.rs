@@ -53,7 +53,32 @@ pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Secret values given to the gateway (environment variables named
+    /// *KEY*, *TOKEN* or *SECRET*): none may appear in its logs.
+    secrets: Vec<String>,
     _dir: TempDir,
+}
+
+/// Every gateway of the suite, when it ends, is checked for secrets in its
+/// logs: the values of its secret environment variables, and any full API
+/// key (`sk-sw-` id and secret).
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let logs = self.logs();
+        for secret in &self.secrets {
+            assert!(!logs.contains(secret.as_str()), "a secret environment value is in the logs");
+        }
+        for (start, _) in logs.match_indices("sk-sw-") {
+            let rest = &logs[start + 6..];
+            let full_key = rest.len() >= 53
+                && rest.as_bytes()[12] == b'-'
+                && rest[13..53].bytes().all(|b| b.is_ascii_alphanumeric());
+            assert!(!full_key, "a full API key is in the logs: {}", &logs[start..start + 40]);
+        }
+    }
 }
 
 impl Gateway {
@@ -103,7 +128,14 @@ impl Gateway {
                 );
             }
         };
-        Gateway { child, addr, logs, _dir: dir }
+        let secrets = env
+            .iter()
+            .filter(|(name, value)| {
+                ["KEY", "TOKEN", "SECRET"].iter().any(|word| name.contains(word)) && value.len() >= 8
+            })
+            .map(|(_, value)| value.to_string())
+            .collect();
+        Gateway { child, addr, logs, secrets, _dir: dir }
     }
 
     pub fn url(&self, path: &str) -> String {

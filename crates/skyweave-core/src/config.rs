@@ -147,8 +147,10 @@ struct RawServer {
     max_body_bytes: Option<Spanned<u64>>,
     default_caller_region: Option<Spanned<String>>,
     shutdown_grace_secs: Option<u64>,
-    /// SQLite file for API keys (and, later, the ledger).
+    /// SQLite file for API keys and the usage ledger.
     database: Option<String>,
+    /// Record every request in the usage ledger (default true).
+    ledger: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -531,6 +533,7 @@ fn validate_server(
         default_caller_region: None,
         shutdown_grace: Duration::from_secs(30),
         database: None,
+        ledger: true,
     };
     let Some(raw) = raw else { return settings };
     if let Some(listen) = raw.listen {
@@ -568,6 +571,7 @@ fn validate_server(
         settings.default_caller_region = Some(region.into_inner());
     }
     settings.database = raw.database.map(PathBuf::from);
+    settings.ledger = raw.ledger.unwrap_or(true);
     if let Some(grace) = raw.shutdown_grace_secs {
         settings.shutdown_grace = Duration::from_secs(grace);
     }

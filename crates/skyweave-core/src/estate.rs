@@ -78,6 +78,9 @@ pub struct ServerSettings {
     /// The SQLite database of API keys, as written (relative paths are
     /// relative to the estate file); default `skyweave.db` beside it.
     pub database: Option<PathBuf>,
+    /// Record every request in the usage ledger. Budgets and commitment
+    /// tracking need it; `false` is for measuring the proxy alone.
+    pub ledger: bool,
 }
 
 /// Index of a deployment in [`Estate::deployments`].

@@ -67,15 +67,31 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         estate.server.listen = listen;
     }
     let path = super::database_path(config, &estate);
-    let ledger = skyweave_gateway::ledger::Ledger::open(&path)
-        .context("cannot open the usage ledger (server.database)")?;
-    tracing::info!(database = %path.display(), "recording usage");
+    let budgets =
+        estate.tenants.iter().any(|t| t.budget.is_some()) || !estate.commitments.is_empty();
+    if !estate.server.ledger && budgets {
+        eprintln!(
+            "{}: server.ledger = false, but budgets and commitments are computed from the \
+             ledger\n    fix: remove `ledger = false`, or the budgets and commitments",
+            config.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let ledger = if estate.server.ledger {
+        let ledger = skyweave_gateway::ledger::Ledger::open(&path)
+            .context("cannot open the usage ledger (server.database)")?;
+        tracing::info!(database = %path.display(), "recording usage");
+        Some(ledger)
+    } else {
+        tracing::warn!("server.ledger = false: requests are not recorded");
+        None
+    };
     let on_bound = move |_, gateway: Arc<Gateway>| {
         if let Some(token) = admin_token {
             let _ = gateway.admin_token.set(skyweave_core::keys::hash(&token));
         }
     };
-    serve_estate_with_state(estate, keys, Some(ledger), on_bound, shutdown_signal()).await?;
+    serve_estate_with_state(estate, keys, ledger, on_bound, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

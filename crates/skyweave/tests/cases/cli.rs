@@ -122,3 +122,18 @@ fn demo_tour_shows_routing_and_failover() {
         "{during}"
     );
 }
+
+#[test]
+fn serve_refuses_budgets_without_the_ledger() {
+    let dir = TempDir::new();
+    let estate = "[server]\nledger = false\n\n[[deployment]]\nname = \"m@sim\"\nmodel = \"m\"\nprovider = \"sim\"\ncloud = \"aws\"\nregion = \"us-east-1\"\n\n[[tenant]]\nname = \"capped\"\nbudget = { monthly_usd = 100 }\n";
+    let path = dir.write("budget.toml", estate);
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("budgets and commitments are computed from the ledger"), "{stderr}");
+}

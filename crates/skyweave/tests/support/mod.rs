@@ -131,7 +131,8 @@ impl Gateway {
         let secrets = env
             .iter()
             .filter(|(name, value)| {
-                ["KEY", "TOKEN", "SECRET"].iter().any(|word| name.contains(word)) && value.len() >= 8
+                ["KEY", "TOKEN", "SECRET"].iter().any(|word| name.contains(word))
+                    && value.len() >= 8
             })
             .map(|(_, value)| value.to_string())
             .collect();

@@ -151,8 +151,26 @@ impl Commitment {
     /// Its status on day `today` (days since 1970-01-01) with `recorded_usd`
     /// spent in the period according to the ledger.
     pub fn status(&self, today: i64, recorded_usd: f64) -> Option<CommitmentStatus> {
-        let start = crate::calendar::days_from_civil(&self.start)?;
-        let end = crate::calendar::days_from_civil(&self.end)?;
+        let (start, end) = self.period_days()?;
+        Some(self.status_in(start, end, today, recorded_usd))
+    }
+
+    /// The period as day numbers (days since 1970-01-01), both inclusive.
+    pub fn period_days(&self) -> Option<(i64, i64)> {
+        Some((
+            crate::calendar::days_from_civil(&self.start)?,
+            crate::calendar::days_from_civil(&self.end)?,
+        ))
+    }
+
+    /// As `status`, for a period already turned into day numbers.
+    pub fn status_in(
+        &self,
+        start: i64,
+        end: i64,
+        today: i64,
+        recorded_usd: f64,
+    ) -> CommitmentStatus {
         let length = (end - start + 1).max(1) as f64;
         let elapsed = (today - start + 1).clamp(0, end - start + 1) as f64;
         let spent = self.spent_usd + recorded_usd;
@@ -160,7 +178,7 @@ impl Commitment {
         let projected = if elapsed > 0.0 { spent * length / elapsed } else { spent };
         let tier_spend = Commitment { spent_usd: spent, ..self.clone() };
         let discount = tier_spend.current_discount();
-        Some(CommitmentStatus {
+        CommitmentStatus {
             cloud: self.cloud.clone(),
             start: self.start.clone(),
             end: self.end.clone(),
@@ -176,7 +194,7 @@ impl Commitment {
                 .iter()
                 .map(|t| t.above_usd)
                 .find(|above| *above > spent),
-        })
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::api_error::ApiError;
@@ -166,28 +166,12 @@ fn store_error(error: crate::keystore::StoreError) -> Response {
     .into_response()
 }
 
-fn describe(key: &crate::keystore::KeyRecord) -> Value {
-    let state = if key.revoked_unix.is_some() {
-        "revoked"
-    } else if key.expires_unix.is_some_and(|at| now_unix() >= at) {
-        "expired"
-    } else {
-        "active"
-    };
-    json!({
-        "id": key.id, "tenant": key.tenant, "name": key.name, "state": state,
-        "created_unix": key.created_unix, "expires_unix": key.expires_unix,
-        "revoked_unix": key.revoked_unix, "models": key.models, "clouds": key.clouds,
-        "regions": key.regions, "rpm": key.rpm, "tpm": key.tpm, "budget_usd": key.budget_usd,
-    })
-}
-
 async fn list_keys(State(gateway): State<Arc<Gateway>>) -> Response {
     let Some(store) = &gateway.keys else { return Json(json!({ "keys": [] })).into_response() };
     match store.list() {
         Ok(keys) => {
             audit(&gateway, "admin", "key.list", "-", 200, &format!("{} keys", keys.len()));
-            Json(json!({ "keys": keys.iter().map(describe).collect::<Vec<_>>() })).into_response()
+            Json(json!({ "keys": keys.iter().map(crate::keystore::KeyRecord::to_json).collect::<Vec<_>>() })).into_response()
         }
         Err(error) => store_error(error),
     }
@@ -235,29 +219,20 @@ async fn usage(State(gateway): State<Arc<Gateway>>, Query(query): Query<UsageQue
         Some(text) => skyweave_core::calendar::days_from_civil(text),
     };
     let today = now_unix().div_euclid(86_400);
-    let first_of_month = skyweave_core::calendar::days_from_civil(&format!(
-        "{}-01",
-        &skyweave_core::calendar::date(today)[..7]
-    ))
-    .unwrap_or(today);
+    let first_of_month =
+        skyweave_core::calendar::month_of_unix_ms(today * 86_400_000).1 / 86_400_000;
     let (Some(from), Some(to)) = (day(&query.since, first_of_month), day(&query.until, today))
     else {
         return bad_request("since and until take dates as YYYY-MM-DD".into());
     };
+    flush(&gateway).await;
     let rows = match ledger::usage(ledger.path(), by, from * 86_400_000, (to + 1) * 86_400_000) {
         Ok(rows) => rows,
         Err(error) => return store_error(error),
     };
     audit(&gateway, "admin", "usage.read", query.by.as_deref().unwrap_or("cloud"), 200, "");
     if query.format.as_deref() == Some("csv") {
-        let mut csv =
-            String::from("group,requests,errors,prompt_tokens,completion_tokens,cost_usd\n");
-        for r in &rows {
-            csv.push_str(&format!(
-                "{},{},{},{},{},{:.6}\n",
-                r.group, r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.cost_usd
-            ));
-        }
+        let csv = ledger::usage_csv("group", &rows);
         return ([(axum::http::header::CONTENT_TYPE, "text/csv")], csv).into_response();
     }
     Json(json!({
@@ -266,6 +241,17 @@ async fn usage(State(gateway): State<Arc<Gateway>>, Query(query): Query<UsageQue
         "rows": rows,
     }))
     .into_response()
+}
+
+/// Read our own writes: what was queued before the call is committed.
+async fn flush(gateway: &Arc<Gateway>) {
+    let gateway = gateway.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(ledger) = &gateway.ledger {
+            ledger.flush();
+        }
+    })
+    .await;
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,8 +266,7 @@ async fn audit_log(
     let Some(ledger) = &gateway.ledger else {
         return bad_request("this gateway keeps no ledger".into());
     };
-    // Entries reach the database within the ledger's flush interval.
-    tokio::time::sleep(ledger::FLUSH_INTERVAL * 2).await;
+    flush(&gateway).await;
     match ledger::recent_audit(ledger.path(), query.limit.unwrap_or(100).min(10_000)) {
         Ok(entries) => Json(json!({ "entries": entries })).into_response(),
         Err(error) => store_error(error),

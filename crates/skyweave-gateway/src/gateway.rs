@@ -4,6 +4,7 @@
 //! behind one `std::sync::Mutex` that is held only for a few arithmetic
 //! operations and never across an `.await`.
 
+use skyweave_core::compute::Commitment;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,8 @@ pub struct Gateway {
     pub spend: Mutex<Spend>,
     /// Recorded spend per committed cloud within its commitment's period.
     pub commitment_spend: Mutex<std::collections::HashMap<String, f64>>,
+    /// Each commitment's period as day numbers, parsed once.
+    commitment_periods: Vec<Option<(i64, i64)>>,
     /// SHA-256 of the admin token, once set by the binary.
     pub admin_token: std::sync::OnceLock<[u8; 32]>,
 }
@@ -52,7 +55,10 @@ pub struct Gateway {
 /// requests are recorded.
 #[derive(Debug, Default)]
 pub struct Spend {
-    pub month: String,
+    /// The month, as Unix milliseconds: its first instant and the next
+    /// month's.
+    pub month_start_ms: i64,
+    pub next_month_ms: i64,
     pub tenants: std::collections::HashMap<String, f64>,
     pub keys: std::collections::HashMap<String, f64>,
     /// Tenants whose soft budget was already reported this month.
@@ -60,11 +66,19 @@ pub struct Spend {
 }
 
 impl Spend {
-    /// Moves to `month`, forgetting the previous month's spend.
-    pub fn roll(&mut self, month: &str) {
-        if self.month != month {
-            *self = Spend { month: month.to_string(), ..Spend::default() };
+    /// Moves to the month of `now_ms`, forgetting the previous month's
+    /// spend; within the month it only compares two numbers.
+    pub fn roll(&mut self, now_ms: i64) {
+        if now_ms < self.month_start_ms || now_ms >= self.next_month_ms {
+            let (_, start) = skyweave_core::calendar::month_of_unix_ms(now_ms);
+            let (_, next) = skyweave_core::calendar::month_of_unix_ms(start + 32 * 86_400_000);
+            *self = Spend { month_start_ms: start, next_month_ms: next, ..Spend::default() };
         }
+    }
+
+    /// `YYYY-MM` of the current month, for messages.
+    pub fn month(&self) -> String {
+        skyweave_core::calendar::date(self.month_start_ms / 86_400_000)[..7].to_string()
     }
 }
 
@@ -119,6 +133,7 @@ impl Gateway {
     ) -> Result<Arc<Gateway>, BuildError> {
         let started = Instant::now();
         let estate_tenants = estate.tenants.clone();
+        let estate_commitments = estate.commitments.clone();
         let metrics = Metrics::new();
         let mut deployments = Vec::with_capacity(estate.deployments.len());
         let mut file_secrets = Vec::new();
@@ -160,6 +175,7 @@ impl Gateway {
             ledger,
             spend: Mutex::new(Spend::default()),
             commitment_spend: Mutex::new(std::collections::HashMap::new()),
+            commitment_periods: estate_commitments.iter().map(Commitment::period_days).collect(),
             admin_token: std::sync::OnceLock::new(),
         }))
     }
@@ -170,7 +186,7 @@ impl Gateway {
     /// `1 - burn_down_weight` of its price (so `cost` and `balanced` routing
     /// prefer it). 1 for clouds without a commitment.
     pub fn commitment_price_factor(&self, cloud: &str, today: i64) -> f64 {
-        let Some(commitment) = self.estate.commitments.iter().find(|c| c.cloud == cloud) else {
+        let Some((commitment, start, end)) = self.commitment_on(cloud, today) else {
             return 1.0;
         };
         let recorded = self
@@ -180,13 +196,18 @@ impl Gateway {
             .get(cloud)
             .copied()
             .unwrap_or(0.0);
-        let Some(status) = commitment.status(today, recorded) else { return 1.0 };
-        let in_period = commitment.active_on(&skyweave_core::calendar::date(today));
-        if !in_period {
-            return 1.0;
-        }
+        let status = commitment.status_in(start, end, today, recorded);
         let behind = status.ahead_usd < 0.0;
         status.effective_price_factor * if behind { 1.0 - commitment.burn_down_weight } else { 1.0 }
+    }
+
+    /// The commitment on `cloud` whose period contains day `today`, with
+    /// its period in day numbers.
+    pub fn commitment_on(&self, cloud: &str, today: i64) -> Option<(&Commitment, i64, i64)> {
+        self.estate.commitments.iter().zip(&self.commitment_periods).find_map(|(c, period)| {
+            let (start, end) = (*period)?;
+            (c.cloud == cloud && start <= today && today <= end).then_some((c, start, end))
+        })
     }
 
     pub fn runtime(&self, id: DeploymentId) -> &DeploymentRuntime {
@@ -589,6 +610,12 @@ fn pick_deployment(
     rng: &mut SmallRng,
 ) -> Pick {
     let mut candidates: Vec<Candidate<'_>> = Vec::with_capacity(model.deployments.len());
+    // Commitments weigh prices by the day; no clock read without them.
+    let today = (!gateway.estate.commitments.is_empty()).then(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 86_400) as i64
+    });
     // Deployments whose breaker is open, with their last failure.
     let mut open: Vec<(DeploymentId, Option<Instant>)> = Vec::new();
     let mut other_refusals = 0usize;
@@ -617,14 +644,8 @@ fn pick_deployment(
             }
             continue;
         }
-        let price_factor = if gateway.estate.commitments.is_empty() {
-            1.0
-        } else {
-            let today = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() / 86_400) as i64;
-            gateway.commitment_price_factor(&runtime.deployment.cloud, today)
-        };
+        let price_factor = today
+            .map_or(1.0, |today| gateway.commitment_price_factor(&runtime.deployment.cloud, today));
         candidates.push(Candidate {
             id,
             cloud: runtime.cloud.as_str(),

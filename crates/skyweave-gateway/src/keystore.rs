@@ -15,11 +15,19 @@ use rusqlite::{params, Connection};
 use skyweave_core::keys::{self, NewKey};
 
 #[derive(Debug, thiserror::Error)]
-#[error("key database {path}: {source}")]
-pub struct StoreError {
-    pub path: PathBuf,
-    #[source]
-    pub source: rusqlite::Error,
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: cannot start its writer thread: {source}")]
+    Thread {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One key, as stored. Never holds the secret.
@@ -41,6 +49,39 @@ pub struct KeyRecord {
     pub tpm: Option<u32>,
     /// The key's own monthly budget in USD (hard).
     pub budget_usd: Option<f64>,
+}
+
+impl KeyRecord {
+    /// `active`, `revoked` or `expired`.
+    pub fn state(&self) -> &'static str {
+        if self.revoked_unix.is_some() {
+            "revoked"
+        } else if self.expires_unix.is_some_and(|at| now_unix() >= at) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+
+    /// The key as `keys list --json` and the admin API show it: never the
+    /// secret or its hash.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "tenant": self.tenant,
+            "name": self.name,
+            "state": self.state(),
+            "created_unix": self.created_unix,
+            "expires_unix": self.expires_unix,
+            "revoked_unix": self.revoked_unix,
+            "models": self.models,
+            "clouds": self.clouds,
+            "regions": self.regions,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "budget_usd": self.budget_usd,
+        })
+    }
 }
 
 /// What a new key may do beyond its tenant's rights (only less).
@@ -86,7 +127,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 impl KeyStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<KeyStore, StoreError> {
-        let error = |source| StoreError { path: path.to_path_buf(), source };
+        let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
         let connection = Connection::open(path).map_err(error)?;
         connection
             .pragma_update(None, "journal_mode", "WAL")
@@ -101,7 +142,7 @@ impl KeyStore {
     }
 
     fn error(&self, source: rusqlite::Error) -> StoreError {
-        StoreError { path: self.path.clone(), source }
+        StoreError::Sql { path: self.path.clone(), source }
     }
 
     /// Creates a key for `tenant`; the returned `NewKey::key` is the only

@@ -67,6 +67,8 @@ pub struct AuditEntry {
 enum Entry {
     Request(Record),
     Audit(AuditEntry),
+    /// Commit what came before, then answer.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 const SCHEMA: &str = "
@@ -116,11 +118,25 @@ impl Ledger {
             .spawn(move || {
                 let mut connection = connection;
                 while let Ok(first) = receiver.recv() {
+                    // Everything queued before a flush that starts a batch is
+                    // already committed.
+                    let first = match first {
+                        Entry::Flush(done) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                        entry => entry,
+                    };
                     let mut batch = vec![first];
+                    let mut waiting = None;
                     let deadline = Instant::now() + FLUSH_INTERVAL;
                     while batch.len() < MAX_BATCH {
                         let left = deadline.saturating_duration_since(Instant::now());
                         match receiver.recv_timeout(left) {
+                            Ok(Entry::Flush(done)) => {
+                                waiting = Some(done);
+                                break;
+                            }
                             Ok(record) => batch.push(record),
                             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                                 break
@@ -141,12 +157,12 @@ impl Ledger {
                             );
                         }
                     }
+                    if let Some(done) = waiting {
+                        let _ = done.send(());
+                    }
                 }
             })
-            .map_err(|e| StoreError {
-                path: path.to_path_buf(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?;
+            .map_err(|source| StoreError::Thread { path: path.to_path_buf(), source })?;
         Ok(Ledger {
             path: path.to_path_buf(),
             sender: Mutex::new(Some(sender)),
@@ -181,6 +197,16 @@ impl Ledger {
         }
     }
 
+    /// Blocks until everything queued before the call is committed.
+    pub fn flush(&self) {
+        let (done, committed) = channel();
+        if let Some(sender) = self.sender.lock().expect("ledger lock").as_ref() {
+            if sender.send(Entry::Flush(done)).is_ok() {
+                let _ = committed.recv();
+            }
+        }
+    }
+
     /// Writes every queued record and stops the writer.
     pub fn close(&self) {
         self.sender.lock().expect("ledger lock").take();
@@ -197,7 +223,7 @@ impl Drop for Ledger {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let error = |source| StoreError { path: path.to_path_buf(), source };
+    let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
     let connection = Connection::open(path).map_err(error)?;
     connection
         .pragma_update(None, "journal_mode", "WAL")
@@ -224,6 +250,7 @@ fn write_batch(connection: &mut Connection, batch: &[Entry]) -> rusqlite::Result
         for entry in batch {
             let r = match entry {
                 Entry::Request(record) => record,
+                Entry::Flush(_) => continue,
                 Entry::Audit(a) => {
                     audit.execute(params![
                         a.unix_ms, a.actor, a.action, a.target, a.status, a.detail
@@ -260,7 +287,7 @@ pub type SpendBy = HashMap<String, f64>;
 /// Spend since `since_ms` per tenant and per key.
 pub fn spend_since(path: &Path, since_ms: i64) -> Result<(SpendBy, SpendBy), StoreError> {
     let connection = open_connection(path)?;
-    let error = |source| StoreError { path: path.to_path_buf(), source };
+    let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
     let sum = |column: &str| -> Result<SpendBy, StoreError> {
         let sql = format!(
             "SELECT {column}, SUM(cost_usd) FROM requests WHERE unix_ms >= ?1 AND {column} IS \
@@ -280,7 +307,7 @@ pub fn spend_since(path: &Path, since_ms: i64) -> Result<(SpendBy, SpendBy), Sto
 /// The latest audit entries, newest first.
 pub fn recent_audit(path: &Path, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
     let connection = open_connection(path)?;
-    let error = |source| StoreError { path: path.to_path_buf(), source };
+    let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
     let mut statement = connection
         .prepare(
             "SELECT unix_ms, actor, action, target, status, detail FROM audit \
@@ -313,7 +340,25 @@ pub fn cloud_spend(path: &Path, cloud: &str, from_ms: i64, to_ms: i64) -> Result
             params![cloud, from_ms, to_ms],
             |row| row.get(0),
         )
-        .map_err(|source| StoreError { path: path.to_path_buf(), source })
+        .map_err(|source| StoreError::Sql { path: path.to_path_buf(), source })
+}
+
+/// Usage rows as CSV, the group column headed `by`; fields with commas or
+/// quotes are quoted.
+pub fn usage_csv(by: &str, rows: &[UsageRow]) -> String {
+    let mut out = format!("{by},requests,errors,prompt_tokens,completion_tokens,cost_usd\n");
+    for r in rows {
+        let group = if r.group.contains([',', '"', '\n']) {
+            format!("\"{}\"", r.group.replace('"', "\"\""))
+        } else {
+            r.group.clone()
+        };
+        out.push_str(&format!(
+            "{group},{},{},{},{},{:.6}\n",
+            r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.cost_usd
+        ));
+    }
+    out
 }
 
 /// Spend and tokens per group over a period.
@@ -356,7 +401,7 @@ pub fn usage(
     to_ms: i64,
 ) -> Result<Vec<UsageRow>, StoreError> {
     let connection = open_connection(path)?;
-    let error = |source| StoreError { path: path.to_path_buf(), source };
+    let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
     let sql = format!(
         "SELECT COALESCE({column}, '-'), COUNT(*), SUM(status >= 400), SUM(prompt_tokens), \
          SUM(completion_tokens), SUM(cost_usd) FROM requests \

@@ -340,13 +340,11 @@ impl Drop for Admission {
 /// key's budget is spent. Spend counts requests already recorded: requests
 /// in flight when the budget is reached still complete.
 fn check_budgets(gateway: &Gateway, grant: &Grant) -> Result<(), ApiError> {
-    let (month, start_ms) = skyweave_core::calendar::month_of_unix_ms(unix_ms());
-    let next = skyweave_core::calendar::date(
-        skyweave_core::calendar::month_of_unix_ms(start_ms + 32 * 86_400_000).1 / 86_400_000,
-    );
     let mut spend = gateway.spend.lock().expect("spend lock");
-    spend.roll(&month);
+    spend.roll(unix_ms());
     let over = |who: String, spent: f64, budget: f64| {
+        let month = spend.month();
+        let next = skyweave_core::calendar::date(spend.next_month_ms / 86_400_000);
         ApiError::new(
             StatusCode::PAYMENT_REQUIRED,
             "insufficient_quota",
@@ -843,9 +841,8 @@ fn unix_ms() -> i64 {
 /// Adds a request's cost to its tenant's and key's spend this month, and
 /// reports a soft budget the first time it is reached.
 fn add_spend(gateway: &Gateway, grant: &Grant, now_ms: i64, cost_usd: f64) {
-    let (month, _) = skyweave_core::calendar::month_of_unix_ms(now_ms);
     let mut spend = gateway.spend.lock().expect("spend lock");
-    spend.roll(&month);
+    spend.roll(now_ms);
     let spent = {
         let tenant = spend.tenants.entry(grant.tenant.clone()).or_default();
         *tenant += cost_usd;
@@ -860,7 +857,7 @@ fn add_spend(gateway: &Gateway, grant: &Grant, now_ms: i64, cost_usd: f64) {
                 tenant = grant.tenant.as_str(),
                 spent_usd = spent,
                 budget_usd = budget.monthly_usd,
-                month = month.as_str(),
+                month = spend.month().as_str(),
                 "soft budget reached"
             );
         }
@@ -891,13 +888,8 @@ fn record_ledger(
         add_spend(gateway, grant, now_ms, cost_usd);
     }
     if let Some(runtime) = runtime.filter(|_| cost_usd > 0.0) {
-        let today = skyweave_core::calendar::date(now_ms.div_euclid(86_400_000));
-        let committed = gateway
-            .estate
-            .commitments
-            .iter()
-            .any(|c| c.cloud == runtime.deployment.cloud && c.active_on(&today));
-        if committed {
+        let today = now_ms.div_euclid(86_400_000);
+        if gateway.commitment_on(&runtime.deployment.cloud, today).is_some() {
             *gateway
                 .commitment_spend
                 .lock()

@@ -72,7 +72,7 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
         KeysCommand::List { json } => {
             let keys = store.list()?;
             if *json {
-                let rows: Vec<serde_json::Value> = keys.iter().map(describe_json).collect();
+                let rows: Vec<serde_json::Value> = keys.iter().map(KeyRecord::to_json).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", table(&keys));
@@ -94,34 +94,6 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn state(key: &KeyRecord) -> &'static str {
-    if key.revoked_unix.is_some() {
-        "revoked"
-    } else if key.expires_unix.is_some_and(|at| now_unix() >= at) {
-        "expired"
-    } else {
-        "active"
-    }
-}
-
-fn describe_json(key: &KeyRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": key.id,
-        "tenant": key.tenant,
-        "name": key.name,
-        "state": state(key),
-        "created_unix": key.created_unix,
-        "expires_unix": key.expires_unix,
-        "revoked_unix": key.revoked_unix,
-        "models": key.models,
-        "clouds": key.clouds,
-        "regions": key.regions,
-        "rpm": key.rpm,
-        "tpm": key.tpm,
-        "budget_usd": key.budget_usd,
-    })
-}
-
 fn table(keys: &[KeyRecord]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{:<14} {:<16} {:<16} {:<8} rights", "id", "tenant", "name", "state");
@@ -133,7 +105,7 @@ fn table(keys: &[KeyRecord]) -> String {
             key.id,
             key.tenant,
             key.name,
-            state(key),
+            key.state(),
             list(&key.models),
             list(&key.clouds),
             list(&key.regions)

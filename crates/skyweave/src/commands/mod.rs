@@ -48,6 +48,24 @@ pub fn database_path(config: &Path, estate: &skyweave_core::estate::Estate) -> s
     }
 }
 
+/// Today's date in UTC, YYYY-MM-DD (`SKYWEAVE_TODAY` overrides it, for
+/// planning ahead and for tests).
+pub fn today_utc() -> String {
+    if let Ok(date) = std::env::var("SKYWEAVE_TODAY") {
+        let iso = date.len() == 10
+            && date.bytes().enumerate().all(|(i, b)| matches!(i, 4 | 7) == (b == b'-'))
+            && date.bytes().enumerate().all(|(i, b)| matches!(i, 4 | 7) || b.is_ascii_digit());
+        if iso {
+            return date;
+        }
+        eprintln!("warning: SKYWEAVE_TODAY=`{date}` is not YYYY-MM-DD; using today's date");
+    }
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    skyweave_core::calendar::date((seconds / 86_400) as i64)
+}
+
 /// JSON logs on stderr, `RUST_LOG` to filter (else `default_filter`).
 /// Lines are written by a background thread so that a slow stderr never
 /// blocks a request; keep the returned guard alive until exit, it flushes.

@@ -71,7 +71,7 @@ pub fn load_planner(args: &CatalogArgs) -> anyhow::Result<Result<Planner, String
     };
     // A commitment outside its period gives no discount and needs no
     // burning down.
-    let today = today_utc();
+    let today = super::today_utc();
     commitments.retain(|commitment| {
         let active = commitment.active_on(&today);
         if !active {
@@ -88,24 +88,6 @@ pub fn load_planner(args: &CatalogArgs) -> anyhow::Result<Result<Planner, String
         eprintln!("warning: {warning}");
     }
     Ok(Ok(planner))
-}
-
-/// Today's date in UTC, YYYY-MM-DD (`SKYWEAVE_TODAY` overrides it, for
-/// planning ahead and for tests).
-pub fn today_utc() -> String {
-    if let Ok(date) = std::env::var("SKYWEAVE_TODAY") {
-        let iso = date.len() == 10
-            && date.bytes().enumerate().all(|(i, b)| matches!(i, 4 | 7) == (b == b'-'))
-            && date.bytes().enumerate().all(|(i, b)| matches!(i, 4 | 7) || b.is_ascii_digit());
-        if iso {
-            return date;
-        }
-        eprintln!("warning: SKYWEAVE_TODAY=`{date}` is not YYYY-MM-DD; using today's date");
-    }
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    skyweave_core::calendar::date((seconds / 86_400) as i64)
 }
 
 /// `aws.csv` and `catalogs/v8/aws/vms.csv` both describe aws.

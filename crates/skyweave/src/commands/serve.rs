@@ -122,22 +122,18 @@ pub async fn serve_estate_with_state(
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let (month, start_ms) = skyweave_core::calendar::month_of_unix_ms(now_ms);
-        let (tenants, keys) = skyweave_gateway::ledger::spend_since(ledger.path(), start_ms)
-            .context("cannot read this month's spend from the ledger")?;
         let mut spend = gateway.spend.lock().expect("spend lock");
-        spend.roll(&month);
+        spend.roll(now_ms);
+        let (tenants, keys) =
+            skyweave_gateway::ledger::spend_since(ledger.path(), spend.month_start_ms)
+                .context("cannot read this month's spend from the ledger")?;
         spend.tenants = tenants;
         spend.keys = keys;
         drop(spend);
         // And commitments from what it recorded in their periods.
         let day_ms = 86_400_000;
         for commitment in &gateway.estate.commitments {
-            let days = (
-                skyweave_core::calendar::days_from_civil(&commitment.start),
-                skyweave_core::calendar::days_from_civil(&commitment.end),
-            );
-            if let (Some(start), Some(end)) = days {
+            if let Some((start, end)) = commitment.period_days() {
                 let recorded = skyweave_gateway::ledger::cloud_spend(
                     ledger.path(),
                     &commitment.cloud,

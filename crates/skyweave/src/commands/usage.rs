@@ -8,7 +8,7 @@ use anyhow::Context;
 use std::path::Path;
 
 use skyweave_core::calendar::days_from_civil;
-use skyweave_gateway::ledger::{usage, GroupBy, UsageRow};
+use skyweave_gateway::ledger::{usage, usage_csv, GroupBy, UsageRow};
 
 use crate::cli::UsageArgs;
 
@@ -28,7 +28,7 @@ pub fn run(args: &UsageArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    let today = super::plan::today_utc();
+    let today = super::today_utc();
     let since = args.since.clone().unwrap_or_else(|| format!("{}-01", &today[..7]));
     let until = args.until.clone().unwrap_or(today);
     let (Some(from_day), Some(to_day)) = (days_from_civil(&since), days_from_civil(&until)) else {
@@ -50,28 +50,11 @@ pub fn run(args: &UsageArgs) -> anyhow::Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if args.csv {
-        print!("{}", csv(&args.by, &rows));
+        print!("{}", usage_csv(&args.by, &rows));
     } else {
         print!("{}", table(&args.by, &since, &until, &rows));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn csv(by: &str, rows: &[UsageRow]) -> String {
-    let mut out = format!("{by},requests,errors,prompt_tokens,completion_tokens,cost_usd\n");
-    for r in rows {
-        let group = if r.group.contains([',', '"']) {
-            format!("\"{}\"", r.group.replace('"', "\"\""))
-        } else {
-            r.group.clone()
-        };
-        let _ = writeln!(
-            out,
-            "{group},{},{},{},{},{:.6}",
-            r.requests, r.errors, r.prompt_tokens, r.completion_tokens, r.cost_usd
-        );
-    }
-    out
 }
 
 fn table(by: &str, since: &str, until: &str, rows: &[UsageRow]) -> String {
@@ -112,16 +95,12 @@ pub fn commitments(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let path = super::database_path(config, &estate);
-    let today_text = super::plan::today_utc();
+    let today_text = super::today_utc();
     let today = days_from_civil(&today_text).unwrap_or(0);
     let day_ms = 86_400_000;
     let mut statuses = Vec::new();
     for commitment in &estate.commitments {
-        let (Some(start), Some(end)) =
-            (days_from_civil(&commitment.start), days_from_civil(&commitment.end))
-        else {
-            continue;
-        };
+        let Some((start, end)) = commitment.period_days() else { continue };
         let recorded = if path.exists() {
             skyweave_gateway::ledger::cloud_spend(
                 &path,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what building skyweave needs beyond the Rust toolchain: the planner
-# links HiGHS (the MILP solver), which the `highs-sys` crate builds from source
-# with CMake and binds with bindgen (libclang). Both come from Debian's
-# packages; nothing is installed when they are already present.
+# Installs what building and testing skyweave needs beyond the Rust toolchain:
+# the planner links HiGHS (the MILP solver), which the `highs-sys` crate builds
+# from source with CMake and binds with bindgen (libclang); the tests run a
+# throwaway PostgreSQL server (the ledger's multi-replica backend). All come
+# from Debian's packages; nothing is installed when already present.
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,9 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
   missing+=(libclang-dev)
+fi
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing build dependencies from Debian: ${missing[*]}"

@@ -148,7 +148,10 @@ struct RawServer {
     default_caller_region: Option<Spanned<String>>,
     shutdown_grace_secs: Option<u64>,
     /// SQLite file for API keys and the usage ledger.
-    database: Option<String>,
+    database: Option<Spanned<String>>,
+    /// Environment variable holding a PostgreSQL connection URL, instead
+    /// of the SQLite file.
+    database_url_env: Option<Spanned<String>>,
     /// Record every request in the usage ledger (default true).
     ledger: Option<bool>,
 }
@@ -533,6 +536,7 @@ fn validate_server(
         default_caller_region: None,
         shutdown_grace: Duration::from_secs(30),
         database: None,
+        database_url_env: None,
         ledger: true,
     };
     let Some(raw) = raw else { return settings };
@@ -570,7 +574,39 @@ fn validate_server(
         }
         settings.default_caller_region = Some(region.into_inner());
     }
-    settings.database = raw.database.map(PathBuf::from);
+    if let Some(database) = raw.database {
+        let text = database.get_ref();
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            check.fail(
+                database.span(),
+                "server.database takes a SQLite file; a PostgreSQL URL (which may hold a \
+                 password) does not belong in the estate file"
+                    .into(),
+                "put the URL in an environment variable and name it: \
+                 `database_url_env = \"SKYWEAVE_DATABASE_URL\"`",
+            );
+        } else if raw.database_url_env.is_some() {
+            check.fail(
+                database.span(),
+                "server.database and server.database_url_env are both set".into(),
+                "keep one: `database` for SQLite (one host), `database_url_env` for PostgreSQL",
+            );
+        } else {
+            settings.database = Some(PathBuf::from(database.into_inner()));
+        }
+    }
+    if let Some(name) = raw.database_url_env {
+        if name.get_ref().is_empty() || name.get_ref().contains(['=', ' ', ':', '/']) {
+            check.fail(
+                name.span(),
+                // Not repeated: it may be the URL itself, password and all.
+                "server.database_url_env is not an environment variable name".into(),
+                "name the variable that holds the URL, e.g. `SKYWEAVE_DATABASE_URL`",
+            );
+        } else {
+            settings.database_url_env = Some(name.into_inner());
+        }
+    }
     settings.ledger = raw.ledger.unwrap_or(true);
     if let Some(grace) = raw.shutdown_grace_secs {
         settings.shutdown_grace = Duration::from_secs(grace);

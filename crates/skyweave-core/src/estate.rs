@@ -78,6 +78,10 @@ pub struct ServerSettings {
     /// The SQLite database of API keys, as written (relative paths are
     /// relative to the estate file); default `skyweave.db` beside it.
     pub database: Option<PathBuf>,
+    /// Instead of SQLite: the environment variable holding a PostgreSQL
+    /// URL (`postgres://user:password@host:port/dbname`), for several
+    /// replicas sharing keys, budgets and the ledger.
+    pub database_url_env: Option<String>,
     /// Record every request in the usage ledger. Budgets and commitment
     /// tracking need it; `false` is for measuring the proxy alone.
     pub ledger: bool,

@@ -136,7 +136,7 @@ async fn create_key(State(gateway): State<Arc<Gateway>>, body: axum::body::Bytes
         tpm: request.tpm,
         budget_usd: request.budget_usd,
     };
-    match store.create(&request.tenant, &request.name, &narrowing, now_unix()) {
+    match store.create(&request.tenant, &request.name, &narrowing, now_unix()).await {
         Ok(new) => {
             audit(
                 &gateway,
@@ -168,7 +168,7 @@ fn store_error(error: crate::keystore::StoreError) -> Response {
 
 async fn list_keys(State(gateway): State<Arc<Gateway>>) -> Response {
     let Some(store) = &gateway.keys else { return Json(json!({ "keys": [] })).into_response() };
-    match store.list() {
+    match store.list().await {
         Ok(keys) => {
             audit(&gateway, "admin", "key.list", "-", 200, &format!("{} keys", keys.len()));
             Json(json!({ "keys": keys.iter().map(crate::keystore::KeyRecord::to_json).collect::<Vec<_>>() })).into_response()
@@ -181,7 +181,7 @@ async fn revoke_key(State(gateway): State<Arc<Gateway>>, Path(id): Path<String>)
     let Some(store) = &gateway.keys else {
         return bad_request("this estate has no [[tenant]]: there are no keys to manage".into());
     };
-    match store.revoke(&id, now_unix()) {
+    match store.revoke(&id, now_unix()).await {
         Ok(true) => {
             audit(&gateway, "admin", "key.revoke", &id, 200, "");
             Json(json!({ "revoked": id })).into_response()
@@ -226,7 +226,7 @@ async fn usage(State(gateway): State<Arc<Gateway>>, Query(query): Query<UsageQue
         return bad_request("since and until take dates as YYYY-MM-DD".into());
     };
     flush(&gateway).await;
-    let rows = match ledger::usage(ledger.path(), by, from * 86_400_000, (to + 1) * 86_400_000) {
+    let rows = match ledger.store().usage(by, from * 86_400_000, (to + 1) * 86_400_000).await {
         Ok(rows) => rows,
         Err(error) => return store_error(error),
     };
@@ -267,7 +267,7 @@ async fn audit_log(
         return bad_request("this gateway keeps no ledger".into());
     };
     flush(&gateway).await;
-    match ledger::recent_audit(ledger.path(), query.limit.unwrap_or(100).min(10_000)) {
+    match ledger.store().recent_audit(query.limit.unwrap_or(100).min(10_000)).await {
         Ok(entries) => Json(json!({ "entries": entries })).into_response(),
         Err(error) => store_error(error),
     }

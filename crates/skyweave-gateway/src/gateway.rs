@@ -43,24 +43,43 @@ pub struct Gateway {
     pub ledger: Option<crate::ledger::Ledger>,
     /// This month's spend per tenant and key, for budgets.
     pub spend: Mutex<Spend>,
-    /// Recorded spend per committed cloud within its commitment's period.
-    pub commitment_spend: Mutex<std::collections::HashMap<String, f64>>,
+    /// Spend per committed cloud within its commitment's period.
+    pub commitment_spend: Mutex<std::collections::HashMap<String, Shared>>,
     /// Each commitment's period as day numbers, parsed once.
     commitment_periods: Vec<Option<(i64, i64)>>,
     /// SHA-256 of the admin token, once set by the binary.
     pub admin_token: std::sync::OnceLock<[u8; 32]>,
 }
 
-/// Spend in one UTC month, seeded from the ledger at start and added to as
-/// requests are recorded.
+/// An amount of USD spent: by this process (counted as its requests end),
+/// and by everyone else (other replicas, earlier runs), read from the
+/// database every [`SPEND_REFRESH`].
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Shared {
+    pub mine: f64,
+    pub others: f64,
+}
+
+impl Shared {
+    pub fn total(self) -> f64 {
+        self.mine + self.others
+    }
+}
+
+/// How often a gateway reads the other replicas' spend from the database.
+/// With several replicas, a hard budget can be overrun by what the others
+/// spend in this time.
+pub const SPEND_REFRESH: Duration = Duration::from_secs(1);
+
+/// Spend in one UTC month.
 #[derive(Debug, Default)]
 pub struct Spend {
     /// The month, as Unix milliseconds: its first instant and the next
     /// month's.
     pub month_start_ms: i64,
     pub next_month_ms: i64,
-    pub tenants: std::collections::HashMap<String, f64>,
-    pub keys: std::collections::HashMap<String, f64>,
+    pub tenants: std::collections::HashMap<String, Shared>,
+    pub keys: std::collections::HashMap<String, Shared>,
     /// Tenants whose soft budget was already reported this month.
     pub alerted: std::collections::HashSet<String>,
 }
@@ -194,11 +213,58 @@ impl Gateway {
             .lock()
             .expect("commitment spend lock")
             .get(cloud)
-            .copied()
-            .unwrap_or(0.0);
+            .map_or(0.0, |s| s.total());
         let status = commitment.status_in(start, end, today, recorded);
         let behind = status.ahead_usd < 0.0;
         status.effective_price_factor * if behind { 1.0 - commitment.burn_down_weight } else { 1.0 }
+    }
+
+    /// Reads the spend of every other replica (and earlier run) from the
+    /// database: this month's per tenant and key, and each commitment's
+    /// per cloud over its period. `serve` calls it before listening, then
+    /// [`run_background`] every [`SPEND_REFRESH`].
+    pub async fn refresh_spend(&self) -> Result<(), crate::store::StoreError> {
+        let Some(ledger) = &self.ledger else { return Ok(()) };
+        let month_start_ms = {
+            let mut spend = self.spend.lock().expect("spend lock");
+            spend.roll(unix_ms());
+            spend.month_start_ms
+        };
+        let store = ledger.store();
+        let totals =
+            store.spend_totals(ledger.replica(), month_start_ms / 86_400_000, i64::MAX).await?;
+        {
+            let mut guard = self.spend.lock().expect("spend lock");
+            let spend = &mut *guard;
+            if spend.month_start_ms == month_start_ms {
+                for shared in spend.tenants.values_mut().chain(spend.keys.values_mut()) {
+                    shared.others = 0.0;
+                }
+                for ((scope, name), usd) in totals {
+                    let map = match scope.as_str() {
+                        "tenant" => &mut spend.tenants,
+                        "key" => &mut spend.keys,
+                        _ => continue,
+                    };
+                    map.entry(name).or_default().others = usd;
+                }
+            }
+        }
+        for (commitment, period) in self.estate.commitments.iter().zip(&self.commitment_periods) {
+            let Some((start, end)) = *period else { continue };
+            let totals = store.spend_totals(ledger.replica(), start, end).await?;
+            let others = totals
+                .get(&("cloud".to_string(), commitment.cloud.clone()))
+                .copied()
+                .unwrap_or(0.0);
+            self.commitment_spend
+                .lock()
+                .expect("commitment spend lock")
+                .entry(commitment.cloud.clone())
+                .or_default()
+                .others = others;
+        }
+        Ok(())
     }
 
     /// The commitment on `cloud` whose period contains day `today`, with
@@ -786,8 +852,33 @@ pub const SECRET_REFRESH: Duration = Duration::from_secs(30);
 
 /// Runs the background work until `stop` resolves: active health probes for
 /// the deployments that configure them, and re-reading file-based secrets.
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub async fn run_background(gateway: Arc<Gateway>, stop: impl Future<Output = ()>) {
     let mut tasks = Vec::new();
+    if gateway.ledger.is_some() {
+        let gateway = gateway.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(SPEND_REFRESH);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                if let Err(error) = gateway.refresh_spend().await {
+                    tracing::warn!(
+                        error = %error,
+                        "cannot read the other replicas' spend; budgets count this replica's \
+                         and the last spend read"
+                    );
+                }
+            }
+        }));
+    }
     if !gateway.file_secrets.is_empty() {
         let secrets = gateway.file_secrets.clone();
         tasks.push(tokio::spawn(async move {

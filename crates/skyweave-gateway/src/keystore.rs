@@ -1,34 +1,27 @@
-//! API keys in the estate's SQLite database (WAL mode).
+//! API keys, in the estate's database (see [`crate::store`]).
 //!
 //! Only each key's SHA-256 is stored (see `skyweave_core::keys`). The
-//! gateway keeps the table in memory and, before each authentication,
-//! asks SQLite whether another connection (`skyweave keys revoke`, another
-//! replica's admin call) changed the file (`PRAGMA data_version`, answered
-//! from the shared WAL index without reading the table); if so it reloads.
-//! A revocation therefore takes effect on the next request.
+//! gateway keeps the table in memory and reloads it when it changes:
+//!
+//! - SQLite: before each authentication it asks whether another connection
+//!   (`skyweave keys revoke`, another process's admin call) committed
+//!   (`PRAGMA data_version`, answered from the shared WAL index without
+//!   reading the table). A revocation takes effect on the next request.
+//! - PostgreSQL: every change is announced with `NOTIFY`, which each
+//!   serving replica listens for. A revocation takes effect on the next
+//!   request at the replica that made it, and at the others once the
+//!   notification arrives (about a millisecond on one network; the
+//!   integration test measures it). While a replica's listener is down it
+//!   re-reads the keys on every request.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection};
 use skyweave_core::keys::{self, NewKey};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database {path}: {source}")]
-    Sql {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("database {path}: cannot start its writer thread: {source}")]
-    Thread {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use crate::store::StoreError;
+use crate::store::{Database, Store};
 
 /// One key, as stored. Never holds the secret.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,9 +90,9 @@ pub struct Narrowing {
 }
 
 pub struct KeyStore {
-    path: PathBuf,
-    connection: Mutex<Connection>,
+    store: Store,
     cache: Mutex<Cache>,
+    watch: Option<crate::store::KeyWatch>,
 }
 
 struct Cache {
@@ -107,47 +100,36 @@ struct Cache {
     keys: HashMap<String, KeyRecord>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    name TEXT NOT NULL,
-    hash BLOB NOT NULL,
-    created_unix INTEGER NOT NULL,
-    expires_unix INTEGER,
-    revoked_unix INTEGER,
-    models TEXT,
-    clouds TEXT,
-    regions TEXT,
-    rpm INTEGER,
-    tpm INTEGER,
-    budget_usd REAL
-);";
-
 impl KeyStore {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<KeyStore, StoreError> {
-        let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
-        let connection = Connection::open(path).map_err(error)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .and_then(|_| connection.busy_timeout(std::time::Duration::from_secs(5)))
-            .and_then(|_| connection.execute_batch(SCHEMA))
-            .map_err(error)?;
+    /// Opens (creating its tables if needed) the key database.
+    pub async fn open(database: &Database) -> Result<KeyStore, StoreError> {
         Ok(KeyStore {
-            path: path.to_path_buf(),
-            connection: Mutex::new(connection),
+            store: Store::open(database).await?,
             cache: Mutex::new(Cache { version: None, keys: HashMap::new() }),
+            watch: None,
         })
     }
 
-    fn error(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sql { path: self.path.clone(), source }
+    /// For a serving gateway on PostgreSQL: listen for other replicas'
+    /// key changes (on the current runtime), so that lookups can answer
+    /// from memory. Without it every lookup re-reads the keys.
+    pub fn watch(&mut self, database: &Database) {
+        if let Database::Postgres(target) = database {
+            self.watch = Some(crate::store::watch_keys(target));
+        }
+    }
+
+    pub fn describe(&self) -> &str {
+        self.store.describe()
+    }
+
+    fn forget(&self) {
+        self.cache.lock().expect("key cache lock").version = None;
     }
 
     /// Creates a key for `tenant`; the returned `NewKey::key` is the only
     /// copy of the secret.
-    pub fn create(
+    pub async fn create(
         &self,
         tenant: &str,
         name: &str,
@@ -155,104 +137,69 @@ impl KeyStore {
         now_unix: i64,
     ) -> Result<NewKey, StoreError> {
         let new = keys::generate(&mut rand::rngs::OsRng);
-        let list = |v: &Option<Vec<String>>| v.as_ref().map(|v| v.join(","));
-        let connection = self.connection.lock().expect("key store lock");
-        connection
-            .execute(
-                "INSERT INTO api_keys (id, tenant, name, hash, created_unix, expires_unix, \
-                 models, clouds, regions, rpm, tpm, budget_usd) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    new.id,
-                    tenant,
-                    name,
-                    &new.hash[..],
-                    now_unix,
-                    narrowing.expires_unix,
-                    list(&narrowing.models),
-                    list(&narrowing.clouds),
-                    list(&narrowing.regions),
-                    narrowing.rpm,
-                    narrowing.tpm,
-                    narrowing.budget_usd,
-                ],
-            )
-            .map_err(|e| self.error(e))?;
-        self.cache.lock().expect("key cache lock").version = None;
-        Ok(new)
+        let result =
+            self.store.insert_key(&new.id, tenant, name, &new.hash, narrowing, now_unix).await;
+        self.forget();
+        result.map(|()| new)
     }
 
     /// Every key, newest first.
-    pub fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let connection = self.connection.lock().expect("key store lock");
-        let mut keys = load(&connection).map_err(|e| self.error(e))?;
+    pub async fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut keys = self.store.keys().await?;
         keys.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(a.id.cmp(&b.id)));
         Ok(keys)
     }
 
     /// Revokes a key; `false` if there is no such key.
-    pub fn revoke(&self, id: &str, now_unix: i64) -> Result<bool, StoreError> {
-        let connection = self.connection.lock().expect("key store lock");
-        let changed = connection
-            .execute(
-                "UPDATE api_keys SET revoked_unix = COALESCE(revoked_unix, ?2) WHERE id = ?1",
-                params![id, now_unix],
-            )
-            .map_err(|e| self.error(e))?;
-        self.cache.lock().expect("key cache lock").version = None;
-        Ok(changed == 1)
+    pub async fn revoke(&self, id: &str, now_unix: i64) -> Result<bool, StoreError> {
+        let result = self.store.revoke_key(id, now_unix).await;
+        self.forget();
+        result
     }
 
     /// The key with this id, as the database holds it now.
-    pub fn lookup(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let connection = self.connection.lock().expect("key store lock");
-        let version: i64 = connection
-            .query_row("PRAGMA data_version", [], |row| row.get(0))
-            .map_err(|e| self.error(e))?;
-        let mut cache = self.cache.lock().expect("key cache lock");
-        // data_version changes on other connections' commits; our own
-        // writes reset `cache.version` instead. An unknown id costs no
-        // reload (it would let anyone force one per request).
-        if cache.version != Some(version) {
-            let keys = load(&connection).map_err(|e| self.error(e))?;
-            cache.keys = keys.into_iter().map(|k| (k.id.clone(), k)).collect();
-            cache.version = Some(version);
+    pub async fn lookup(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        // SQLite's data_version changes on other connections' commits;
+        // PostgreSQL's notifications move the watch's generation. Our own
+        // writes forget the cache instead.
+        let version = if self.store.is_postgres() {
+            self.watch
+                .as_ref()
+                .filter(|w| w.listening.load(Ordering::SeqCst))
+                .map(|w| w.generation.load(Ordering::SeqCst) as i64)
+        } else {
+            self.store.data_version()?
+        };
+        {
+            let cache = self.cache.lock().expect("key cache lock");
+            if version.is_some() && cache.version == version {
+                return Ok(cache.keys.get(id).cloned());
+            }
         }
-        Ok(cache.keys.get(id).cloned())
+        // An unknown id costs no reload when nothing changed (it would
+        // let anyone force one per request).
+        let keys = self.store.keys().await?;
+        let found = keys.iter().find(|k| k.id == id).cloned();
+        let mut cache = self.cache.lock().expect("key cache lock");
+        cache.keys = keys.into_iter().map(|k| (k.id.clone(), k)).collect();
+        cache.version = version;
+        Ok(found)
     }
 }
 
-fn load(connection: &Connection) -> rusqlite::Result<Vec<KeyRecord>> {
-    let mut statement = connection.prepare(
-        "SELECT id, tenant, name, hash, created_unix, expires_unix, revoked_unix, models, \
-         clouds, regions, rpm, tpm, budget_usd FROM api_keys",
-    )?;
-    let split = |v: Option<String>| {
-        v.map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
-    };
-    let rows = statement.query_map([], |row| {
-        let hash: Vec<u8> = row.get(3)?;
-        let mut fixed = [0u8; 32];
-        if hash.len() == 32 {
-            fixed.copy_from_slice(&hash);
-        }
-        Ok(KeyRecord {
-            id: row.get(0)?,
-            tenant: row.get(1)?,
-            name: row.get(2)?,
-            hash: fixed,
-            created_unix: row.get(4)?,
-            expires_unix: row.get(5)?,
-            revoked_unix: row.get(6)?,
-            models: split(row.get(7)?),
-            clouds: split(row.get(8)?),
-            regions: split(row.get(9)?),
-            rpm: row.get(10)?,
-            tpm: row.get(11)?,
-            budget_usd: row.get(12)?,
-        })
-    })?;
-    rows.collect()
+/// A stored hash as 32 bytes (all zeros, matching no key, if the column
+/// was tampered with).
+pub(crate) fn fixed_hash(hash: &[u8]) -> [u8; 32] {
+    let mut fixed = [0u8; 32];
+    if hash.len() == 32 {
+        fixed.copy_from_slice(hash);
+    }
+    fixed
+}
+
+/// A comma-separated list column.
+pub(crate) fn split_list(value: Option<String>) -> Option<Vec<String>> {
+    value.map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
 }
 
 /// Seconds since the Unix epoch.

@@ -1,32 +1,38 @@
-//! The usage ledger: one row per API request, in the estate's SQLite
-//! database (WAL), written off the request path.
+//! The usage ledger: one row per API request, in the estate's database
+//! (see [`crate::store`]), written off the request path.
 //!
 //! Handlers hand a [`Record`] to [`Ledger::record`], which only pushes it on
 //! a channel. A writer thread with its own connection takes what has
 //! arrived, waits at most [`FLUSH_INTERVAL`] for more (up to
-//! [`MAX_BATCH`] rows), and commits the batch in one transaction. A
-//! committed transaction survives the process being killed (WAL,
-//! `synchronous = NORMAL`: only a power loss can undo it). So:
+//! [`MAX_BATCH`] rows), and commits the batch in one transaction, together
+//! with the spend it adds per day, tenant, key and cloud. A committed
+//! transaction survives the process being killed (SQLite in WAL mode; a
+//! PostgreSQL commit is on the server). So:
 //!
 //! - graceful shutdown ([`Ledger::close`]) writes every record;
 //! - after `kill -9`, the records that can be lost are those of requests
 //!   that ended within the last `FLUSH_INTERVAL` plus the time of one
-//!   commit (a few milliseconds): records older than that are on disk.
+//!   commit (a few milliseconds): records older than that are stored.
+//!
+//! A failed commit (the database unreachable) is retried with a fresh
+//! connection, the batch held in memory, until it succeeds; on shutdown
+//! for at most [`CLOSE_RETRY`], after which the records still held are
+//! reported as lost.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
-
-use crate::keystore::StoreError;
+pub use crate::store::StoreError;
+use crate::store::{Database, SpendDeltas, Store, Writer};
 
 /// How long a record may wait in memory before its batch is committed.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 pub const MAX_BATCH: usize = 1000;
+/// How long a closing ledger keeps retrying a failed commit.
+pub const CLOSE_RETRY: Duration = Duration::from_secs(10);
 
 /// One API request, as the ledger keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,59 +70,48 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-enum Entry {
+pub(crate) enum Entry {
     Request(Record),
     Audit(AuditEntry),
     /// Commit what came before, then answer.
     Flush(std::sync::mpsc::Sender<()>),
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS audit (
-    unix_ms INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS requests (
-    unix_ms INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    tenant TEXT,
-    key_id TEXT,
-    model TEXT NOT NULL,
-    deployment TEXT,
-    cloud TEXT,
-    region TEXT,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL,
-    latency_ms REAL NOT NULL,
-    ttft_ms REAL,
-    status INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    stream INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_time ON requests (unix_ms);";
-
 pub struct Ledger {
-    path: PathBuf,
+    /// This process's name in `spend_daily`: the spend of every other
+    /// name is the other replicas' (and earlier runs').
+    replica: String,
+    store: Store,
     sender: Mutex<Option<Sender<Entry>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    closing: Arc<AtomicBool>,
 }
 
 impl Ledger {
-    /// Opens (creating if needed) the ledger in the database at `path` and
-    /// starts its writer thread.
-    pub fn open(path: &Path) -> Result<Ledger, StoreError> {
-        let connection = open_connection(path)?;
+    /// Opens (creating its tables if needed) the ledger and starts its
+    /// writer thread.
+    pub async fn open(database: &Database) -> Result<Ledger, StoreError> {
+        let store = Store::open(database).await?;
+        let replica = replica_name();
         let (sender, receiver) = channel::<Entry>();
-        let writer_path = path.to_path_buf();
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let closing = Arc::new(AtomicBool::new(false));
+        let (database, writer_replica, writer_closing) =
+            (database.clone(), replica.clone(), closing.clone());
         let writer = std::thread::Builder::new()
             .name("skyweave-ledger".into())
             .spawn(move || {
-                let mut connection = connection;
+                let mut writer = match Writer::open(&database) {
+                    Ok(writer) => {
+                        let _ = opened_tx.send(Ok(()));
+                        writer
+                    }
+                    Err(error) => {
+                        let _ = opened_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let at = database.describe();
                 while let Ok(first) = receiver.recv() {
                     // Everything queued before a flush that starts a batch is
                     // already committed.
@@ -143,35 +138,39 @@ impl Ledger {
                             }
                         }
                     }
-                    if let Err(error) = write_batch(&mut connection, &batch) {
-                        // Keep the rows rather than lose them: retry once
-                        // after a pause, then report.
-                        std::thread::sleep(Duration::from_millis(100));
-                        if let Err(error2) = write_batch(&mut connection, &batch) {
-                            tracing::error!(
-                                database = %writer_path.display(),
-                                error = %error,
-                                retry_error = %error2,
-                                records = batch.len(),
-                                "ledger write failed"
-                            );
-                        }
-                    }
+                    commit(&mut writer, &batch, &writer_replica, &at, &writer_closing);
                     if let Some(done) = waiting {
                         let _ = done.send(());
                     }
                 }
             })
-            .map_err(|source| StoreError::Thread { path: path.to_path_buf(), source })?;
-        Ok(Ledger {
-            path: path.to_path_buf(),
+            .map_err(|source| StoreError::Thread {
+                at: store.describe().to_string(),
+                error: source,
+            })?;
+        let started = opened.await.unwrap_or(Ok(()));
+        let ledger = Ledger {
+            replica,
+            store,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
-        })
+            closing,
+        };
+        started.map(|()| ledger)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the ledger is, for messages.
+    pub fn describe(&self) -> &str {
+        self.store.describe()
+    }
+
+    /// The database, for reports.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     /// Queues a record; never blocks on the database.
@@ -209,6 +208,7 @@ impl Ledger {
 
     /// Writes every queued record and stops the writer.
     pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         self.sender.lock().expect("ledger lock").take();
         if let Some(writer) = self.writer.lock().expect("ledger lock").take() {
             let _ = writer.join();
@@ -222,125 +222,63 @@ impl Drop for Ledger {
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
-    let connection = Connection::open(path).map_err(error)?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .and_then(|_| connection.pragma_update(None, "synchronous", "NORMAL"))
-        .and_then(|_| connection.busy_timeout(Duration::from_secs(5)))
-        .and_then(|_| connection.execute_batch(SCHEMA))
-        .map_err(error)?;
-    Ok(connection)
+/// A name for this process, unique among replicas: 12 random hex digits.
+fn replica_name() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn write_batch(connection: &mut Connection, batch: &[Entry]) -> rusqlite::Result<()> {
-    let transaction = connection.transaction()?;
-    {
-        let mut audit = transaction.prepare_cached(
-            "INSERT INTO audit (unix_ms, actor, action, target, status, detail) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        let mut insert = transaction.prepare_cached(
-            "INSERT INTO requests (unix_ms, request_id, tenant, key_id, model, deployment, \
-             cloud, region, prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms, \
-             status, attempts, stream) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )?;
-        for entry in batch {
-            let r = match entry {
-                Entry::Request(record) => record,
-                Entry::Flush(_) => continue,
-                Entry::Audit(a) => {
-                    audit.execute(params![
-                        a.unix_ms, a.actor, a.action, a.target, a.status, a.detail
-                    ])?;
-                    continue;
-                }
-            };
-            insert.execute(params![
-                r.unix_ms,
-                r.request_id,
-                r.tenant,
-                r.key_id,
-                r.model,
-                r.deployment,
-                r.cloud,
-                r.region,
-                r.prompt_tokens as i64,
-                r.completion_tokens as i64,
-                r.cost_usd,
-                r.latency_ms,
-                r.ttft_ms,
-                r.status,
-                r.attempts,
-                r.stream,
-            ])?;
+/// The spend a batch adds, per day and tenant, key and cloud.
+fn spend_of(batch: &[Entry]) -> SpendDeltas {
+    let mut spend = SpendDeltas::new();
+    for entry in batch {
+        let Entry::Request(r) = entry else { continue };
+        if r.cost_usd <= 0.0 {
+            continue;
+        }
+        let day = r.unix_ms.div_euclid(86_400_000);
+        for (scope, name) in [("tenant", &r.tenant), ("key", &r.key_id), ("cloud", &r.cloud)] {
+            if let Some(name) = name {
+                *spend.entry((day, scope, name.clone())).or_default() += r.cost_usd;
+            }
         }
     }
-    transaction.commit()
+    spend
 }
 
-/// USD per tenant or per key.
-pub type SpendBy = HashMap<String, f64>;
-
-/// Spend since `since_ms` per tenant and per key.
-pub fn spend_since(path: &Path, since_ms: i64) -> Result<(SpendBy, SpendBy), StoreError> {
-    let connection = open_connection(path)?;
-    let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
-    let sum = |column: &str| -> Result<SpendBy, StoreError> {
-        let sql = format!(
-            "SELECT {column}, SUM(cost_usd) FROM requests WHERE unix_ms >= ?1 AND {column} IS \
-             NOT NULL GROUP BY 1"
-        );
-        let mut statement = connection.prepare(&sql).map_err(error)?;
-        let rows = statement
-            .query_map(params![since_ms], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, f64>(1)?))
-            })
-            .map_err(error)?;
-        rows.collect::<Result<_, _>>().map_err(error)
-    };
-    Ok((sum("tenant")?, sum("key_id")?))
-}
-
-/// The latest audit entries, newest first.
-pub fn recent_audit(path: &Path, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-    let connection = open_connection(path)?;
-    let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
-    let mut statement = connection
-        .prepare(
-            "SELECT unix_ms, actor, action, target, status, detail FROM audit \
-             ORDER BY unix_ms DESC, rowid DESC LIMIT ?1",
-        )
-        .map_err(error)?;
-    let rows = statement
-        .query_map(params![limit], |row| {
-            Ok(AuditEntry {
-                unix_ms: row.get(0)?,
-                actor: row.get(1)?,
-                action: row.get(2)?,
-                target: row.get(3)?,
-                status: row.get(4)?,
-                detail: row.get(5)?,
-            })
-        })
-        .map_err(error)?;
-    rows.collect::<Result<_, _>>().map_err(error)
-}
-
-/// Recorded spend on `cloud` from `from_ms` (inclusive) to `to_ms`
-/// (exclusive).
-pub fn cloud_spend(path: &Path, cloud: &str, from_ms: i64, to_ms: i64) -> Result<f64, StoreError> {
-    let connection = open_connection(path)?;
-    connection
-        .query_row(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE cloud = ?1 AND unix_ms >= ?2 \
-             AND unix_ms < ?3",
-            params![cloud, from_ms, to_ms],
-            |row| row.get(0),
-        )
-        .map_err(|source| StoreError::Sql { path: path.to_path_buf(), source })
+/// Commits a batch, retrying with a fresh connection until it succeeds
+/// (or, once the ledger is closing, for [`CLOSE_RETRY`]).
+fn commit(writer: &mut Writer, batch: &[Entry], replica: &str, at: &str, closing: &AtomicBool) {
+    let spend = spend_of(batch);
+    let records = batch.iter().filter(|e| !matches!(e, Entry::Flush(_))).count();
+    let mut pause = Duration::from_millis(100);
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        let error = match writer.write(batch, &spend, replica) {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if closing.load(Ordering::SeqCst) {
+            let since = *closing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= CLOSE_RETRY {
+                tracing::error!(
+                    database = at,
+                    error = %error,
+                    records,
+                    "ledger write failed while shutting down; these records are lost"
+                );
+                return;
+            }
+        }
+        tracing::error!(database = at, error = %error, records, "ledger write failed; retrying");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(5));
+        if let Err(error) = writer.reconnect() {
+            tracing::warn!(database = at, error = %error, "cannot reconnect to the ledger database");
+        }
+    }
 }
 
 /// Usage rows as CSV, the group column headed `by`; fields with commas or
@@ -382,7 +320,7 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
-    fn column(self) -> &'static str {
+    pub(crate) fn column(self) -> &'static str {
         match self {
             GroupBy::Cloud => "cloud",
             GroupBy::Tenant => "tenant",
@@ -390,38 +328,6 @@ impl GroupBy {
             GroupBy::Deployment => "deployment",
         }
     }
-}
-
-/// Usage from `from_ms` (inclusive) to `to_ms` (exclusive), by group,
-/// largest spend first.
-pub fn usage(
-    path: &Path,
-    by: GroupBy,
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<Vec<UsageRow>, StoreError> {
-    let connection = open_connection(path)?;
-    let error = |source| StoreError::Sql { path: path.to_path_buf(), source };
-    let sql = format!(
-        "SELECT COALESCE({column}, '-'), COUNT(*), SUM(status >= 400), SUM(prompt_tokens), \
-         SUM(completion_tokens), SUM(cost_usd) FROM requests \
-         WHERE unix_ms >= ?1 AND unix_ms < ?2 GROUP BY 1 ORDER BY 6 DESC, 1",
-        column = by.column()
-    );
-    let mut statement = connection.prepare(&sql).map_err(error)?;
-    let rows = statement
-        .query_map(params![from_ms, to_ms], |row| {
-            Ok(UsageRow {
-                group: row.get(0)?,
-                requests: row.get::<_, i64>(1)? as u64,
-                errors: row.get::<_, i64>(2)? as u64,
-                prompt_tokens: row.get::<_, i64>(3)? as u64,
-                completion_tokens: row.get::<_, i64>(4)? as u64,
-                cost_usd: row.get(5)?,
-            })
-        })
-        .map_err(error)?;
-    rows.collect::<Result<_, _>>().map_err(error)
 }
 
 #[cfg(test)]
@@ -449,27 +355,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_are_written_and_summed() {
+    #[tokio::test]
+    async fn records_are_written_and_summed() {
         let dir = std::env::temp_dir().join(format!("skyweave-ledger-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ledger.db");
         let _ = std::fs::remove_file(&path);
-        let ledger = Ledger::open(&path).unwrap();
+        let database = Database::Sqlite(path.clone());
+        let ledger = Ledger::open(&database).await.unwrap();
         for i in 0..2500 {
             let cloud = if i % 5 == 0 { "gcp" } else { "aws" };
             ledger.record(record(i, cloud, 0.5, if i % 100 == 0 { 503 } else { 200 }));
         }
         ledger.close();
-        let rows = usage(&path, GroupBy::Cloud, 0, i64::MAX).unwrap();
+        let rows = ledger.store().usage(GroupBy::Cloud, 0, i64::MAX).await.unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].group.as_str(), rows[0].requests, rows[0].errors), ("aws", 2000, 0));
         assert_eq!((rows[1].group.as_str(), rows[1].requests, rows[1].errors), ("gcp", 500, 25));
         assert_eq!(rows[0].prompt_tokens, 20_000);
         assert!((rows[0].cost_usd - 1000.0).abs() < 1e-9);
         // The period bounds are honoured.
-        let early = usage(&path, GroupBy::Cloud, 0, 1_010).unwrap();
+        let early = ledger.store().usage(GroupBy::Cloud, 0, 1_010).await.unwrap();
         assert_eq!(early.iter().map(|r| r.requests).sum::<u64>(), 10);
+        // The daily spend was summed in the same transactions: all of it on
+        // day 0, none of it this replica's to exclude from another's view.
+        let totals = ledger.store().spend_totals("someone-else", 0, 0).await.unwrap();
+        assert!((totals[&("cloud".to_string(), "aws".to_string())] - 1000.0).abs() < 1e-9);
+        assert!((totals[&("tenant".to_string(), "t".to_string())] - 1250.0).abs() < 1e-9);
+        let mine = ledger.store().spend_totals(ledger.replica(), 0, 0).await.unwrap();
+        assert!(mine.is_empty(), "{mine:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

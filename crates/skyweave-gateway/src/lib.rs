@@ -5,6 +5,7 @@
 //! - [`gateway`]: shared state (deployment health, capacity) and the failover loop.
 //! - [`server`]: the HTTP API.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`store`]: the database (SQLite or PostgreSQL) behind [`keystore`] and [`ledger`].
 
 pub mod admin;
 pub mod api_error;
@@ -16,5 +17,6 @@ pub mod providers;
 pub mod secrets;
 pub mod server;
 pub mod sse;
+pub mod store;
 
 pub use gateway::Gateway;

@@ -21,6 +21,7 @@ use skyweave_core::estate::Model;
 use skyweave_core::failure::FailureKind;
 
 use crate::api_error::ApiError;
+use crate::gateway::unix_ms;
 use crate::gateway::{
     dispatch, AttemptBound, CallerScope, DispatchError, Gateway, Lease, Outcome, Served,
 };
@@ -141,7 +142,7 @@ async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     let grant = if gateway.estate.tenants.is_empty() {
         None
     } else {
-        match authorize(&gateway, &headers, None) {
+        match authorize(&gateway, &headers, None).await {
             Ok(grant) => Some(grant),
             Err(error) => {
                 audit_refusal(&gateway, &headers, "/v1/models", &error);
@@ -262,6 +263,7 @@ async fn read_request(
     let mut granted = None;
     if !gateway.estate.tenants.is_empty() {
         let grant = authorize(gateway, headers, Some(model))
+            .await
             .inspect_err(|error| audit_refusal(gateway, headers, &model.name, error))?;
         scope.allowed_clouds = intersect(scope.allowed_clouds.take(), grant.clouds.clone());
         scope.allowed_regions = intersect(scope.allowed_regions.take(), grant.regions.clone());
@@ -363,13 +365,13 @@ fn check_budgets(gateway: &Gateway, grant: &Grant) -> Result<(), ApiError> {
         .and_then(|t| t.budget)
         .filter(|b| b.hard)
     {
-        let spent = spend.tenants.get(&grant.tenant).copied().unwrap_or(0.0);
+        let spent = spend.tenants.get(&grant.tenant).map_or(0.0, |s| s.total());
         if spent >= budget.monthly_usd {
             return Err(over(format!("tenant `{}`", grant.tenant), spent, budget.monthly_usd));
         }
     }
     if let Some(budget) = grant.budget_usd {
-        let spent = spend.keys.get(&grant.key_id).copied().unwrap_or(0.0);
+        let spent = spend.keys.get(&grant.key_id).map_or(0.0, |s| s.total());
         if spent >= budget {
             return Err(over(format!("API key `{}`", grant.key_id), spent, budget));
         }
@@ -493,7 +495,7 @@ fn intersect(a: Option<Vec<String>>, b: Option<Vec<String>>) -> Option<Vec<Strin
 
 /// Checks the request's API key against the key store and the tenant's
 /// and key's rights (for `model`, if given).
-fn authorize(
+async fn authorize(
     gateway: &Gateway,
     headers: &HeaderMap,
     model: Option<&Model>,
@@ -521,7 +523,7 @@ fn authorize(
     let Some(store) = &gateway.keys else {
         return Err(unauthorized("this gateway has no key database".into()));
     };
-    let record = store.lookup(id).map_err(|error| {
+    let record = store.lookup(id).await.map_err(|error| {
         tracing::error!(error = %error, "key database lookup failed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -831,13 +833,6 @@ fn error_response(
     response
 }
 
-/// Milliseconds since the Unix epoch.
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Adds a request's cost to its tenant's and key's spend this month, and
 /// reports a soft budget the first time it is reached.
 fn add_spend(gateway: &Gateway, grant: &Grant, now_ms: i64, cost_usd: f64) {
@@ -845,10 +840,10 @@ fn add_spend(gateway: &Gateway, grant: &Grant, now_ms: i64, cost_usd: f64) {
     spend.roll(now_ms);
     let spent = {
         let tenant = spend.tenants.entry(grant.tenant.clone()).or_default();
-        *tenant += cost_usd;
-        *tenant
+        tenant.mine += cost_usd;
+        tenant.total()
     };
-    *spend.keys.entry(grant.key_id.clone()).or_default() += cost_usd;
+    spend.keys.entry(grant.key_id.clone()).or_default().mine += cost_usd;
     let budget =
         gateway.estate.tenants.iter().find(|t| t.name == grant.tenant).and_then(|t| t.budget);
     if let Some(budget) = budget.filter(|b| !b.hard && spent >= b.monthly_usd) {
@@ -890,12 +885,13 @@ fn record_ledger(
     if let Some(runtime) = runtime.filter(|_| cost_usd > 0.0) {
         let today = now_ms.div_euclid(86_400_000);
         if gateway.commitment_on(&runtime.deployment.cloud, today).is_some() {
-            *gateway
+            gateway
                 .commitment_spend
                 .lock()
                 .expect("commitment spend lock")
                 .entry(runtime.deployment.cloud.clone())
-                .or_default() += cost_usd;
+                .or_default()
+                .mine += cost_usd;
         }
     }
     let Some(ledger) = &gateway.ledger else { return };

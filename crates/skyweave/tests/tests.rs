@@ -13,6 +13,7 @@ mod cases {
     mod ledger;
     mod plan;
     mod python_sdk;
+    mod replicas;
     mod routing;
     mod security;
     mod streaming;

@@ -530,3 +530,32 @@ name = "lab"
         loaded.warnings
     );
 }
+
+#[test]
+fn the_database_is_a_sqlite_file_or_a_postgres_url_from_the_environment() {
+    let with = |server: &str| format!("[server]\n{server}\n{AZURE}");
+    check(&with("database = \"keys.db\""), "");
+    check(&with("database_url_env = \"SKYWEAVE_DATABASE_URL\""), "");
+    let loaded = parse_estate(&with("database_url_env = \"PG_URL\""), "estate.toml").unwrap();
+    assert_eq!(loaded.estate.server.database_url_env.as_deref(), Some("PG_URL"));
+    assert_eq!(loaded.estate.server.database, None);
+    // A URL, with its password, does not belong in the file.
+    check(&with("database = \"postgres://u:pw@db:5432/skyweave\""), "2:12: server.database takes");
+    check(
+        &with("database = \"a.db\"\ndatabase_url_env = \"PG_URL\""),
+        "2:12: server.database and server.database_url_env are both set",
+    );
+    check(&with("database_url_env = \"postgres://u:pw@db/x\""), "2:20: server.database_url_env");
+}
+
+#[test]
+fn a_database_url_in_the_wrong_field_is_not_repeated() {
+    for server in [
+        "database = \"postgres://u:s3cret@db/x\"",
+        "database_url_env = \"postgres://u:s3cret@db/x\"",
+    ] {
+        let errors =
+            parse_estate(&format!("[server]\n{server}\n{AZURE}"), "estate.toml").unwrap_err();
+        assert!(!errors.to_string().contains("s3cret"), "{errors}");
+    }
+}

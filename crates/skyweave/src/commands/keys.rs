@@ -8,7 +8,7 @@ use skyweave_gateway::keystore::{now_unix, KeyRecord, KeyStore, Narrowing};
 
 use crate::cli::{KeysArgs, KeysCommand};
 
-pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
     let Some(config) = &args.config else {
         eprintln!("error: `skyweave keys` needs --config ESTATE.toml (its tenants and database)");
         return Ok(ExitCode::from(2));
@@ -20,8 +20,10 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let path = super::database_path(config, &estate);
-    let store = KeyStore::open(&path).context("cannot open the key database (server.database)")?;
+    let database = super::database(config, &estate)?;
+    let store = KeyStore::open(&database)
+        .await
+        .with_context(|| format!("cannot open the key database {}", database.describe()))?;
     match &args.command {
         KeysCommand::Create {
             tenant,
@@ -61,7 +63,7 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("error: {problem}");
                 return Ok(ExitCode::from(2));
             }
-            let new = store.create(tenant, name, &narrowing, now_unix())?;
+            let new = store.create(tenant, name, &narrowing, now_unix()).await?;
             eprintln!(
                 "created key `{}` for tenant `{tenant}`; it is shown only now and stored hashed:",
                 new.id
@@ -70,7 +72,7 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::List { json } => {
-            let keys = store.list()?;
+            let keys = store.list().await?;
             if *json {
                 let rows: Vec<serde_json::Value> = keys.iter().map(KeyRecord::to_json).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -80,13 +82,13 @@ pub fn run(args: &KeysArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Revoke { id } => {
-            if store.revoke(id, now_unix())? {
+            if store.revoke(id, now_unix()).await? {
                 println!("revoked key `{id}`");
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!(
                     "error: no key `{id}` in {}\n    fix: `skyweave keys list`",
-                    path.display()
+                    database.describe()
                 );
                 Ok(ExitCode::from(2))
             }

@@ -22,9 +22,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { config } => check::run(&config),
         Command::Demo { listen, tour_only } => demo::run(listen, tour_only).await,
         Command::Plan(args) => plan::run(&args),
-        Command::Keys(args) => keys::run(&args),
-        Command::Usage(args) => usage::run(&args),
-        Command::Commitments { config, json } => usage::commitments(&config, json),
+        Command::Keys(args) => keys::run(&args).await,
+        Command::Usage(args) => usage::run(&args).await,
+        Command::Commitments { config, json } => usage::commitments(&config, json).await,
         Command::Offerings(args) => offerings::run(&args),
     }
 }
@@ -37,14 +37,40 @@ pub fn load_estate(path: &Path) -> anyhow::Result<Result<Loaded, String>> {
     Ok(parse_estate(&text, &path.display().to_string()).map_err(|errors| errors.to_string()))
 }
 
-/// The key database: `server.database` (relative to the estate file), or
-/// `skyweave.db` beside the estate file.
-pub fn database_path(config: &Path, estate: &skyweave_core::estate::Estate) -> std::path::PathBuf {
+/// The estate's database: PostgreSQL at the URL in the variable
+/// `server.database_url_env` names, or the SQLite file `server.database`
+/// (relative to the estate file; default `skyweave.db` beside it).
+pub fn database(
+    config: &Path,
+    estate: &skyweave_core::estate::Estate,
+) -> anyhow::Result<skyweave_gateway::store::Database> {
+    use skyweave_gateway::store::{Database, PostgresTarget};
+    if let Some(name) = &estate.server.database_url_env {
+        let url = std::env::var(name).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: server.database_url_env names {name}, which is not set\n    fix: export \
+                 {name}=postgres://user:password@host:5432/dbname",
+                config.display()
+            )
+        })?;
+        let target = PostgresTarget::parse(&url, name)
+            .map_err(|problem| anyhow::anyhow!("{}: {problem}", config.display()))?;
+        return Ok(Database::Postgres(Box::new(target)));
+    }
     let base = config.parent().unwrap_or_else(|| Path::new("."));
-    match &estate.server.database {
+    Ok(Database::Sqlite(match &estate.server.database {
         Some(path) if path.is_absolute() => path.clone(),
         Some(path) => base.join(path),
         None => base.join("skyweave.db"),
+    }))
+}
+
+/// Whether the database has ever been written: a PostgreSQL server is
+/// assumed to be; a SQLite file must exist.
+pub fn database_exists(database: &skyweave_gateway::store::Database) -> bool {
+    match database {
+        skyweave_gateway::store::Database::Sqlite(path) => path.exists(),
+        skyweave_gateway::store::Database::Postgres(_) => true,
     }
 }
 

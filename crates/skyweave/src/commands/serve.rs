@@ -53,20 +53,27 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
             }
         },
     };
+    let database = match super::database(config, &estate) {
+        Ok(database) => database,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let keys = if estate.tenants.is_empty() && estate.admin.is_none() {
         tracing::warn!("the estate has no [[tenant]]: requests are not authenticated");
         None
     } else {
-        let path = super::database_path(config, &estate);
-        let store = skyweave_gateway::keystore::KeyStore::open(&path)
-            .with_context(|| "cannot open the key database (server.database)".to_string())?;
-        tracing::info!(database = %path.display(), tenants = estate.tenants.len(), "API keys required");
+        let mut store = skyweave_gateway::keystore::KeyStore::open(&database)
+            .await
+            .with_context(|| format!("cannot open the key database {}", database.describe()))?;
+        store.watch(&database);
+        tracing::info!(database = %database.describe(), tenants = estate.tenants.len(), "API keys required");
         Some(store)
     };
     if let Some(listen) = listen {
         estate.server.listen = listen;
     }
-    let path = super::database_path(config, &estate);
     let budgets =
         estate.tenants.iter().any(|t| t.budget.is_some()) || !estate.commitments.is_empty();
     if !estate.server.ledger && budgets {
@@ -78,9 +85,10 @@ pub async fn run(config: &Path, listen: Option<SocketAddr>) -> anyhow::Result<Ex
         return Ok(ExitCode::from(2));
     }
     let ledger = if estate.server.ledger {
-        let ledger = skyweave_gateway::ledger::Ledger::open(&path)
-            .context("cannot open the usage ledger (server.database)")?;
-        tracing::info!(database = %path.display(), "recording usage");
+        let ledger = skyweave_gateway::ledger::Ledger::open(&database)
+            .await
+            .with_context(|| format!("cannot open the usage ledger {}", database.describe()))?;
+        tracing::info!(database = %database.describe(), replica = ledger.replica(), "recording usage");
         Some(ledger)
     } else {
         tracing::warn!("server.ledger = false: requests are not recorded");
@@ -117,38 +125,8 @@ pub async fn serve_estate_with_state(
     let listen = estate.server.listen;
     let grace = estate.server.shutdown_grace;
     let gateway = Gateway::with_state(estate, keys, ledger).context("cannot start the gateway")?;
-    // Budgets continue from what the ledger recorded this month.
-    if let Some(ledger) = &gateway.ledger {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let mut spend = gateway.spend.lock().expect("spend lock");
-        spend.roll(now_ms);
-        let (tenants, keys) =
-            skyweave_gateway::ledger::spend_since(ledger.path(), spend.month_start_ms)
-                .context("cannot read this month's spend from the ledger")?;
-        spend.tenants = tenants;
-        spend.keys = keys;
-        drop(spend);
-        // And commitments from what it recorded in their periods.
-        let day_ms = 86_400_000;
-        for commitment in &gateway.estate.commitments {
-            if let Some((start, end)) = commitment.period_days() {
-                let recorded = skyweave_gateway::ledger::cloud_spend(
-                    ledger.path(),
-                    &commitment.cloud,
-                    start * day_ms,
-                    (end + 1) * day_ms,
-                )
-                .context("cannot read commitment spend from the ledger")?;
-                gateway
-                    .commitment_spend
-                    .lock()
-                    .expect("commitment spend lock")
-                    .insert(commitment.cloud.clone(), recorded);
-            }
-        }
-    }
+    // Budgets and commitments continue from what the ledger recorded.
+    gateway.refresh_spend().await.context("cannot read the recorded spend from the ledger")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen or --listen)"))?;

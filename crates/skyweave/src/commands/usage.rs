@@ -8,11 +8,12 @@ use anyhow::Context;
 use std::path::Path;
 
 use skyweave_core::calendar::days_from_civil;
-use skyweave_gateway::ledger::{usage, usage_csv, GroupBy, UsageRow};
+use skyweave_gateway::ledger::{usage_csv, GroupBy, UsageRow};
+use skyweave_gateway::store::Store;
 
 use crate::cli::UsageArgs;
 
-pub fn run(args: &UsageArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: &UsageArgs) -> anyhow::Result<ExitCode> {
     let estate = match super::load_estate(&args.config)? {
         Ok(loaded) => loaded.estate,
         Err(errors) => {
@@ -20,11 +21,11 @@ pub fn run(args: &UsageArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let path = super::database_path(&args.config, &estate);
-    if !path.exists() {
+    let database = super::database(&args.config, &estate)?;
+    if !super::database_exists(&database) {
         eprintln!(
             "error: no ledger at {}\n    fix: serve the estate first, or set server.database",
-            path.display()
+            database.describe()
         );
         return Ok(ExitCode::from(2));
     }
@@ -42,7 +43,12 @@ pub fn run(args: &UsageArgs) -> anyhow::Result<ExitCode> {
         _ => GroupBy::Cloud,
     };
     let day_ms = 86_400_000;
-    let rows = usage(&path, by, from_day * day_ms, (to_day + 1) * day_ms)
+    let store = Store::open(&database)
+        .await
+        .with_context(|| format!("cannot open the usage ledger {}", database.describe()))?;
+    let rows = store
+        .usage(by, from_day * day_ms, (to_day + 1) * day_ms)
+        .await
         .context("cannot read the usage ledger")?;
     if args.json {
         let report = serde_json::json!({
@@ -82,7 +88,7 @@ fn table(by: &str, since: &str, until: &str, rows: &[UsageRow]) -> String {
 }
 
 /// `skyweave commitments`: spend to date against each commitment's plan.
-pub fn commitments(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn commitments(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let estate = match super::load_estate(config)? {
         Ok(loaded) => loaded.estate,
         Err(errors) => {
@@ -94,23 +100,28 @@ pub fn commitments(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
         eprintln!("error: the estate has no [[commitment]]\n    fix: add one (see README.md)");
         return Ok(ExitCode::from(2));
     }
-    let path = super::database_path(config, &estate);
+    let database = super::database(config, &estate)?;
+    let store = if super::database_exists(&database) {
+        Some(
+            Store::open(&database)
+                .await
+                .with_context(|| format!("cannot open the usage ledger {}", database.describe()))?,
+        )
+    } else {
+        None
+    };
     let today_text = super::today_utc();
     let today = days_from_civil(&today_text).unwrap_or(0);
     let day_ms = 86_400_000;
     let mut statuses = Vec::new();
     for commitment in &estate.commitments {
         let Some((start, end)) = commitment.period_days() else { continue };
-        let recorded = if path.exists() {
-            skyweave_gateway::ledger::cloud_spend(
-                &path,
-                &commitment.cloud,
-                start * day_ms,
-                (end + 1) * day_ms,
-            )
-            .context("cannot read the usage ledger")?
-        } else {
-            0.0
+        let recorded = match &store {
+            Some(store) => store
+                .cloud_spend(&commitment.cloud, start * day_ms, (end + 1) * day_ms)
+                .await
+                .context("cannot read the usage ledger")?,
+            None => 0.0,
         };
         statuses.extend(commitment.status(today, recorded));
     }

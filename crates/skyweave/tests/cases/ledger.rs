@@ -1,5 +1,7 @@
 //! The usage ledger: every request recorded, a report that matches what the
-//! responses said, records surviving a graceful restart and `kill -9`.
+//! responses said, records surviving a graceful restart and `kill -9`;
+//! budgets and commitments computed from it. Each runs on SQLite and on a
+//! real PostgreSQL server.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,9 +10,44 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{client, header, sim_deployment, Gateway, TempDir, BIN};
+use crate::support::{client, header, postgres, sim_deployment, Gateway, TempDir, BIN};
 
-fn estate(database: &Path) -> String {
+/// Where an estate keeps its keys and ledger: its `[server]` line, and the
+/// environment the gateway and the CLI need for it.
+pub struct Db {
+    pub line: String,
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Db {
+    pub fn sqlite(path: &Path) -> Db {
+        Db { line: format!("database = \"{}\"", path.display()), env: Vec::new() }
+    }
+
+    /// A fresh database on the suite's PostgreSQL server.
+    pub fn postgres() -> Db {
+        Db {
+            line: "database_url_env = \"SKYWEAVE_DATABASE_URL\"".into(),
+            env: vec![("SKYWEAVE_DATABASE_URL", postgres::server().database())],
+        }
+    }
+
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+
+    pub async fn serve(&self, estate: &str) -> Gateway {
+        Gateway::start_with_env(estate, &self.env()).await
+    }
+}
+
+fn estate(database: &Db) -> String {
     let deployments = [
         sim_deployment(
             "chat",
@@ -32,7 +69,7 @@ fn estate(database: &Path) -> String {
     format!(
         r#"
 [server]
-database = "{}"
+{}
 
 [routing]
 strategy = "weighted"
@@ -41,7 +78,7 @@ strategy = "weighted"
 consecutive_failures = 1000
 
 {deployments}"#,
-        database.display()
+        database.line
     )
 }
 
@@ -112,18 +149,15 @@ async fn workload(gateway: &Gateway, expected: &mut Expected, requests: usize) {
     assert!(response.status().is_server_error());
 }
 
-fn usage(config: &Path, by: &str, format: &str) -> String {
-    let output = Command::new(BIN)
-        .args(["usage", "--by", by, format, "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
+fn usage(db: &Db, config: &Path, by: &str, format: &str) -> String {
+    let output =
+        db.command().args(["usage", "--by", by, format, "--config"]).arg(config).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
-fn check_report(config: &Path, expected: &Expected, failures: u64) {
-    let report: Value = serde_json::from_str(&usage(config, "cloud", "--json")).unwrap();
+fn check_report(db: &Db, config: &Path, expected: &Expected, failures: u64) {
+    let report: Value = serde_json::from_str(&usage(db, config, "cloud", "--json")).unwrap();
     let rows = report["rows"].as_array().unwrap();
     for (cloud, (requests, prompt, completion, cost)) in expected {
         let row = rows.iter().find(|r| r["group"] == cloud.as_str()).expect(cloud);
@@ -146,20 +180,28 @@ fn check_report(config: &Path, expected: &Expected, failures: u64) {
 #[tokio::test]
 async fn the_ledger_matches_the_responses_and_survives_restarts_and_kill_9() {
     let dir = TempDir::new();
-    let database = dir.path().join("ledger.db");
-    let config = dir.write("estate.toml", &estate(&database));
+    ledger_round_trip(&dir, &Db::sqlite(&dir.path().join("ledger.db"))).await;
+}
+
+#[tokio::test]
+async fn the_ledger_on_postgres_matches_the_responses_and_survives_restarts_and_kill_9() {
+    ledger_round_trip(&TempDir::new(), &Db::postgres()).await;
+}
+
+async fn ledger_round_trip(dir: &TempDir, database: &Db) {
+    let config = dir.write("estate.toml", &estate(database));
     let mut expected = Expected::new();
 
     // A graceful stop writes everything.
-    let gateway = Gateway::start(&estate(&database)).await;
+    let gateway = database.serve(&estate(database)).await;
     workload(&gateway, &mut expected, 40).await;
     let (status, _) = gateway.terminate().await;
     assert!(status.success());
     assert!(expected.len() == 2, "both clouds served: {expected:?}");
-    check_report(&config, &expected, 1);
+    check_report(database, &config, &expected, 1);
 
     // After a restart the records are still there, and new ones add up.
-    let gateway = Gateway::start(&estate(&database)).await;
+    let gateway = database.serve(&estate(database)).await;
     workload(&gateway, &mut expected, 25).await;
     // kill -9: what completed more than the flush bound (20 ms plus one
     // commit) ago is on disk; this waits 200 ms.
@@ -167,20 +209,21 @@ async fn the_ledger_matches_the_responses_and_survives_restarts_and_kill_9() {
     let killed = Command::new("kill").args(["-KILL", &gateway.pid().to_string()]).status().unwrap();
     assert!(killed.success());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    check_report(&config, &expected, 2);
+    check_report(database, &config, &expected, 2);
 
     // The other groupings and CSV.
-    let csv = usage(&config, "deployment", "--csv");
+    let csv = usage(database, &config, "deployment", "--csv");
     assert!(
         csv.starts_with("deployment,requests,errors,prompt_tokens,completion_tokens,cost_usd\n"),
         "{csv}"
     );
     assert!(csv.contains("chat@aws-us-east-1,") && csv.contains("chat@gcp-us-central1,"), "{csv}");
-    let by_model: Value = serde_json::from_str(&usage(&config, "model", "--json")).unwrap();
+    let by_model: Value =
+        serde_json::from_str(&usage(database, &config, "model", "--json")).unwrap();
     let models: Vec<&str> =
         by_model["rows"].as_array().unwrap().iter().map(|r| r["group"].as_str().unwrap()).collect();
     assert!(models.contains(&"chat") && models.contains(&"broken"), "{models:?}");
-    let table = usage(&config, "cloud", "--since=2000-01-01");
+    let table = usage(database, &config, "cloud", "--since=2000-01-01");
     assert!(table.contains("usage 2000-01-01 to"), "{table}");
 
     // Commitments: the ledger's spend on the cloud in the period plus what
@@ -189,10 +232,11 @@ async fn the_ledger_matches_the_responses_and_survives_restarts_and_kill_9() {
         "{}\n[[commitment]]\ncloud = \"aws\"\ntotal_usd = 1000\nspent_usd = 100\n\
          period = {{ start = \"2000-01-01\", end = \"2099-12-31\" }}\n\
          discount_tiers = [{{ above_usd = 0, discount = 0.05 }}, {{ above_usd = 500, discount = 0.1 }}]\n",
-        estate(&database)
+        estate(database)
     );
     let config = dir.write("estate.toml", &with_commitment);
-    let output = Command::new(BIN)
+    let output = database
+        .command()
         .args(["commitments", "--json", "--config"])
         .arg(&config)
         .env("SKYWEAVE_TODAY", "2050-01-01")
@@ -211,7 +255,9 @@ async fn the_ledger_matches_the_responses_and_survives_restarts_and_kill_9() {
     assert_eq!(aws["next_tier_at_usd"].as_f64(), Some(500.0));
 }
 
-fn budget_estate(database: &Path) -> String {
+/// Tenants `capped` (hard 0.05 USD a month), `watched` (soft 0.02) and
+/// `open`, on a deployment priced at 1,000 USD per million tokens.
+pub fn budget_estate(database: &Db) -> String {
     let deployments = sim_deployment(
         "chat",
         "aws",
@@ -222,7 +268,7 @@ fn budget_estate(database: &Path) -> String {
     format!(
         r#"
 [server]
-database = "{}"
+{}
 
 {deployments}
 [[tenant]]
@@ -236,12 +282,13 @@ budget = {{ monthly_usd = 0.02, mode = "soft" }}
 [[tenant]]
 name = "open"
 "#,
-        database.display()
+        database.line
     )
 }
 
-fn create_key(config: &Path, args: &[&str]) -> String {
-    let output = Command::new(BIN)
+pub fn create_key(database: &Db, config: &Path, args: &[&str]) -> String {
+    let output = database
+        .command()
         .arg("keys")
         .arg("--config")
         .arg(config)
@@ -256,7 +303,7 @@ fn create_key(config: &Path, args: &[&str]) -> String {
 /// Sends requests with `key` until one is refused; returns the costs of
 /// those served (from their usage at 1,000 USD per million tokens) and the
 /// refusal.
-async fn spend_until_refused(
+pub async fn spend_until_refused(
     gateway: &Gateway,
     key: &str,
     limit: usize,
@@ -284,13 +331,21 @@ async fn spend_until_refused(
 #[tokio::test]
 async fn hard_budgets_refuse_at_the_limit_and_survive_restarts() {
     let dir = TempDir::new();
-    let database = dir.path().join("ledger.db");
-    let config = dir.write("estate.toml", &budget_estate(&database));
-    let capped = create_key(&config, &["--tenant", "capped"]);
-    let watched = create_key(&config, &["--tenant", "watched"]);
-    let key_budget = create_key(&config, &["--tenant", "open", "--budget-usd", "0.03"]);
+    budgets(&dir, &Db::sqlite(&dir.path().join("ledger.db"))).await;
+}
 
-    let gateway = Gateway::start(&budget_estate(&database)).await;
+#[tokio::test]
+async fn hard_budgets_on_postgres_refuse_at_the_limit_and_survive_restarts() {
+    budgets(&TempDir::new(), &Db::postgres()).await;
+}
+
+async fn budgets(dir: &TempDir, database: &Db) {
+    let config = dir.write("estate.toml", &budget_estate(database));
+    let capped = create_key(database, &config, &["--tenant", "capped"]);
+    let watched = create_key(database, &config, &["--tenant", "watched"]);
+    let key_budget = create_key(database, &config, &["--tenant", "open", "--budget-usd", "0.03"]);
+
+    let gateway = database.serve(&budget_estate(database)).await;
     // The tenant's hard budget: served until the recorded spend reaches it.
     let (costs, refusal) = spend_until_refused(&gateway, &capped, 50).await;
     let refusal = refusal.expect("the budget is reached");
@@ -312,7 +367,7 @@ async fn hard_budgets_refuse_at_the_limit_and_survive_restarts() {
     assert_eq!(logs.matches("soft budget reached").count(), 1, "{logs}");
 
     // After a restart the spend comes back from the ledger.
-    let gateway = Gateway::start(&budget_estate(&database)).await;
+    let gateway = database.serve(&budget_estate(database)).await;
     let (costs, refusal) = spend_until_refused(&gateway, &capped, 5).await;
     assert!(costs.is_empty() && refusal.is_some(), "{costs:?}");
     gateway.terminate().await;

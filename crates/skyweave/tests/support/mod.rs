@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -128,14 +130,21 @@ impl Gateway {
                 );
             }
         };
-        let secrets = env
+        let mut secrets: Vec<String> = env
             .iter()
             .filter(|(name, value)| {
-                ["KEY", "TOKEN", "SECRET"].iter().any(|word| name.contains(word))
+                ["KEY", "TOKEN", "SECRET", "DATABASE_URL"].iter().any(|word| name.contains(word))
                     && value.len() >= 8
             })
             .map(|(_, value)| value.to_string())
             .collect();
+        // And a database URL's password on its own.
+        secrets.extend(env.iter().filter(|(name, _)| name.contains("DATABASE_URL")).filter_map(
+            |(_, url)| {
+                let credentials = url.split_once("://")?.1.split_once('@')?.0;
+                Some(credentials.split_once(':')?.1.to_string())
+            },
+        ));
         Gateway { child, addr, logs, secrets, _dir: dir }
     }
 

@@ -152,6 +152,8 @@ struct RawServer {
     /// Environment variable holding a PostgreSQL connection URL, instead
     /// of the SQLite file.
     database_url_env: Option<Spanned<String>>,
+    /// How often to read the other replicas' spend, in milliseconds.
+    spend_refresh_ms: Option<Spanned<u64>>,
     /// Record every request in the usage ledger (default true).
     ledger: Option<bool>,
 }
@@ -537,6 +539,7 @@ fn validate_server(
         shutdown_grace: Duration::from_secs(30),
         database: None,
         database_url_env: None,
+        spend_refresh: Duration::from_secs(1),
         ledger: true,
     };
     let Some(raw) = raw else { return settings };
@@ -605,6 +608,17 @@ fn validate_server(
             );
         } else {
             settings.database_url_env = Some(name.into_inner());
+        }
+    }
+    if let Some(refresh) = raw.spend_refresh_ms {
+        if !(50..=3_600_000).contains(refresh.get_ref()) {
+            check.fail(
+                refresh.span(),
+                format!("server.spend_refresh_ms = {} is out of range", refresh.get_ref()),
+                "use 50 to 3600000 milliseconds (default 1000)",
+            );
+        } else {
+            settings.spend_refresh = Duration::from_millis(*refresh.get_ref());
         }
     }
     settings.ledger = raw.ledger.unwrap_or(true);

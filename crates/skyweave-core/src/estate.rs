@@ -82,6 +82,10 @@ pub struct ServerSettings {
     /// URL (`postgres://user:password@host:port/dbname`), for several
     /// replicas sharing keys, budgets and the ledger.
     pub database_url_env: Option<String>,
+    /// How often the gateway reads the other replicas' (and earlier runs')
+    /// spend from the database. With several replicas a hard budget can be
+    /// overrun by what the others spend in this time.
+    pub spend_refresh: Duration,
     /// Record every request in the usage ledger. Budgets and commitment
     /// tracking need it; `false` is for measuring the proxy alone.
     pub ledger: bool,

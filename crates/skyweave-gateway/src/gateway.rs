@@ -53,7 +53,7 @@ pub struct Gateway {
 
 /// An amount of USD spent: by this process (counted as its requests end),
 /// and by everyone else (other replicas, earlier runs), read from the
-/// database every [`SPEND_REFRESH`].
+/// database every `server.spend_refresh` (default 1 s).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Shared {
     pub mine: f64,
@@ -65,11 +65,6 @@ impl Shared {
         self.mine + self.others
     }
 }
-
-/// How often a gateway reads the other replicas' spend from the database.
-/// With several replicas, a hard budget can be overrun by what the others
-/// spend in this time.
-pub const SPEND_REFRESH: Duration = Duration::from_secs(1);
 
 /// Spend in one UTC month.
 #[derive(Debug, Default)]
@@ -222,17 +217,17 @@ impl Gateway {
     /// Reads the spend of every other replica (and earlier run) from the
     /// database: this month's per tenant and key, and each commitment's
     /// per cloud over its period. `serve` calls it before listening, then
-    /// [`run_background`] every [`SPEND_REFRESH`].
+    /// [`run_background`] every `server.spend_refresh`.
     pub async fn refresh_spend(&self) -> Result<(), crate::store::StoreError> {
         let Some(ledger) = &self.ledger else { return Ok(()) };
-        let month_start_ms = {
+        let (month_start_ms, next_month_ms) = {
             let mut spend = self.spend.lock().expect("spend lock");
             spend.roll(unix_ms());
-            spend.month_start_ms
+            (spend.month_start_ms, spend.next_month_ms)
         };
         let store = ledger.store();
-        let totals =
-            store.spend_totals(ledger.replica(), month_start_ms / 86_400_000, i64::MAX).await?;
+        let (first_day, last_day) = (month_start_ms / 86_400_000, next_month_ms / 86_400_000 - 1);
+        let totals = store.spend_totals(ledger.replica(), first_day, last_day).await?;
         {
             let mut guard = self.spend.lock().expect("spend lock");
             let spend = &mut *guard;
@@ -864,7 +859,7 @@ pub async fn run_background(gateway: Arc<Gateway>, stop: impl Future<Output = ()
     if gateway.ledger.is_some() {
         let gateway = gateway.clone();
         tasks.push(tokio::spawn(async move {
-            let mut interval = tokio::time::interval(SPEND_REFRESH);
+            let mut interval = tokio::time::interval(gateway.estate.server.spend_refresh);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval.tick().await;
             loop {

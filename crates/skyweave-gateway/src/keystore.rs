@@ -15,7 +15,7 @@
 //!   re-reads the keys on every request.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use skyweave_core::keys::{self, NewKey};
@@ -93,10 +93,14 @@ pub struct KeyStore {
     store: Store,
     cache: Mutex<Cache>,
     watch: Option<crate::store::KeyWatch>,
+    /// Moves after each change made through this store, once written: a
+    /// load that began before it cannot be taken for current.
+    local_changes: AtomicU64,
 }
 
 struct Cache {
-    version: Option<i64>,
+    /// (database version, `local_changes`) when `keys` was read.
+    version: Option<(i64, u64)>,
     keys: HashMap<String, KeyRecord>,
 }
 
@@ -107,6 +111,7 @@ impl KeyStore {
             store: Store::open(database).await?,
             cache: Mutex::new(Cache { version: None, keys: HashMap::new() }),
             watch: None,
+            local_changes: AtomicU64::new(0),
         })
     }
 
@@ -124,7 +129,7 @@ impl KeyStore {
     }
 
     fn forget(&self) {
-        self.cache.lock().expect("key cache lock").version = None;
+        self.local_changes.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Creates a key for `tenant`; the returned `NewKey::key` is the only
@@ -161,7 +166,9 @@ impl KeyStore {
     pub async fn lookup(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         // SQLite's data_version changes on other connections' commits;
         // PostgreSQL's notifications move the watch's generation. Our own
-        // writes forget the cache instead.
+        // writes move `local_changes` (read before the database's version,
+        // so that a load racing a local change is never current).
+        let local = self.local_changes.load(Ordering::SeqCst);
         let version = if self.store.is_postgres() {
             self.watch
                 .as_ref()
@@ -170,6 +177,7 @@ impl KeyStore {
         } else {
             self.store.data_version()?
         };
+        let version = version.map(|v| (v, local));
         {
             let cache = self.cache.lock().expect("key cache lock");
             if version.is_some() && cache.version == version {

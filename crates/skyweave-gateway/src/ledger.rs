@@ -14,10 +14,15 @@
 //!   that ended within the last `FLUSH_INTERVAL` plus the time of one
 //!   commit (a few milliseconds): records older than that are stored.
 //!
-//! A failed commit (the database unreachable) is retried with a fresh
-//! connection, the batch held in memory, until it succeeds; on shutdown
-//! for at most [`CLOSE_RETRY`], after which the records still held are
-//! reported as lost.
+//! A commit that fails for a passing reason (the database unreachable,
+//! restarting, busy) is retried with a fresh connection, the batch held in
+//! memory, until it succeeds; on shutdown for at most [`CLOSE_RETRY`] in
+//! all, after which the records still held are reported as lost. A batch
+//! PostgreSQL may have committed before the connection dropped is not
+//! written twice: each carries this writer's sequence number, recorded in
+//! the same transaction. A batch refused for good (a value the database
+//! rejects) is written one record at a time, so that only the offending
+//! record is lost, and logged.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
@@ -85,6 +90,8 @@ pub struct Ledger {
     sender: Mutex<Option<Sender<Entry>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     closing: Arc<AtomicBool>,
+    /// Set once a record found the writer gone (reported once).
+    writer_lost: AtomicBool,
 }
 
 impl Ledger {
@@ -112,6 +119,7 @@ impl Ledger {
                     }
                 };
                 let at = database.describe();
+                let mut state = WriterState { sequence: 0, closing_since: None };
                 while let Ok(first) = receiver.recv() {
                     // Everything queued before a flush that starts a batch is
                     // already committed.
@@ -138,7 +146,28 @@ impl Ledger {
                             }
                         }
                     }
-                    commit(&mut writer, &batch, &writer_replica, &at, &writer_closing);
+                    let batch: Vec<Entry> =
+                        batch.into_iter().filter(|e| !matches!(e, Entry::Flush(_))).collect();
+                    if let Err(error) =
+                        commit(&mut writer, &batch, &writer_replica, &at, &writer_closing, &mut state)
+                    {
+                        // Refused for good: one record at a time, so that
+                        // only what the database rejects is lost.
+                        tracing::error!(database = at.as_str(), error = %error, records = batch.len(), "ledger batch refused; writing its records one by one");
+                        for entry in batch {
+                            let one = [entry];
+                            if let Err(error) = commit(
+                                &mut writer,
+                                &one,
+                                &writer_replica,
+                                &at,
+                                &writer_closing,
+                                &mut state,
+                            ) {
+                                tracing::error!(database = at.as_str(), error = %error, record = ?describe_entry(&one[0]), "ledger record refused by the database; it is lost");
+                            }
+                        }
+                    }
                     if let Some(done) = waiting {
                         let _ = done.send(());
                     }
@@ -155,6 +184,7 @@ impl Ledger {
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
             closing,
+            writer_lost: AtomicBool::new(false),
         };
         started.map(|()| ledger)
     }
@@ -175,8 +205,17 @@ impl Ledger {
 
     /// Queues a record; never blocks on the database.
     pub fn record(&self, record: Record) {
+        self.send(Entry::Request(record));
+    }
+
+    fn send(&self, entry: Entry) {
         if let Some(sender) = self.sender.lock().expect("ledger lock").as_ref() {
-            let _ = sender.send(Entry::Request(record));
+            if sender.send(entry).is_err() && !self.writer_lost.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    database = self.describe(),
+                    "the ledger writer has stopped; requests are no longer recorded"
+                );
+            }
         }
     }
 
@@ -191,9 +230,7 @@ impl Ledger {
             detail = entry.detail.as_str(),
             "audit"
         );
-        if let Some(sender) = self.sender.lock().expect("ledger lock").as_ref() {
-            let _ = sender.send(Entry::Audit(entry));
-        }
+        self.send(Entry::Audit(entry));
     }
 
     /// Blocks until everything queued before the call is committed.
@@ -248,31 +285,55 @@ fn spend_of(batch: &[Entry]) -> SpendDeltas {
     spend
 }
 
-/// Commits a batch, retrying with a fresh connection until it succeeds
-/// (or, once the ledger is closing, for [`CLOSE_RETRY`]).
-fn commit(writer: &mut Writer, batch: &[Entry], replica: &str, at: &str, closing: &AtomicBool) {
+/// The writer thread's progress: the sequence number of its last batch,
+/// and since when it has been closing with commits failing.
+struct WriterState {
+    sequence: i64,
+    closing_since: Option<Instant>,
+}
+
+/// What a lost record was, for the log (no secrets: ids, not keys).
+fn describe_entry(entry: &Entry) -> String {
+    match entry {
+        Entry::Request(r) => format!("request {} at {}", r.request_id, r.unix_ms),
+        Entry::Audit(a) => format!("audit {} {} at {}", a.action, a.target, a.unix_ms),
+        Entry::Flush(_) => "flush".into(),
+    }
+}
+
+/// Commits a batch, retrying a passing failure with a fresh connection
+/// until it succeeds (once the ledger is closing, until [`CLOSE_RETRY`]
+/// after the first failure). `Err` is a failure retrying cannot mend.
+fn commit(
+    writer: &mut Writer,
+    batch: &[Entry],
+    replica: &str,
+    at: &str,
+    closing: &AtomicBool,
+    state: &mut WriterState,
+) -> Result<(), StoreError> {
     let spend = spend_of(batch);
-    let records = batch.iter().filter(|e| !matches!(e, Entry::Flush(_))).count();
+    state.sequence += 1;
     let mut pause = Duration::from_millis(100);
-    let mut closing_since: Option<Instant> = None;
     loop {
-        let error = match writer.write(batch, &spend, replica) {
-            Ok(()) => return,
+        let error = match writer.write(batch, &spend, replica, state.sequence) {
+            Ok(()) => return Ok(()),
+            Err(error) if !error.is_transient() => return Err(error),
             Err(error) => error,
         };
         if closing.load(Ordering::SeqCst) {
-            let since = *closing_since.get_or_insert_with(Instant::now);
+            let since = *state.closing_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= CLOSE_RETRY {
                 tracing::error!(
                     database = at,
                     error = %error,
-                    records,
+                    records = batch.len(),
                     "ledger write failed while shutting down; these records are lost"
                 );
-                return;
+                return Ok(());
             }
         }
-        tracing::error!(database = at, error = %error, records, "ledger write failed; retrying");
+        tracing::error!(database = at, error = %error, records = batch.len(), "ledger write failed; retrying");
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(5));
         if let Err(error) = writer.reconnect() {

@@ -19,6 +19,7 @@ mod sqlite;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::keystore::{KeyRecord, Narrowing};
 use crate::ledger::{AuditEntry, Entry, GroupBy, UsageRow};
@@ -46,7 +47,21 @@ impl PostgresTarget {
     /// `from_env`. The error never repeats the string (it may hold a
     /// password).
     pub fn parse(url: &str, from_env: &str) -> Result<PostgresTarget, String> {
-        let config: tokio_postgres::Config = url.parse().map_err(|error| {
+        // The driver splits user:password from the host at the first `@`:
+        // an unencoded `@` in the password would put its tail in the host
+        // name (and so in every message that names the server).
+        if let Some(rest) =
+            url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))
+        {
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            if authority.matches('@').count() > 1 {
+                return Err(format!(
+                    "the URL in {from_env} has more than one `@` before the host; write an `@` \
+                     in the user name or password as %40"
+                ));
+            }
+        }
+        let mut config: tokio_postgres::Config = url.parse().map_err(|error| {
             format!(
                 "the value of {from_env} is not a PostgreSQL connection string ({error}); write \
                  it as postgres://user:password@host:5432/dbname"
@@ -60,6 +75,18 @@ impl PostgresTarget {
                 tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
             })
             .collect();
+        // Unless the URL says otherwise: give up connecting after 10 s, and
+        // notice a dead connection within a minute rather than the
+        // operating system's two hours.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_keepalives_idle() >= Duration::from_secs(7200) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let shown = format!(
             "PostgreSQL {}@{}:{}/{} (from {from_env})",
@@ -93,7 +120,54 @@ pub enum StoreError {
     Postgres { at: String, error: tokio_postgres::Error },
     #[error("database {at}: cannot start its writer thread: {error}")]
     Thread { at: String, error: std::io::Error },
+    #[error("database {at}: no answer within {} s", .after.as_secs())]
+    Timeout { at: String, after: Duration },
 }
+
+impl StoreError {
+    /// Whether trying again (on a fresh connection) may succeed: the
+    /// database was unreachable, restarting, busy or slow. A value or
+    /// statement it refuses is not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Postgres { error, .. } => {
+                if error.is_closed() {
+                    return true;
+                }
+                if let Some(db) = error.as_db_error() {
+                    // Connection exceptions, operator intervention
+                    // (shutdown, terminated backends), insufficient
+                    // resources, serialization failures and lock timeouts.
+                    let code = db.code().code();
+                    return ["08", "57", "53", "40"].iter().any(|class| code.starts_with(class))
+                        || code == "55P03";
+                }
+                // Otherwise an I/O failure (connect, reset) is passing; a
+                // conversion of our own values is not.
+                std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            StoreError::Sqlite { error, .. } => {
+                use rusqlite::ErrorCode::*;
+                matches!(
+                    error.sqlite_error_code(),
+                    Some(
+                        DatabaseBusy
+                            | DatabaseLocked
+                            | DiskFull
+                            | SystemIoFailure
+                            | CannotOpen
+                            | OutOfMemory
+                    )
+                )
+            }
+            StoreError::Thread { .. } | StoreError::Timeout { .. } => true,
+        }
+    }
+}
+
+/// Longest wait for one PostgreSQL statement or batch before the
+/// connection is given up as hung.
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -140,21 +214,47 @@ impl Pg {
         Ok(db)
     }
 
-    /// Runs `op` on a live connection: reconnects first if the current one
-    /// has closed, and once more if `op` finds it closed.
+    /// A live connection: the current one, or a new one if it has closed.
+    async fn live(&self) -> Result<Arc<postgres::Db>, StoreError> {
+        let db = self.current.lock().expect("database lock").clone();
+        if db.is_closed() {
+            self.fresh().await
+        } else {
+            Ok(db)
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(QUERY_TIMEOUT, op).await.unwrap_or_else(|_| {
+            Err(StoreError::Timeout { at: self.target.shown.clone(), after: QUERY_TIMEOUT })
+        })
+    }
+
+    /// Runs an idempotent `op` on a live connection, and once more on a
+    /// fresh one if it fails for a passing reason (the connection closed,
+    /// the backend was terminated, no answer in time).
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: Fn(Arc<postgres::Db>) -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let db = self.current.lock().expect("database lock").clone();
-        let db = if db.is_closed() { self.fresh().await? } else { db };
-        match op(db).await {
-            Err(StoreError::Postgres { error, .. }) if error.is_closed() => {
-                op(self.fresh().await?).await
-            }
+        match self.timed(op(self.live().await?)).await {
+            Err(error) if error.is_transient() => self.timed(op(self.fresh().await?)).await,
             result => result,
         }
+    }
+
+    /// Runs `op` once: for writes whose outcome a lost connection leaves in
+    /// doubt.
+    async fn run_once<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Arc<postgres::Db>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        self.timed(op(self.live().await?)).await
     }
 }
 
@@ -213,7 +313,7 @@ impl Store {
                 .expect("database lock")
                 .insert_key(id, tenant, name, hash, narrowing, now_unix),
             Backend::Postgres(pg) => {
-                pg.run(|db| async move {
+                pg.run_once(|db| async move {
                     db.insert_key(id, tenant, name, hash, narrowing, now_unix).await
                 })
                 .await
@@ -330,15 +430,26 @@ impl Writer {
 
     /// Commits one batch (requests, audit entries and the spend they add)
     /// in one transaction.
+    /// `sequence` numbers this writer's batches: PostgreSQL skips a batch
+    /// whose number it already committed (a retry after a connection lost
+    /// at commit time). A local SQLite commit cannot be in doubt.
     pub(crate) fn write(
         &mut self,
         batch: &[Entry],
         spend: &SpendDeltas,
         replica: &str,
+        sequence: i64,
     ) -> Result<(), StoreError> {
         match self {
             Writer::Sqlite(db) => db.write(batch, spend, replica),
-            Writer::Postgres(w) => w.runtime.block_on(w.db.write(batch, spend, replica)),
+            Writer::Postgres(w) => {
+                let at = w.target.shown.clone();
+                let write = w.db.write(batch, spend, replica, sequence);
+                // The timer is made inside the runtime, which drives it.
+                w.runtime
+                    .block_on(async { tokio::time::timeout(QUERY_TIMEOUT, write).await })
+                    .unwrap_or(Err(StoreError::Timeout { at, after: QUERY_TIMEOUT }))
+            }
         }
     }
 

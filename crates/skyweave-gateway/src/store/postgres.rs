@@ -7,6 +7,7 @@
 //! UNNEST(...)`). Key changes are announced with `NOTIFY skyweave_keys`;
 //! every serving replica listens (see [`watch_keys`]) and reloads its keys.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,9 +76,23 @@ CREATE TABLE IF NOT EXISTS spend_daily (
     usd DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (day, scope, name, replica)
 );
+CREATE TABLE IF NOT EXISTS ledger_batches (
+    replica TEXT PRIMARY KEY,
+    sequence BIGINT NOT NULL
+);
 COMMIT;";
 
+/// Whether every table and index of [`SCHEMA`] exists: then no DDL runs
+/// (it would need the tables' owner and take locks on every connect).
+const SCHEMA_PRESENT: &str = "SELECT to_regclass('api_keys') IS NOT NULL AND \
+    to_regclass('audit') IS NOT NULL AND to_regclass('requests') IS NOT NULL AND \
+    to_regclass('requests_time') IS NOT NULL AND to_regclass('spend_daily') IS NOT NULL AND \
+    to_regclass('ledger_batches') IS NOT NULL";
+
 const CHANNEL: &str = "skyweave_keys";
+
+/// How often the key-change listener checks that its connection lives.
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Db {
     at: String,
@@ -100,7 +115,14 @@ impl Db {
                 tracing::warn!(database = shown.as_str(), error = %error, "database connection ended");
             }
         });
-        client.batch_execute(SCHEMA).await.map_err(error)?;
+        let present: bool = client
+            .query_one(SCHEMA_PRESENT, &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(error)?;
+        if !present {
+            client.batch_execute(SCHEMA).await.map_err(error)?;
+        }
         Ok(Db { at: at.to_string(), client, _connection: connection })
     }
 
@@ -125,11 +147,14 @@ impl Db {
         let (models, clouds, regions) =
             (list(&narrowing.models), list(&narrowing.clouds), list(&narrowing.regions));
         let (rpm, tpm) = (narrowing.rpm.map(i64::from), narrowing.tpm.map(i64::from));
+        // One statement: the key and the notification are committed
+        // together (a notification is delivered at commit).
         self.client
-            .execute(
-                "INSERT INTO api_keys (id, tenant, name, hash, created_unix, expires_unix, \
-                 models, clouds, regions, rpm, tpm, budget_usd) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            .query(
+                "WITH added AS (INSERT INTO api_keys (id, tenant, name, hash, created_unix, \
+                 expires_unix, models, clouds, regions, rpm, tpm, budget_usd) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id) \
+                 SELECT pg_notify('skyweave_keys', id) FROM added",
                 &[
                     &id,
                     &tenant,
@@ -147,30 +172,20 @@ impl Db {
             )
             .await
             .map_err(|e| self.error(e))?;
-        self.notify().await
+        Ok(())
     }
 
     pub(crate) async fn revoke_key(&self, id: &str, now_unix: i64) -> Result<bool, StoreError> {
-        let changed = self
+        let rows = self
             .client
-            .execute(
-                "UPDATE api_keys SET revoked_unix = COALESCE(revoked_unix, $2) WHERE id = $1",
+            .query(
+                "WITH revoked AS (UPDATE api_keys SET revoked_unix = COALESCE(revoked_unix, $2) \
+                 WHERE id = $1 RETURNING id) SELECT pg_notify('skyweave_keys', id) FROM revoked",
                 &[&id, &now_unix],
             )
             .await
             .map_err(|e| self.error(e))?;
-        self.notify().await?;
-        Ok(changed == 1)
-    }
-
-    /// Tells every listening replica that the keys changed (delivered
-    /// once the change above is committed: it already is).
-    async fn notify(&self) -> Result<(), StoreError> {
-        self.client
-            .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(())
+        Ok(rows.len() == 1)
     }
 
     pub(crate) async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -212,6 +227,7 @@ impl Db {
         batch: &[Entry],
         spend: &SpendDeltas,
         replica: &str,
+        sequence: i64,
     ) -> Result<(), StoreError> {
         let requests: Vec<_> = batch
             .iter()
@@ -224,10 +240,26 @@ impl Db {
         let at = self.at.clone();
         let error = |source| StoreError::Postgres { at: at.clone(), error: source };
         let transaction = self.client.transaction().await.map_err(error)?;
+        // First: this batch's number. If it is not above the last one
+        // recorded for this replica, the batch was committed by an attempt
+        // whose answer was lost; roll back and report success.
+        let fresh = transaction
+            .execute(
+                "INSERT INTO ledger_batches (replica, sequence) VALUES ($1, $2) \
+                 ON CONFLICT (replica) DO UPDATE SET sequence = EXCLUDED.sequence \
+                 WHERE ledger_batches.sequence < EXCLUDED.sequence",
+                &[&replica, &sequence],
+            )
+            .await
+            .map_err(error)?;
+        if fresh == 0 {
+            return Ok(());
+        }
         if !requests.is_empty() {
-            let col = |f: &dyn Fn(&crate::ledger::Record) -> Option<&str>| -> Vec<Option<&str>> {
-                requests.iter().map(|r| f(r)).collect()
-            };
+            let col =
+                |f: &dyn Fn(&crate::ledger::Record) -> Option<&str>| -> Vec<Option<Cow<str>>> {
+                    requests.iter().map(|r| f(r).map(text)).collect()
+                };
             let unix_ms: Vec<i64> = requests.iter().map(|r| r.unix_ms).collect();
             let request_id = col(&|r| Some(r.request_id.as_str()));
             let tenant = col(&|r| r.tenant.as_deref());
@@ -280,11 +312,11 @@ impl Db {
         }
         if !audits.is_empty() {
             let unix_ms: Vec<i64> = audits.iter().map(|a| a.unix_ms).collect();
-            let actor: Vec<&str> = audits.iter().map(|a| a.actor.as_str()).collect();
-            let action: Vec<&str> = audits.iter().map(|a| a.action.as_str()).collect();
-            let target: Vec<&str> = audits.iter().map(|a| a.target.as_str()).collect();
+            let actor: Vec<Cow<str>> = audits.iter().map(|a| text(&a.actor)).collect();
+            let action: Vec<Cow<str>> = audits.iter().map(|a| text(&a.action)).collect();
+            let target: Vec<Cow<str>> = audits.iter().map(|a| text(&a.target)).collect();
             let status: Vec<i32> = audits.iter().map(|a| i32::from(a.status)).collect();
-            let detail: Vec<&str> = audits.iter().map(|a| a.detail.as_str()).collect();
+            let detail: Vec<Cow<str>> = audits.iter().map(|a| text(&a.detail)).collect();
             // WITH ORDINALITY keeps the batch's order in the serial ids.
             transaction
                 .execute(
@@ -300,7 +332,7 @@ impl Db {
         if !spend.is_empty() {
             let day: Vec<i64> = spend.keys().map(|k| k.0).collect();
             let scope: Vec<&str> = spend.keys().map(|k| k.1).collect();
-            let name: Vec<&str> = spend.keys().map(|k| k.2.as_str()).collect();
+            let name: Vec<Cow<str>> = spend.keys().map(|k| text(&k.2)).collect();
             let usd: Vec<f64> = spend.values().copied().collect();
             transaction
                 .execute(
@@ -412,6 +444,16 @@ impl Db {
     }
 }
 
+/// PostgreSQL text cannot hold NUL; a caller-supplied name with one is
+/// stored with U+FFFD in its place rather than refused with its batch.
+fn text(value: &str) -> Cow<'_, str> {
+    if value.contains('\0') {
+        Cow::Owned(value.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
 /// A task listening for key changes on its own connection. `generation`
 /// moves on every change, connect and disconnect; while `listening` is
 /// false a change could go unseen, so the key store reloads on every
@@ -460,8 +502,25 @@ pub(crate) fn watch_keys(target: &PostgresTarget) -> KeyWatch {
                     if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok() {
                         g.fetch_add(1, Ordering::SeqCst);
                         l.store(true, Ordering::SeqCst);
-                        while rx.recv().await.is_some() {
-                            g.fetch_add(1, Ordering::SeqCst);
+                        tracing::info!(database = at.as_str(), "listening for key changes");
+                        // A heartbeat, so that a connection that died
+                        // without a word (a half-open TCP connection) is
+                        // noticed within seconds, not hours.
+                        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                        heartbeat.tick().await;
+                        loop {
+                            tokio::select! {
+                                message = rx.recv() => match message {
+                                    Some(()) => { g.fetch_add(1, Ordering::SeqCst); }
+                                    None => break,
+                                },
+                                _ = heartbeat.tick() => {
+                                    let alive = tokio::time::timeout(HEARTBEAT / 2, client.simple_query("SELECT 1")).await;
+                                    if !matches!(alive, Ok(Ok(_))) {
+                                        break;
+                                    }
+                                }
+                            }
                         }
                     }
                     l.store(false, Ordering::SeqCst);

@@ -180,8 +180,15 @@ pub async fn serve_estate_with_state(
         let _ = admin_server.await;
     }
     let _ = probes.await;
-    if let Some(ledger) = &gateway.ledger {
-        ledger.close();
+    if gateway.ledger.is_some() {
+        // Joining the writer blocks (up to its retry bound): off the runtime.
+        let closing = gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(ledger) = &closing.ledger {
+                ledger.close();
+            }
+        })
+        .await;
         tracing::info!("usage ledger written");
     }
     Ok(gateway)

@@ -2,12 +2,21 @@
 //! holds across them, a key revoked anywhere stops working everywhere, and
 //! the ledger has every replica's requests.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use serde_json::{json, Value};
 
-use crate::cases::ledger::{budget_estate as estate, create_key, Db};
+use crate::cases::ledger::{budget_estate, create_key, Db};
 use crate::support::{client, postgres, sim_deployment, Gateway, TempDir};
+
+/// The budget estate, reading the other replicas' spend every 200 ms.
+fn estate(database: &Db) -> String {
+    budget_estate(database).replace("[server]\n", "[server]\nspend_refresh_ms = 200\n")
+}
 
 /// One request with `key`: its status and, when served, its cost.
 async fn call(gateway: &Gateway, key: &str) -> (u16, f64) {
@@ -39,14 +48,14 @@ async fn replicas_on_postgres_share_budgets_keys_and_the_ledger() {
     let b = database.serve(&estate(&database)).await;
 
     // The budget is the tenant's, not each replica's: requests alternate
-    // between the replicas, each after the other replica's spend was read
-    // (every second), and the budget stops them exactly where one replica
-    // alone would have.
+    // between the replicas, each well after the other replica's spend was
+    // committed (within 20 ms) and read (every 200 ms), and the budget stops
+    // them exactly where one replica alone would have.
     let mut costs = Vec::new();
     let mut refused = 0;
     for i in 0..40 {
         let replica = if i % 2 == 0 { &a } else { &b };
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         let (status, cost) = call(replica, &capped).await;
         if status == 402 {
             refused += 1;
@@ -61,7 +70,7 @@ async fn replicas_on_postgres_share_budgets_keys_and_the_ledger() {
     assert!(spent >= 0.05 && before_last < 0.05, "{costs:?}");
     assert!(costs.len() >= 4, "both replicas served several requests: {costs:?}");
     // And now both refuse.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(call(&a, &capped).await.0, 402);
     assert_eq!(call(&b, &capped).await.0, 402);
     refused += 2;
@@ -77,7 +86,9 @@ async fn replicas_on_postgres_share_budgets_keys_and_the_ledger() {
              '{name}' AND pid <> pg_backend_pid()"
         ),
     );
-    assert!(dropped.parse::<u32>().unwrap() >= 6, "each replica has 3 connections: {dropped}");
+    // Each replica has four: key store, ledger reports, ledger writer and
+    // the key-change listener.
+    assert!(dropped.parse::<u32>().unwrap() >= 8, "{dropped} connections dropped");
     let mut open_served = 0;
     for _ in 0..5 {
         for replica in [&a, &b] {
@@ -87,8 +98,14 @@ async fn replicas_on_postgres_share_budgets_keys_and_the_ledger() {
     }
 
     // A key revoked through one connection (the CLI) stops working on
-    // every replica once PostgreSQL delivers the notification.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // every replica once PostgreSQL delivers the notification: wait until
+    // both listen again (else they re-read the keys on every request, and
+    // the notification would not be what is tested).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while [&a, &b].iter().any(|r| r.logs().matches("listening for key changes").count() < 2) {
+        assert!(Instant::now() < deadline, "the key-change listeners did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let id = open.split('-').nth(2).unwrap().to_string();
     let output = database
         .command()
@@ -183,4 +200,125 @@ async fn an_unreachable_postgres_is_a_clear_error_without_its_password() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not a PostgreSQL connection string"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
+    // An `@` in the password must be encoded, else its tail would be taken
+    // for the host (and shown in messages).
+    let output = std::process::Command::new(crate::support::BIN)
+        .args(["keys", "--config"])
+        .arg(&config)
+        .arg("list")
+        .env("SKYWEAVE_DATABASE_URL", "postgres://u:hun@ter2@127.0.0.1:5432/db")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("as %40"), "{stderr}");
+    assert!(!stderr.contains("ter2"), "{stderr}");
+}
+
+/// A TCP proxy to PostgreSQL that, once armed, lets the first `COMMIT` it
+/// sees reach the server, then drops that connection without relaying the
+/// answer: the client cannot know whether its transaction was committed.
+async fn commit_cutting_proxy(upstream: u16, armed: Arc<AtomicBool>, cuts: Arc<AtomicU32>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            let (armed, cuts) = (armed.clone(), cuts.clone());
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let cutting = Arc::new(AtomicBool::new(false));
+                let cutting_up = cutting.clone();
+                let up = async move {
+                    let mut buffer = vec![0u8; 65536];
+                    loop {
+                        let n = match client_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let commit = buffer[..n].windows(6).any(|w| w == b"COMMIT");
+                        if commit && armed.swap(false, Ordering::SeqCst) {
+                            cutting_up.store(true, Ordering::SeqCst);
+                            let _ = server_write.write_all(&buffer[..n]).await;
+                            // Let the server commit and answer into the void.
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        if server_write.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buffer = vec![0u8; 65536];
+                    loop {
+                        let n = match server_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if cutting.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                // Whichever side ends first ends the connection.
+                tokio::select! { () = up => {}, () = down => {} }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_batch_whose_commit_answer_is_lost_is_not_written_twice() {
+    let server = postgres::server();
+    let url = server.database();
+    let (armed, cuts) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
+    let proxy = commit_cutting_proxy(server.port(), armed.clone(), cuts.clone()).await;
+    let proxied = url.replace(&format!(":{}/", server.port()), &format!(":{proxy}/"));
+    assert_ne!(proxied, url);
+    let database = Db {
+        line: "database_url_env = \"SKYWEAVE_DATABASE_URL\"".into(),
+        env: vec![("SKYWEAVE_DATABASE_URL", proxied)],
+    };
+    let deployments = sim_deployment(
+        "chat",
+        "aws",
+        "us-east-1",
+        "price = { input_per_mtok = 1000.0, output_per_mtok = 1000.0 }\n",
+        "ttft_ms = 1, output_tokens = 5",
+    );
+    let estate = format!("[server]\n{}\n\n{deployments}", database.line);
+    let gateway = database.serve(&estate).await;
+    // The tables exist now; from here only the ledger writer commits.
+    armed.store(true, Ordering::SeqCst);
+    let mut served = 0;
+    let mut cost = 0.0;
+    for _ in 0..20 {
+        let response = gateway.chat("chat").await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        cost += body["usage"]["total_tokens"].as_u64().unwrap() as f64 * 1000.0 / 1e6;
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let (status, logs) = gateway.terminate().await;
+    assert!(status.success());
+    assert_eq!(cuts.load(Ordering::SeqCst), 1, "the proxy cut one COMMIT answer");
+    assert!(logs.contains("ledger write failed; retrying"), "the writer saw the cut");
+    // Every request once, its cost once (in the ledger and in the spend
+    // summary that budgets read).
+    let name = url.rsplit('/').next().unwrap();
+    let rows = server.psql(name, "SELECT count(*), sum(cost_usd) FROM requests");
+    let (count, sum) = rows.split_once('|').unwrap();
+    assert_eq!(count.parse::<u32>().unwrap(), served, "{rows}");
+    assert!((sum.parse::<f64>().unwrap() - cost).abs() < 1e-9, "{rows} vs {cost}");
+    let summed = server.psql(name, "SELECT sum(usd) FROM spend_daily WHERE scope = 'cloud'");
+    assert!((summed.parse::<f64>().unwrap() - cost).abs() < 1e-9, "{summed} vs {cost}");
 }

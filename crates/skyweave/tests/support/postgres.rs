@@ -45,6 +45,10 @@ impl Postgres {
         format!("postgres://{USER}:{}@127.0.0.1:{}/{database}", self.password, self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn password(&self) -> &str {
         &self.password
     }

@@ -16,6 +16,7 @@ mod cases {
     mod replicas;
     mod routing;
     mod security;
+    mod stores;
     mod streaming;
     mod vertex;
 }

@@ -2,10 +2,8 @@
 //! provider. The router and the failover loop see only [`Provider`]; wire
 //! formats, URLs and credentials stay inside the provider's file.
 
-mod aws_credentials;
 mod azure_openai;
 mod bedrock;
-mod google_credentials;
 mod openai;
 mod openai_compat;
 mod sim;

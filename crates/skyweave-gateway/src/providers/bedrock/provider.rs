@@ -4,7 +4,7 @@
 //! embeddings to `POST /model/{modelId}/invoke` (Titan and Cohere embedding
 //! models). Every request is signed with AWS Signature Version 4 by the
 //! maintained `aws-sigv4` crate, with credentials from the standard sources
-//! (`aws_credentials.rs`). Requests and responses are translated by
+//! (`skyweave_cloud::aws_credentials`). Requests and responses are translated by
 //! `converse.rs`; the binary event stream is decoded by `eventstream.rs`.
 
 use std::collections::VecDeque;
@@ -25,12 +25,12 @@ use skyweave_core::failure::FailureKind;
 
 use super::converse::{self, StreamTranslator, TranslateError};
 use super::eventstream::Decoder;
-use crate::providers::aws_credentials::AwsCredentials;
 use crate::providers::openai_compat;
 use crate::providers::{
     ChatRequest, ChatResponse, ChunkStream, EmbeddingsRequest, EmbeddingsResponse, Provider,
     StreamChunk, UpstreamError, Usage,
 };
+use skyweave_cloud::aws_credentials::AwsCredentials;
 
 pub(crate) struct Bedrock {
     client: reqwest::Client,

@@ -6,7 +6,7 @@
 //! translated by `gemini.rs`. `openai`: Vertex's OpenAI-compatible endpoint
 //! `{endpoint}/v1/projects/{project}/locations/{region}/endpoints/openapi/chat/completions`
 //! for models served that way (self-deployed open models, partner models).
-//! Both authenticate with an OAuth 2.0 bearer token (`google_credentials.rs`).
+//! Both authenticate with an OAuth 2.0 bearer token (`skyweave_cloud::google_credentials`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,13 +21,13 @@ use skyweave_core::estate::{Deployment, GoogleCredentials, VertexMode};
 use skyweave_core::failure::FailureKind;
 
 use super::gemini::{self, StreamTranslator, TranslateError};
-use crate::providers::google_credentials::GoogleTokens;
 use crate::providers::openai_compat::{self, Dialect};
 use crate::providers::{
     ChatRequest, ChatResponse, ChunkStream, EmbeddingsRequest, EmbeddingsResponse, Provider,
     StreamChunk, UpstreamError,
 };
 use crate::sse::SseParser;
+use skyweave_cloud::google_credentials::GoogleTokens;
 
 pub(crate) struct Vertex {
     client: reqwest::Client,

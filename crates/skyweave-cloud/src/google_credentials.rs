@@ -278,8 +278,7 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    const TEST_KEY: &str =
-        include_str!("../../../skyweave-emulators/testdata/google-test-sa.key.pem");
+    const TEST_KEY: &str = include_str!("../../skyweave-emulators/testdata/google-test-sa.key.pem");
 
     #[test]
     fn assertions_are_signed_jwts_with_the_right_claims() {

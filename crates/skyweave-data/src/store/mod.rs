@@ -1,0 +1,157 @@
+//! Object stores: one trait, one file per backend.
+//!
+//! Keys are relative to the location's prefix and use `/` between path
+//! segments, whatever the backend (a local directory maps them to its
+//! platform's paths). Every backend speaks its cloud's published wire
+//! protocol over HTTP (`reqwest`); none hides behind an SDK.
+//!
+//! Large objects are uploaded in parts: [`ObjectStore::start_upload`],
+//! [`ObjectStore::put_part`] for each part, [`ObjectStore::finish_upload`].
+//! An upload's id is persisted by the caller, so that an interrupted copy
+//! can ask which parts the store already holds
+//! ([`ObjectStore::uploaded_parts`]) and send only the others.
+
+pub mod local;
+
+use std::ops::Range;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+
+/// One object (or file) as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Relative to the location's prefix, `/`-separated, never empty.
+    pub key: String,
+    pub size: u64,
+    /// The store's tag for this version of the object: its ETag (S3,
+    /// Azure), generation (GCS), or modification time and size (local). It
+    /// changes whenever the content may have; it says nothing about the
+    /// content itself (a multipart ETag is no content hash).
+    pub version: String,
+}
+
+/// A stream of an object's bytes.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
+
+/// One part of a multipart upload, once the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartDone {
+    /// 0-based, in file order.
+    pub index: u32,
+    pub size: u64,
+    /// What the store returned for the part (S3 ETag, Azure block id, ...),
+    /// needed to finish the upload.
+    pub tag: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object (or upload) does not exist.
+    #[error("{at}: not found")]
+    NotFound { at: String },
+    /// The store answered with an error: its status, code and message.
+    #[error("{at}: {status} {code}: {message}")]
+    Refused { at: String, status: u16, code: String, message: String },
+    /// No answer, a reset, a timeout: worth retrying.
+    #[error("{at}: {message}")]
+    Transport { at: String, message: String },
+    /// The store answered something its protocol does not allow.
+    #[error("{at}: unexpected answer: {message}")]
+    Protocol { at: String, message: String },
+    /// What arrived differs from what was sent or expected.
+    #[error("{at}: integrity check failed: {message}")]
+    Integrity { at: String, message: String },
+    #[error("{at}: {message}")]
+    Io { at: String, message: String },
+    /// Credentials are missing or were refused.
+    #[error("{at}: {message}")]
+    Credentials { at: String, message: String },
+}
+
+impl StoreError {
+    /// Whether trying the same request again may succeed: transport
+    /// failures, throttling (429, 503 SlowDown) and server errors.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Transport { .. } => true,
+            StoreError::Refused { status, .. } => {
+                *status == 429 || *status == 408 || *status >= 500
+            }
+            _ => false,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// The location, for messages and plans: `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+
+    /// Whether parts of one upload may be sent concurrently and in any
+    /// order (S3, Azure, local), or must be sent one after the other in
+    /// file order (a GCS resumable upload).
+    fn parallel_parts(&self) -> bool {
+        true
+    }
+
+    /// Every object under the prefix, keys relative to it, any order.
+    async fn list(&self) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// One object's listing, `None` if it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
+
+    /// The object's bytes, or a range of them.
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError>;
+
+    /// Writes a whole object in one request; `md5` is the MD5 of `data`,
+    /// sent for the store to check what it received. Returns its version.
+    async fn put(&self, key: &str, data: Bytes, md5: [u8; 16]) -> Result<String, StoreError>;
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Starts a multipart upload of `size` bytes in parts of `part_size`
+    /// (the last may be shorter); returns its id.
+    async fn start_upload(
+        &self,
+        key: &str,
+        size: u64,
+        part_size: u64,
+    ) -> Result<String, StoreError>;
+
+    /// Sends part `index` (0-based), which starts at byte `offset`; `md5`
+    /// is the part's MD5 for the store to check. `last` marks the final
+    /// part.
+    async fn put_part(
+        &self,
+        key: &str,
+        upload: &str,
+        index: u32,
+        offset: u64,
+        data: Bytes,
+        md5: [u8; 16],
+        last: bool,
+    ) -> Result<PartDone, StoreError>;
+
+    /// The parts of an unfinished upload the store already holds (for
+    /// resuming), `None` if the upload no longer exists (finished,
+    /// aborted, expired).
+    async fn uploaded_parts(
+        &self,
+        key: &str,
+        upload: &str,
+    ) -> Result<Option<Vec<PartDone>>, StoreError>;
+
+    /// Assembles the parts into the object; returns its version.
+    async fn finish_upload(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[PartDone],
+        size: u64,
+    ) -> Result<String, StoreError>;
+
+    /// Discards an unfinished upload and its parts.
+    async fn abort_upload(&self, key: &str, upload: &str) -> Result<(), StoreError>;
+}

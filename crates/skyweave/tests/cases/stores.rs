@@ -1,0 +1,208 @@
+//! One conformance suite for every object-store backend, run against the
+//! real emulators over real sockets (moto for S3, Azurite for Azure Blob,
+//! fake-gcs-server for GCS) and a local directory.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use md5::Digest as _;
+use skyweave_data::store::{ObjectStore, PartDone, StoreError};
+
+use crate::support::TempDir;
+
+pub fn md5_of(data: &[u8]) -> [u8; 16] {
+    md5::Md5::digest(data).into()
+}
+
+/// Deterministic, incompressible-looking bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
+pub async fn read_all(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, StoreError> {
+    let chunks: Vec<Bytes> = store.get(key, None).await?.try_collect().await?;
+    Ok(chunks.concat())
+}
+
+/// A fresh prefix for one test run, so that runs never see each other.
+#[allow(dead_code)] // used by the cloud backends' tests
+pub fn fresh_prefix(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{name}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Everything the data plane needs of a store. `part_size` is the smallest
+/// part the backend accepts (5 MiB on S3).
+pub async fn conformance(store: Arc<dyn ObjectStore>, part_size: usize) {
+    let at = store.describe();
+    assert!(store.list().await.unwrap().is_empty(), "{at}: a fresh prefix is empty");
+    assert!(store.head("absent").await.unwrap().is_none(), "{at}");
+    assert!(
+        matches!(read_all(store.as_ref(), "absent").await, Err(StoreError::NotFound { .. })),
+        "{at}: reading a missing object is NotFound"
+    );
+
+    // Small objects, awkward names, an empty one.
+    let objects: Vec<(&str, Vec<u8>)> = vec![
+        ("a.txt", b"hello".to_vec()),
+        ("dir/with space/b c.txt", pattern(1000, 1)),
+        ("ünïcödé/日本語 ファイル.bin", pattern(70_000, 2)),
+        ("empty", Vec::new()),
+        ("odd+chars&=%?#.bin", pattern(10, 3)),
+    ];
+    for (key, data) in &objects {
+        let version = store.put(key, Bytes::from(data.clone()), md5_of(data)).await;
+        let version = version.unwrap_or_else(|e| panic!("{at}: put {key}: {e}"));
+        assert!(!version.is_empty(), "{at}: {key} has a version");
+        let head = store.head(key).await.unwrap().unwrap_or_else(|| panic!("{at}: head {key}"));
+        assert_eq!((head.key.as_str(), head.size), (*key, data.len() as u64), "{at}");
+        assert_eq!(&read_all(store.as_ref(), key).await.unwrap(), data, "{at}: {key} reads back");
+    }
+    let mut listed = store.list().await.unwrap();
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut expected: Vec<(&str, u64)> =
+        objects.iter().map(|(k, d)| (*k, d.len() as u64)).collect();
+    expected.sort();
+    assert_eq!(
+        listed.iter().map(|m| (m.key.as_str(), m.size)).collect::<Vec<_>>(),
+        expected,
+        "{at}: the listing"
+    );
+
+    // A range.
+    let key = objects[2].0;
+    let range: Vec<Bytes> =
+        store.get(key, Some(100..1100)).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(range.concat(), objects[2].1[100..1100].to_vec(), "{at}: a range");
+
+    // What arrives is checked against the MD5 sent with it.
+    let wrong = store.put("corrupt.bin", Bytes::from_static(b"some bytes"), md5_of(b"other")).await;
+    assert!(wrong.is_err(), "{at}: a part whose MD5 does not match is refused");
+    assert!(store.head("corrupt.bin").await.unwrap().is_none(), "{at}: nothing was stored");
+
+    // A multipart upload: two full parts and a short one, resumed midway.
+    let data = pattern(part_size * 2 + 12_345, 4);
+    let parts: Vec<&[u8]> = data.chunks(part_size).collect();
+    let key = "big/model weights.safetensors";
+    let upload = store.start_upload(key, data.len() as u64, part_size as u64).await.unwrap();
+    let send = |index: usize| {
+        let (store, upload, part) =
+            (store.clone(), upload.clone(), Bytes::from(parts[index].to_vec()));
+        async move {
+            let md5 = md5_of(&part);
+            let last = index == 2;
+            store
+                .put_part(key, &upload, index as u32, (index * part_size) as u64, part, md5, last)
+                .await
+        }
+    };
+    let mut done: Vec<PartDone> = vec![send(0).await.unwrap()];
+    if store.parallel_parts() {
+        done.push(send(2).await.unwrap());
+    }
+    // As after a crash: ask the store what it holds.
+    let held = store.uploaded_parts(key, &upload).await.unwrap().expect("the upload exists");
+    let mut held_indexes: Vec<u32> = held.iter().map(|p| p.index).collect();
+    held_indexes.sort();
+    let mut sent: Vec<u32> = done.iter().map(|p| p.index).collect();
+    sent.sort();
+    assert_eq!(held_indexes, sent, "{at}: the store holds the parts sent");
+    for part in &held {
+        assert_eq!(
+            part.size,
+            parts[part.index as usize].len() as u64,
+            "{at}: part {} size",
+            part.index
+        );
+    }
+    let mut parts_done = held;
+    for index in 0..3u32 {
+        if !parts_done.iter().any(|p| p.index == index) {
+            parts_done.push(send(index as usize).await.unwrap());
+        }
+    }
+    parts_done.sort_by_key(|p| p.index);
+    let version = store.finish_upload(key, &upload, &parts_done, data.len() as u64).await.unwrap();
+    assert!(!version.is_empty());
+    assert_eq!(store.head(key).await.unwrap().map(|m| m.size), Some(data.len() as u64), "{at}");
+    assert!(
+        read_all(store.as_ref(), key).await.unwrap() == data,
+        "{at}: the multipart object reads back"
+    );
+
+    // An aborted upload leaves nothing.
+    let key = "aborted.bin";
+    let upload = store.start_upload(key, part_size as u64 * 2, part_size as u64).await.unwrap();
+    let part = Bytes::from(pattern(part_size, 5));
+    let md5 = md5_of(&part);
+    store.put_part(key, &upload, 0, 0, part, md5, false).await.unwrap();
+    store.abort_upload(key, &upload).await.unwrap();
+    assert!(
+        store
+            .uploaded_parts(key, &upload)
+            .await
+            .map_or(true, |parts| parts.is_none_or(|p| p.is_empty())),
+        "{at}: an aborted upload holds nothing"
+    );
+    assert!(store.head(key).await.unwrap().is_none(), "{at}: an aborted upload makes no object");
+
+    // Deletes, of present and absent objects.
+    for (key, _) in &objects {
+        store.delete(key).await.unwrap();
+    }
+    store.delete("big/model weights.safetensors").await.unwrap();
+    store.delete("never-there").await.unwrap();
+    assert!(store.list().await.unwrap().is_empty(), "{at}: everything deleted");
+
+    // More objects than one listing page holds (1,000 on S3 and GCS).
+    let keys: Vec<String> = (0..1_100).map(|i| format!("many/{i:05}.bin")).collect();
+    futures::stream::iter(keys.iter())
+        .map(|key| {
+            let store = store.clone();
+            let data = Bytes::from(key.as_bytes().to_vec());
+            async move { store.put(key, data.clone(), md5_of(&data)).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), 1_100, "{at}: every page of the listing");
+    futures::stream::iter(keys.iter())
+        .map(|key| {
+            let store = store.clone();
+            async move { store.delete(key).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    assert!(store.list().await.unwrap().is_empty(), "{at}");
+}
+
+#[tokio::test]
+async fn a_local_directory_is_a_conforming_store() {
+    let dir = TempDir::new();
+    let store = Arc::new(skyweave_data::store::local::Local::new(dir.path().join("store")));
+    conformance(store, 64 * 1024).await;
+}
+
+#[tokio::test]
+async fn local_keys_cannot_leave_the_directory() {
+    let dir = TempDir::new();
+    let store = skyweave_data::store::local::Local::new(dir.path().join("store"));
+    for key in ["../escape", "/etc/passwd", "a/../../b", ""] {
+        let data = Bytes::from_static(b"x");
+        assert!(store.put(key, data.clone(), md5_of(&data)).await.is_err(), "{key}");
+    }
+}

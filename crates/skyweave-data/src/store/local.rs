@@ -14,7 +14,7 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{ByteStream, ObjectMeta, ObjectStore, PartDone, StoreError};
+use super::{ByteStream, ObjectMeta, ObjectStore, Part, PartDone, StoreError};
 
 /// Where a local store keeps its unfinished uploads, under its root.
 pub const UPLOADS_DIR: &str = ".skyweave/uploads";
@@ -261,16 +261,8 @@ impl ObjectStore for Local {
         Ok(id)
     }
 
-    async fn put_part(
-        &self,
-        key: &str,
-        upload: &str,
-        index: u32,
-        _offset: u64,
-        data: Bytes,
-        md5: [u8; 16],
-        _last: bool,
-    ) -> Result<PartDone, StoreError> {
+    async fn put_part(&self, key: &str, upload: &str, part: Part) -> Result<PartDone, StoreError> {
+        let Part { index, data, md5, .. } = part;
         check_md5(&self.at(key), &data, md5)?;
         let dir = self.upload_dir(upload)?;
         if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {

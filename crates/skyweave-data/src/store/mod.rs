@@ -35,6 +35,20 @@ pub struct ObjectMeta {
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
 
+/// One part of a multipart upload, to send.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// 0-based, in file order.
+    pub index: u32,
+    /// Where the part starts in the object.
+    pub offset: u64,
+    pub data: Bytes,
+    /// MD5 of `data`, for the store to check what it received.
+    pub md5: [u8; 16],
+    /// The object's final part.
+    pub last: bool,
+}
+
 /// One part of a multipart upload, once the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartDone {
@@ -120,19 +134,8 @@ pub trait ObjectStore: Send + Sync {
         part_size: u64,
     ) -> Result<String, StoreError>;
 
-    /// Sends part `index` (0-based), which starts at byte `offset`; `md5`
-    /// is the part's MD5 for the store to check. `last` marks the final
-    /// part.
-    async fn put_part(
-        &self,
-        key: &str,
-        upload: &str,
-        index: u32,
-        offset: u64,
-        data: Bytes,
-        md5: [u8; 16],
-        last: bool,
-    ) -> Result<PartDone, StoreError>;
+    /// Sends one part of the upload.
+    async fn put_part(&self, key: &str, upload: &str, part: Part) -> Result<PartDone, StoreError>;
 
     /// The parts of an unfinished upload the store already holds (for
     /// resuming), `None` if the upload no longer exists (finished,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use md5::Digest as _;
-use skyweave_data::store::{ObjectStore, PartDone, StoreError};
+use skyweave_data::store::{ObjectStore, Part, PartDone, StoreError};
 
 use crate::support::TempDir;
 
@@ -99,11 +99,14 @@ pub async fn conformance(store: Arc<dyn ObjectStore>, part_size: usize) {
         let (store, upload, part) =
             (store.clone(), upload.clone(), Bytes::from(parts[index].to_vec()));
         async move {
-            let md5 = md5_of(&part);
-            let last = index == 2;
-            store
-                .put_part(key, &upload, index as u32, (index * part_size) as u64, part, md5, last)
-                .await
+            let part = Part {
+                index: index as u32,
+                offset: (index * part_size) as u64,
+                md5: md5_of(&part),
+                data: part,
+                last: index == 2,
+            };
+            store.put_part(key, &upload, part).await
         }
     };
     let mut done: Vec<PartDone> = vec![send(0).await.unwrap()];
@@ -143,9 +146,9 @@ pub async fn conformance(store: Arc<dyn ObjectStore>, part_size: usize) {
     // An aborted upload leaves nothing.
     let key = "aborted.bin";
     let upload = store.start_upload(key, part_size as u64 * 2, part_size as u64).await.unwrap();
-    let part = Bytes::from(pattern(part_size, 5));
-    let md5 = md5_of(&part);
-    store.put_part(key, &upload, 0, 0, part, md5, false).await.unwrap();
+    let data = Bytes::from(pattern(part_size, 5));
+    let part = Part { index: 0, offset: 0, md5: md5_of(&data), data, last: false };
+    store.put_part(key, &upload, part).await.unwrap();
     store.abort_upload(key, &upload).await.unwrap();
     assert!(
         store

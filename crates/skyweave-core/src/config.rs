@@ -24,6 +24,7 @@ use crate::estate::{
 use crate::region::{Location, Proximity};
 
 mod compute;
+mod stores;
 mod tenants;
 use crate::routing::Strategy;
 
@@ -129,6 +130,8 @@ struct RawEstate {
     #[serde(default, rename = "tenant")]
     tenants: Vec<Spanned<tenants::RawTenant>>,
     admin: Option<Spanned<RawAdmin>>,
+    #[serde(default, rename = "store")]
+    stores: Vec<Spanned<stores::RawStore>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -461,10 +464,11 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
     let offerings = compute::validate_offerings(raw.offerings, &mut check);
     let quotas = compute::validate_quotas(raw.quotas, &mut check);
     let commitments = compute::validate_commitments(raw.commitments, &mut check);
+    let stores = stores::validate_stores(raw.stores, &mut check);
     let has_compute = !offerings.is_empty() || !quotas.is_empty() || !commitments.is_empty();
-    // An estate for the planner alone needs no deployment; `serve` refuses an
-    // estate without one.
-    if deployments.is_empty() && !has_compute && check.errors.is_empty() {
+    // An estate for the planner or the data plane alone needs no
+    // deployment; `serve` refuses an estate without one.
+    if deployments.is_empty() && !has_compute && stores.is_empty() && check.errors.is_empty() {
         check.fail(
             0..0,
             "the estate has no [[deployment]]".into(),
@@ -521,6 +525,7 @@ fn validate(raw: RawEstate, at: Located<'_>) -> Result<Loaded, ConfigErrors> {
             commitments,
             tenants,
             admin,
+            stores,
         },
         warnings: check.warnings,
     })

@@ -32,6 +32,19 @@ pub struct Estate {
     pub tenants: Vec<Tenant>,
     /// The admin API, when the estate enables it.
     pub admin: Option<AdminSettings>,
+    /// Named object-store locations for the data plane.
+    pub stores: Vec<StoreSpec>,
+}
+
+/// A named object-store location (`[[store]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSpec {
+    pub name: String,
+    pub url: String,
+    /// `aws`, `azure`, `gcp` or `local`, from the URL's scheme.
+    pub cloud: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
 }
 
 /// The admin API: its token (from an environment variable, never the file)

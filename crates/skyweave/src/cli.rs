@@ -23,11 +23,25 @@ pub enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Validate an estate file and print a summary of it.
-    Check {
-        /// The estate file (TOML).
+    /// Validate an estate file and print a summary of it; or, given two
+    /// locations, verify that the second holds what the first holds (both
+    /// read in full and hashed).
+    Check(CheckArgs),
+    /// Make DST match the sources: copy what is missing or changed (and with
+    /// --delete remove what the sources lack), verified end to end.
+    Sync(TransferArgs),
+    /// Like sync, never deleting.
+    Copy(TransferArgs),
+    /// List a location's files.
+    Ls {
+        /// s3://bucket/prefix, az://container/prefix, gs://bucket/prefix, NAME:path or a directory.
+        location: String,
+        /// The estate file, for named [[store]] locations.
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve a local demo estate of three simulated clouds and show routing and failover.
     Demo {
@@ -55,6 +69,62 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The estate file (TOML) to validate; with locations, where named
+    /// [[store]]s are declared.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// SOURCE DESTINATION: verify the destination against the source.
+    #[arg(num_args = 0..=2)]
+    pub locations: Vec<String>,
+    /// Files hashed at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TransferArgs {
+    /// Sources, then the destination (the last). More sources are replicas
+    /// of the same data: each file is read from the one it is cheapest to
+    /// move from.
+    #[arg(required = true, num_args = 1..)]
+    pub locations: Vec<String>,
+    /// Another replica of the source (repeatable).
+    #[arg(long = "from")]
+    pub from: Vec<String>,
+    /// Remove destination files that no source has (sync only).
+    #[arg(long)]
+    pub delete: bool,
+    /// Print the plan (files, bytes, egress cost) and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Re-read every copied file from the destination and compare hashes.
+    #[arg(long)]
+    pub verify_remote: bool,
+    /// Buffers (parts) in flight, and files copied at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Part size in MiB: multipart uploads use it, smaller files go in one
+    /// request. Memory use is about part size x parallel.
+    #[arg(long, default_value_t = 16)]
+    pub part_size_mib: u64,
+    /// Where unfinished uploads are remembered (default
+    /// $XDG_STATE_HOME/skyweave/uploads or ~/.local/state/skyweave/uploads;
+    /// SKYWEAVE_STATE_DIR overrides).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The estate file, for named [[store]] locations.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print the plan and the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

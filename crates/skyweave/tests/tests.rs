@@ -18,5 +18,6 @@ mod cases {
     mod security;
     mod stores;
     mod streaming;
+    mod sync;
     mod vertex;
 }

@@ -11,7 +11,9 @@
 //! can ask which parts the store already holds
 //! ([`ObjectStore::uploaded_parts`]) and send only the others.
 
+pub mod azure;
 pub mod local;
+pub mod s3;
 
 use std::ops::Range;
 use std::pin::Pin;

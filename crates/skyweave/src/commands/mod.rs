@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 mod check;
+mod data;
 mod demo;
 mod keys;
 mod offerings;
@@ -19,7 +20,22 @@ use crate::cli::Command;
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { config, listen } => serve::run(&config, listen).await,
-        Command::Check { config } => check::run(&config),
+        Command::Check(args) if !args.locations.is_empty() => data::check(&args).await,
+        Command::Check(args) => match &args.config {
+            Some(config) => check::run(config),
+            None => {
+                eprintln!(
+                    "error: `skyweave check` needs --config ESTATE.toml, or two locations \
+                     (SOURCE DESTINATION) to verify"
+                );
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Sync(args) => data::transfer(&args, true).await,
+        Command::Copy(args) => data::transfer(&args, false).await,
+        Command::Ls { location, config, json } => {
+            data::ls(&location, config.as_deref(), json).await
+        }
         Command::Demo { listen, tour_only } => demo::run(listen, tour_only).await,
         Command::Plan(args) => plan::run(&args),
         Command::Keys(args) => keys::run(&args).await,

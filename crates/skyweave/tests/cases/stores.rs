@@ -200,6 +200,32 @@ async fn a_local_directory_is_a_conforming_store() {
     conformance(store, 64 * 1024).await;
 }
 
+/// An S3 store on the suite's moto server, in a fresh bucket and prefix.
+pub async fn moto_store(name: &str) -> Arc<skyweave_data::store::s3::S3> {
+    use skyweave_data::store::s3::{S3Config, S3Credentials, S3};
+    let moto = crate::support::services::moto();
+    let config = |prefix: &str| S3Config {
+        bucket: "skyweave-tests".into(),
+        prefix: prefix.into(),
+        region: "us-east-1".into(),
+        endpoint: Some(moto.endpoint()),
+        credentials: S3Credentials::Static(aws_credential_types::Credentials::new(
+            "AKIDTESTS3",
+            "moto-accepts-any-secret",
+            None,
+            None,
+            "tests",
+        )),
+    };
+    S3::new(config("")).create_bucket().await.unwrap();
+    Arc::new(S3::new(config(&fresh_prefix(name))))
+}
+
+#[tokio::test]
+async fn s3_on_moto_is_a_conforming_store() {
+    conformance(moto_store("conformance").await, 5 * 1024 * 1024).await;
+}
+
 #[tokio::test]
 async fn local_keys_cannot_leave_the_directory() {
     let dir = TempDir::new();
@@ -208,4 +234,114 @@ async fn local_keys_cannot_leave_the_directory() {
         let data = Bytes::from_static(b"x");
         assert!(store.put(key, data.clone(), md5_of(&data)).await.is_err(), "{key}");
     }
+}
+
+/// The configuration of an Azure Blob store on the suite's Azurite, in a
+/// fresh container (created) and prefix, with the credentials
+/// `UseDevelopmentStorage=true` names.
+pub async fn azurite_config(name: &str) -> skyweave_data::store::azure::AzureConfig {
+    use skyweave_data::store::azure::{Azure, AzureConfig, DEVELOPMENT_ACCOUNT};
+    let azurite = crate::support::services::azurite();
+    let mut config = AzureConfig::from_connection_string(
+        "UseDevelopmentStorage=true",
+        fresh_prefix("skyweave"),
+        fresh_prefix(name),
+    )
+    .unwrap();
+    config.endpoint = Some(format!("{}/{DEVELOPMENT_ACCOUNT}", azurite.endpoint()));
+    let store = Azure::new(config.clone()).unwrap();
+    store.create_container().await.unwrap();
+    // Twice: an existing container is success.
+    store.create_container().await.unwrap();
+    config
+}
+
+#[tokio::test]
+async fn azure_blob_on_azurite_is_a_conforming_store() {
+    let config = azurite_config("conformance").await;
+    let store = skyweave_data::store::azure::Azure::new(config).unwrap();
+    conformance(Arc::new(store), 256 * 1024).await;
+}
+
+/// What the conformance suite leaves open: which error each refusal is,
+/// versions, and uploads that meet an existing blob.
+#[tokio::test]
+async fn azure_blob_refusals_versions_and_uploads_on_azurite() {
+    use skyweave_data::store::azure::{Azure, AzureCredentials};
+    let config = azurite_config("specifics").await;
+    let store = Azure::new(config.clone()).unwrap();
+    let at = store.describe();
+
+    // The service checks the MD5 sent with the bytes, of a blob and of a block.
+    let data = Bytes::from_static(b"some bytes");
+    let wrong = store.put("x.bin", data.clone(), md5_of(b"other")).await;
+    assert!(matches!(wrong, Err(StoreError::Integrity { .. })), "{at}: {wrong:?}");
+    let upload = store.start_upload("x.bin", 10, 10).await.unwrap();
+    let part = Part { index: 0, offset: 0, data: data.clone(), md5: md5_of(b"other"), last: true };
+    let wrong = store.put_part("x.bin", &upload, part).await;
+    assert!(matches!(wrong, Err(StoreError::Integrity { .. })), "{at}: {wrong:?}");
+
+    // One version, however it is read.
+    let old = Bytes::from_static(b"the old object");
+    let version = store.put("v.bin", old.clone(), md5_of(&old)).await.unwrap();
+    assert_eq!(store.head("v.bin").await.unwrap().unwrap().version, version, "{at}");
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.iter().find(|m| m.key == "v.bin").unwrap().version, version, "{at}");
+
+    // Aborting an upload over an existing blob leaves the blob as it was.
+    let new = Bytes::from_static(b"the new one");
+    let part = |data: &Bytes| Part {
+        index: 0,
+        offset: 0,
+        md5: md5_of(data),
+        data: data.clone(),
+        last: true,
+    };
+    let aborted = store.start_upload("v.bin", new.len() as u64, 64).await.unwrap();
+    store.put_part("v.bin", &aborted, part(&new)).await.unwrap();
+    store.abort_upload("v.bin", &aborted).await.unwrap();
+    assert_eq!(read_all(&store, "v.bin").await.unwrap(), old, "{at}: the old blob survives");
+    assert_eq!(store.head("v.bin").await.unwrap().unwrap().version, version, "{at}");
+
+    // Another upload of the same blob never takes the aborted one's blocks
+    // for its own; once finished, it no longer exists.
+    let upload = store.start_upload("v.bin", new.len() as u64, 64).await.unwrap();
+    assert_eq!(store.uploaded_parts("v.bin", &upload).await.unwrap(), Some(vec![]), "{at}");
+    let done = store.put_part("v.bin", &upload, part(&new)).await.unwrap();
+    let held = store.uploaded_parts("v.bin", &upload).await.unwrap();
+    assert_eq!(held, Some(vec![done.clone()]), "{at}");
+    let finished = store.finish_upload("v.bin", &upload, &[done], new.len() as u64).await.unwrap();
+    assert_ne!(finished, version, "{at}");
+    assert_eq!(read_all(&store, "v.bin").await.unwrap(), new, "{at}");
+    assert_eq!(store.uploaded_parts("v.bin", &upload).await.unwrap(), None, "{at}: finished");
+
+    // A wrong key is a credentials error that does not repeat the key.
+    let wrong_key = "bm90IHRoZSBhY2NvdW50IGtleQ==";
+    let refused = Azure::new(skyweave_data::store::azure::AzureConfig {
+        credentials: AzureCredentials::SharedKey { key: wrong_key.into() },
+        ..config.clone()
+    })
+    .unwrap()
+    .head("v.bin")
+    .await;
+    match refused {
+        Err(error @ StoreError::Credentials { .. }) => {
+            assert!(!error.to_string().contains(wrong_key), "{error}")
+        }
+        other => panic!("{at}: a wrong key gave {other:?}"),
+    }
+
+    // A missing container is an error, not an empty or absent object.
+    let absent = Azure::new(skyweave_data::store::azure::AzureConfig {
+        container: "no-such-container".into(),
+        ..config
+    })
+    .unwrap();
+    assert!(matches!(absent.list().await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(absent.head("a").await, Err(StoreError::NotFound { .. })));
+
+    for key in ["v.bin", "x.bin"] {
+        store.delete(key).await.unwrap();
+    }
+    assert!(store.list().await.unwrap().is_empty(), "{at}");
 }

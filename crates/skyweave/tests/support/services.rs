@@ -99,3 +99,23 @@ pub fn moto() -> &'static Service {
         start("moto", venv_bin().join("moto_server"), &["-H", "127.0.0.1", "-p", "{port}"])
     })
 }
+
+/// Azurite's Blob service, in memory (accepts the well-known development
+/// account `devstoreaccount1` and checks Shared Key signatures).
+pub fn azurite() -> &'static Service {
+    static SERVICE: std::sync::OnceLock<Service> = std::sync::OnceLock::new();
+    SERVICE.get_or_init(|| {
+        start(
+            "azurite",
+            node_modules().join(".bin/azurite-blob"),
+            &[
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                "{port}",
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+            ],
+        )
+    })
+}

@@ -1,0 +1,698 @@
+//! Carrying out a plan: copies streamed through memory (never staged on
+//! disk), hashed as they stream, checked by the destination part by part,
+//! resumable, and recorded in the destination's manifest; and `check`,
+//! which reads both sides.
+//!
+//! Memory: every buffer holds at most one part (`part_size`) and a
+//! semaphore hands out `parallelism` buffers in all, so the bytes in
+//! flight never exceed `part_size x parallelism` (plus the HTTP clients'
+//! own buffers). Files no larger than a part go in one request; larger ones
+//! are read once, in order (one BLAKE3 over the whole file), and their parts
+//! uploaded concurrently where the store allows it.
+//!
+//! Resuming: a multipart upload's id, part size and the parts sent (with
+//! their MD5s) are written to a state file under `state_dir` after every
+//! part. The next run that copies the same file from the same source
+//! version asks the store which parts it holds, re-reads those from the
+//! source only to hash them (checking each against the MD5 recorded when
+//! it was sent), and sends only the others. A state file whose source has
+//! changed, or whose upload is gone, is discarded and its upload aborted.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use md5::Digest as _;
+use serde::{Deserialize, Serialize};
+use skyweave_core::egress::EgressPrices;
+use tokio::sync::Semaphore;
+
+use crate::manifest::{hex, Entry, Manifest, MANIFEST_KEY};
+use crate::plan::{plan, Action, Place, Plan, PlanError};
+use crate::store::{ObjectMeta, ObjectStore, Part, PartDone, StoreError};
+
+/// A location opened for use.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub place: Place,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bytes per part of a multipart upload (and the largest file sent in
+    /// one request).
+    pub part_size: u64,
+    /// Buffers in flight (and files copied at once).
+    pub parallelism: usize,
+    /// Re-read every copied file from the destination and compare hashes.
+    pub verify_remote: bool,
+    /// Where unfinished uploads are remembered.
+    pub state_dir: PathBuf,
+}
+
+impl Options {
+    /// The memory the transfer's buffers may hold.
+    pub fn memory_bound(&self) -> u64 {
+        self.part_size * self.parallelism as u64
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// Counters a progress display reads.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files_total: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub files_done: AtomicU64,
+    /// Bytes read from sources (or, for `check`, from both sides).
+    pub bytes_done: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub copied_files: u64,
+    pub copied_bytes: u64,
+    /// Bytes not sent again thanks to resumed uploads.
+    pub resumed_bytes: u64,
+    pub skipped_files: u64,
+    pub deleted_files: u64,
+    pub verified_files: u64,
+    pub failures: Vec<Failure>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub path: String,
+    pub error: String,
+}
+
+/// Reads the destination's manifest (an empty one if it has none).
+pub async fn load_manifest(dest: &dyn ObjectStore) -> Result<Manifest, EngineError> {
+    match read_all(dest, MANIFEST_KEY).await {
+        Ok(bytes) => Ok(Manifest::parse(&bytes, &format!("{}{MANIFEST_KEY}", dest.describe()))?),
+        Err(StoreError::NotFound { .. }) => Ok(Manifest::new()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn read_all(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, StoreError> {
+    let chunks: Vec<Bytes> = store.get(key, None).await?.try_collect().await?;
+    Ok(chunks.concat())
+}
+
+/// Lists every source and the destination and plans the sync.
+pub async fn prepare(
+    sources: &[Endpoint],
+    dest: &Endpoint,
+    delete: bool,
+) -> Result<(Plan, Manifest, Vec<Vec<ObjectMeta>>), EngineError> {
+    let listings: Vec<Vec<ObjectMeta>> =
+        futures::future::try_join_all(sources.iter().map(|s| with_retries(|| s.store.list())))
+            .await?;
+    let existing = match with_retries(|| dest.store.list()).await {
+        Ok(listing) => listing,
+        Err(StoreError::NotFound { .. }) => Vec::new(),
+        Err(error) => return Err(error.into()),
+    };
+    let manifest = load_manifest(dest.store.as_ref()).await?;
+    let replicas: Vec<(Place, Vec<ObjectMeta>)> =
+        sources.iter().map(|s| s.place.clone()).zip(listings.iter().cloned()).collect();
+    let plan = plan(
+        &replicas,
+        &(dest.place.clone(), existing),
+        &manifest,
+        delete,
+        &EgressPrices::shipped(),
+    )?;
+    Ok((plan, manifest, listings))
+}
+
+/// Retries a store operation that failed for a passing reason: up to five
+/// attempts, 0.2 s doubling between them.
+pub async fn with_retries<T, F, Fut>(op: F) -> Result<T, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(error) if error.is_transient() && attempt < 5 => {
+                tracing::warn!(error = %error, attempt, "store request failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Carries out `plan`: copies, then deletes, then writes the manifest.
+pub async fn execute(
+    plan: &Plan,
+    sources: &[Endpoint],
+    listings: &[Vec<ObjectMeta>],
+    dest: &Endpoint,
+    mut manifest: Manifest,
+    options: &Options,
+    progress: &Progress,
+) -> Result<Report, EngineError> {
+    let started = Instant::now();
+    progress.files_total.store(plan.copy.files, Ordering::Relaxed);
+    progress.bytes_total.store(plan.copy.bytes, Ordering::Relaxed);
+    let buffers = Arc::new(Semaphore::new(options.parallelism.max(1)));
+    let report = Mutex::new(Report { skipped_files: plan.skip.files, ..Report::default() });
+    let entries = Mutex::new(Vec::<(String, Entry)>::new());
+    let copies = plan.actions.iter().filter_map(|action| match action {
+        Action::Copy { path, size, from, .. } => Some((path.clone(), *size, *from)),
+        _ => None,
+    });
+    futures::stream::iter(copies)
+        .for_each_concurrent(options.parallelism.max(1), |(path, size, from)| {
+            let (buffers, report, entries) = (buffers.clone(), &report, &entries);
+            async move {
+                let source = &sources[from];
+                let version = listings[from]
+                    .iter()
+                    .find(|m| m.key == path)
+                    .map(|m| m.version.clone())
+                    .unwrap_or_default();
+                let copy = Copy { path: &path, size, version: &version, source, dest, options, progress };
+                // A file whose copy fails for a passing reason is tried
+                // again (a resumed upload makes that cheap).
+                let mut attempt = 1;
+                let result = loop {
+                    match copy.run(&buffers).await {
+                        Err(EngineError::Store(error)) if error.is_transient() && attempt < 3 => {
+                            tracing::warn!(path = path.as_str(), error = %error, "copy failed; trying again");
+                            attempt += 1;
+                        }
+                        result => break result,
+                    }
+                };
+                match result {
+                    Ok(outcome) => {
+                        let mut report = report.lock().expect("report lock");
+                        report.copied_files += 1;
+                        report.copied_bytes += size;
+                        report.resumed_bytes += outcome.resumed_bytes;
+                        report.verified_files += u64::from(outcome.verified);
+                        entries.lock().expect("entries lock").push((path.clone(), outcome.entry));
+                        progress.files_done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => report
+                        .lock()
+                        .expect("report lock")
+                        .failures
+                        .push(Failure { path: path.clone(), error: error.to_string() }),
+                }
+            }
+        })
+        .await;
+    for (path, entry) in entries.into_inner().expect("entries lock") {
+        manifest.files.insert(path, entry);
+    }
+    let mut report = report.into_inner().expect("report lock");
+    for action in &plan.actions {
+        if let Action::Delete { path, .. } = action {
+            match with_retries(|| dest.store.delete(path)).await {
+                Ok(()) => {
+                    manifest.files.remove(path);
+                    report.deleted_files += 1;
+                }
+                Err(error) => {
+                    report.failures.push(Failure { path: path.clone(), error: error.to_string() })
+                }
+            }
+        }
+    }
+    // Entries for files no longer at the destination go too.
+    if plan.delete.files > 0 || !report.failures.is_empty() || report.copied_files > 0 {
+        let bytes = Bytes::from(manifest.to_bytes());
+        let md5: [u8; 16] = md5::Md5::digest(&bytes).into();
+        with_retries(|| dest.store.put(MANIFEST_KEY, bytes.clone(), md5)).await?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+struct Copy<'a> {
+    path: &'a str,
+    size: u64,
+    /// The source version the plan listed.
+    version: &'a str,
+    source: &'a Endpoint,
+    dest: &'a Endpoint,
+    options: &'a Options,
+    progress: &'a Progress,
+}
+
+struct Outcome {
+    entry: Entry,
+    resumed_bytes: u64,
+    verified: bool,
+}
+
+/// A multipart upload in progress, as remembered between runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UploadState {
+    destination: String,
+    path: String,
+    upload: String,
+    part_size: u64,
+    size: u64,
+    source: String,
+    source_version: String,
+    /// Part index -> MD5 (hex) of what was sent.
+    sent: std::collections::BTreeMap<u32, String>,
+}
+
+impl Copy<'_> {
+    fn file_error(&self, message: impl Into<String>) -> EngineError {
+        EngineError::File { path: self.path.to_string(), message: message.into() }
+    }
+
+    async fn run(&self, buffers: &Arc<Semaphore>) -> Result<Outcome, EngineError> {
+        let (blake3, dst_version, resumed_bytes) = if self.size <= self.options.part_size {
+            self.single(buffers).await?
+        } else {
+            self.multipart(buffers).await?
+        };
+        let verified = if self.options.verify_remote {
+            let mut hasher = blake3::Hasher::new();
+            let mut stream = with_retries(|| self.dest.store.get(self.path, None)).await?;
+            let mut read = 0u64;
+            while let Some(chunk) = stream.try_next().await? {
+                read += chunk.len() as u64;
+                hasher.update(&chunk);
+            }
+            let remote = hex(hasher.finalize().as_bytes());
+            if remote != blake3 || read != self.size {
+                return Err(self.file_error(format!(
+                    "the destination holds other bytes than were copied ({read} bytes, BLAKE3 \
+                     {remote}; expected {} bytes, {blake3})",
+                    self.size
+                )));
+            }
+            true
+        } else {
+            false
+        };
+        let sources = std::collections::BTreeMap::from([(
+            self.source.place.location.clone(),
+            self.version.to_string(),
+        )]);
+        Ok(Outcome {
+            entry: Entry { size: self.size, blake3, dst_version, sources },
+            resumed_bytes,
+            verified,
+        })
+    }
+
+    /// A file that fits in one part: one read, one request.
+    async fn single(&self, buffers: &Arc<Semaphore>) -> Result<(String, String, u64), EngineError> {
+        let _buffer = buffers.clone().acquire_owned().await.expect("the semaphore stays open");
+        let mut stream = with_retries(|| self.source.store.get(self.path, None)).await?;
+        let mut data = BytesMut::with_capacity(self.size as usize);
+        while let Some(chunk) = stream.try_next().await? {
+            if data.len() as u64 + chunk.len() as u64 > self.size {
+                return Err(self.file_error("the source grew while being read; copy it again"));
+            }
+            self.progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            data.extend_from_slice(&chunk);
+        }
+        if data.len() as u64 != self.size {
+            return Err(self.file_error(format!(
+                "the source gave {} bytes, the listing said {}; copy it again",
+                data.len(),
+                self.size
+            )));
+        }
+        let data = data.freeze();
+        let blake3 = hex(blake3::hash(&data).as_bytes());
+        let md5: [u8; 16] = md5::Md5::digest(&data).into();
+        let version = with_retries(|| self.dest.store.put(self.path, data.clone(), md5)).await?;
+        Ok((blake3, version, 0))
+    }
+
+    fn state_path(&self) -> PathBuf {
+        let id = blake3::hash(format!("{}\n{}", self.dest.store.describe(), self.path).as_bytes());
+        self.options.state_dir.join(format!("{}.json", &hex(id.as_bytes())[..32]))
+    }
+
+    fn save_state(&self, state: &UploadState) -> Result<(), EngineError> {
+        let path = self.state_path();
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.options.state_dir)?;
+            let temporary = path.with_extension("tmp");
+            std::fs::write(&temporary, serde_json::to_vec(state).expect("state serializes"))?;
+            std::fs::rename(&temporary, &path)
+        };
+        write().map_err(|e| {
+            self.file_error(format!(
+                "cannot write the upload state {}: {e} (set --state-dir to a writable directory)",
+                path.display()
+            ))
+        })
+    }
+
+    /// The upload to continue (with the parts the store holds and that we
+    /// remember sending), or a new one.
+    async fn upload(&self) -> Result<(UploadState, Vec<PartDone>), EngineError> {
+        let store = &self.dest.store;
+        if let Some(state) = std::fs::read(self.state_path())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<UploadState>(&bytes).ok())
+        {
+            let same = state.size == self.size
+                && state.part_size == self.options.part_size
+                && state.source == self.source.place.location
+                && state.source_version == self.version;
+            let held = if same {
+                with_retries(|| store.uploaded_parts(self.path, &state.upload)).await?
+            } else {
+                None
+            };
+            match held {
+                Some(held) => {
+                    let parts = held
+                        .into_iter()
+                        .filter(|p| {
+                            state.sent.contains_key(&p.index) && p.size == self.part_len(p.index)
+                        })
+                        .collect();
+                    return Ok((state, parts));
+                }
+                None => {
+                    // Changed source or a vanished upload: start afresh.
+                    let _ = store.abort_upload(self.path, &state.upload).await;
+                }
+            }
+        }
+        let upload =
+            with_retries(|| store.start_upload(self.path, self.size, self.options.part_size))
+                .await?;
+        let state = UploadState {
+            destination: store.describe(),
+            path: self.path.to_string(),
+            upload,
+            part_size: self.options.part_size,
+            size: self.size,
+            source: self.source.place.location.clone(),
+            source_version: self.version.to_string(),
+            sent: Default::default(),
+        };
+        self.save_state(&state)?;
+        Ok((state, Vec::new()))
+    }
+
+    fn parts(&self) -> u32 {
+        self.size.div_ceil(self.options.part_size) as u32
+    }
+
+    fn part_len(&self, index: u32) -> u64 {
+        let start = u64::from(index) * self.options.part_size;
+        self.options.part_size.min(self.size - start)
+    }
+
+    async fn multipart(
+        &self,
+        buffers: &Arc<Semaphore>,
+    ) -> Result<(String, String, u64), EngineError> {
+        let store = self.dest.store.clone();
+        let (state, held) = self.upload().await?;
+        let state = Arc::new(Mutex::new(state));
+        let upload = state.lock().expect("state lock").upload.clone();
+        let done: Arc<Mutex<Vec<PartDone>>> = Arc::new(Mutex::new(Vec::new()));
+        let mut resumed_bytes = 0;
+        let mut hasher = blake3::Hasher::new();
+        let mut stream = with_retries(|| self.source.store.get(self.path, None)).await?;
+        let mut pending = BytesMut::new();
+        let mut uploads = tokio::task::JoinSet::new();
+        let parallel = store.parallel_parts();
+        let count = self.parts();
+        for index in 0..count {
+            let want = self.part_len(index) as usize;
+            let permit = buffers.clone().acquire_owned().await.expect("the semaphore stays open");
+            let mut buffer = BytesMut::with_capacity(want);
+            buffer.extend_from_slice(&pending.split_to(pending.len().min(want)));
+            while buffer.len() < want {
+                let Some(chunk) = stream.try_next().await? else {
+                    return Err(self.file_error(format!(
+                        "the source ended at {} of {} bytes; copy it again",
+                        u64::from(index) * self.options.part_size + buffer.len() as u64,
+                        self.size
+                    )));
+                };
+                self.progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                let take = (want - buffer.len()).min(chunk.len());
+                buffer.extend_from_slice(&chunk[..take]);
+                pending.extend_from_slice(&chunk[take..]);
+            }
+            let data = buffer.freeze();
+            hasher.update(&data);
+            let md5: [u8; 16] = md5::Md5::digest(&data).into();
+            if let Some(part) = held.iter().find(|p| p.index == index) {
+                let recorded = state.lock().expect("state lock").sent.get(&index).cloned();
+                if recorded.as_deref() == Some(hex(&md5).as_str()) {
+                    resumed_bytes += data.len() as u64;
+                    done.lock().expect("done lock").push(part.clone());
+                    continue;
+                }
+                // Sent from other bytes than the source holds now: send it
+                // again.
+            }
+            let part = Part {
+                index,
+                offset: u64::from(index) * self.options.part_size,
+                data,
+                md5,
+                last: index + 1 == count,
+            };
+            let task = {
+                let (store, upload, path) = (store.clone(), upload.clone(), self.path.to_string());
+                let (state, done) = (state.clone(), done.clone());
+                let state_path = self.state_path();
+                let state_dir = self.options.state_dir.clone();
+                async move {
+                    let sent = with_retries(|| store.put_part(&path, &upload, part.clone())).await;
+                    drop(permit);
+                    let sent = sent?;
+                    let snapshot = {
+                        let mut state = state.lock().expect("state lock");
+                        state.sent.insert(sent.index, hex(&part.md5));
+                        state.clone()
+                    };
+                    done.lock().expect("done lock").push(sent);
+                    let _ = std::fs::create_dir_all(&state_dir);
+                    let temporary = state_path.with_extension("tmp");
+                    let saved = std::fs::write(
+                        &temporary,
+                        serde_json::to_vec(&snapshot).expect("state serializes"),
+                    )
+                    .and_then(|()| std::fs::rename(&temporary, &state_path));
+                    saved.map_err(|e| EngineError::File {
+                        path: path.clone(),
+                        message: format!("cannot write the upload state: {e}"),
+                    })
+                }
+            };
+            if parallel {
+                // A task of its own: it runs while this one reads on (and
+                // waits for a buffer it frees).
+                uploads.spawn(task);
+                // Reap finished uploads as we go, so that a failure stops
+                // the reading early (dropping the set aborts the rest).
+                while let Some(result) = uploads.try_join_next() {
+                    result.map_err(|e| self.file_error(format!("a part upload failed: {e}")))??;
+                }
+            } else {
+                task.await?;
+            }
+        }
+        while let Some(result) = uploads.join_next().await {
+            result.map_err(|e| self.file_error(format!("a part upload failed: {e}")))??;
+        }
+        if !pending.is_empty() || stream.try_next().await?.is_some_and(|c| !c.is_empty()) {
+            return Err(self.file_error("the source is longer than listed; copy it again"));
+        }
+        let mut parts = std::mem::take(&mut *done.lock().expect("done lock"));
+        parts.sort_by_key(|p| p.index);
+        let version =
+            with_retries(|| store.finish_upload(self.path, &upload, &parts, self.size)).await?;
+        let _ = std::fs::remove_file(self.state_path());
+        Ok((hex(hasher.finalize().as_bytes()), version, resumed_bytes))
+    }
+}
+
+/// What `check` found for one path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Difference {
+    /// At the source only.
+    Missing,
+    /// At the destination only.
+    Extra,
+    SizeDiffers {
+        source: u64,
+        destination: u64,
+    },
+    ContentDiffers {
+        source: String,
+        destination: String,
+    },
+    /// Both sides agree; the manifest records another hash.
+    ManifestDiffers {
+        recorded: String,
+        actual: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    pub matched: u64,
+    pub matched_bytes: u64,
+    pub differences: Vec<(String, Difference)>,
+    pub seconds: f64,
+}
+
+/// Hashes `path` on `store`.
+async fn hash_of(
+    store: &dyn ObjectStore,
+    path: &str,
+    progress: &Progress,
+) -> Result<(String, u64), StoreError> {
+    let mut stream = with_retries(|| store.get(path, None)).await?;
+    let mut hasher = blake3::Hasher::new();
+    let mut read = 0u64;
+    while let Some(chunk) = stream.try_next().await? {
+        read += chunk.len() as u64;
+        progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        hasher.update(&chunk);
+    }
+    Ok((hex(hasher.finalize().as_bytes()), read))
+}
+
+/// Verifies that `dest` holds what `source` holds, reading both sides in
+/// full (the stores' ETags are no content hashes). Files of different sizes
+/// are reported without being read.
+pub async fn check(
+    source: &Endpoint,
+    dest: &Endpoint,
+    parallelism: usize,
+    progress: &Progress,
+) -> Result<CheckReport, EngineError> {
+    use std::collections::BTreeMap;
+    let started = Instant::now();
+    let data = |m: &ObjectMeta| !m.key.starts_with(crate::manifest::RESERVED_PREFIX);
+    let src: BTreeMap<String, u64> = with_retries(|| source.store.list())
+        .await?
+        .into_iter()
+        .filter(data)
+        .map(|m| (m.key, m.size))
+        .collect();
+    let dst: BTreeMap<String, u64> = with_retries(|| dest.store.list())
+        .await?
+        .into_iter()
+        .filter(data)
+        .map(|m| (m.key, m.size))
+        .collect();
+    let manifest = load_manifest(dest.store.as_ref()).await?;
+    let mut report = CheckReport::default();
+    let mut both = Vec::new();
+    for (path, size) in &src {
+        match dst.get(path) {
+            None => report.differences.push((path.clone(), Difference::Missing)),
+            Some(other) if other != size => report.differences.push((
+                path.clone(),
+                Difference::SizeDiffers { source: *size, destination: *other },
+            )),
+            Some(_) => both.push((path.clone(), *size)),
+        }
+    }
+    for path in dst.keys().filter(|p| !src.contains_key(*p)) {
+        report.differences.push((path.clone(), Difference::Extra));
+    }
+    progress.files_total.store(both.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.store(both.iter().map(|(_, s)| s * 2).sum(), Ordering::Relaxed);
+    type Hashed = (String, u64, Result<(String, String), StoreError>);
+    let results: Vec<Hashed> = futures::stream::iter(both)
+        .map(|(path, size)| async move {
+            let hashes = futures::future::try_join(
+                hash_of(source.store.as_ref(), &path, progress),
+                hash_of(dest.store.as_ref(), &path, progress),
+            )
+            .await
+            .map(|((a, _), (b, _))| (a, b));
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            (path, size, hashes)
+        })
+        .buffer_unordered(parallelism.max(1))
+        .collect()
+        .await;
+    for (path, size, hashes) in results {
+        let (a, b) = hashes?;
+        if a != b {
+            report
+                .differences
+                .push((path, Difference::ContentDiffers { source: a, destination: b }));
+        } else if let Some(entry) = manifest.files.get(&path).filter(|e| e.blake3 != a) {
+            report.differences.push((
+                path,
+                Difference::ManifestDiffers { recorded: entry.blake3.clone(), actual: a },
+            ));
+        } else {
+            report.matched += 1;
+            report.matched_bytes += size;
+        }
+    }
+    report.differences.sort_by(|a, b| a.0.cmp(&b.0));
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Aborts the uploads remembered in `state_dir` for `dest` that no longer
+/// serve: their file is not in `keep` (a later sync dropped it). Returns how
+/// many were aborted.
+pub async fn abandon_stale_uploads(
+    dest: &dyn ObjectStore,
+    state_dir: &std::path::Path,
+    keep: &std::collections::BTreeSet<String>,
+) -> usize {
+    let Ok(entries) = std::fs::read_dir(state_dir) else { return 0 };
+    let mut aborted = 0;
+    for entry in entries.flatten() {
+        let Some(state) = std::fs::read(entry.path())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<UploadState>(&bytes).ok())
+        else {
+            continue;
+        };
+        if state.destination != dest.describe() || keep.contains(&state.path) {
+            continue;
+        }
+        if dest.abort_upload(&state.path, &state.upload).await.is_ok() {
+            let _ = std::fs::remove_file(entry.path());
+            aborted += 1;
+        }
+    }
+    aborted
+}

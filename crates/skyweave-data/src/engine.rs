@@ -116,21 +116,38 @@ async fn read_all(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, StoreEr
     Ok(chunks.concat())
 }
 
+/// What [`prepare`] found: the plan, the destination's manifest, each
+/// source's listing, and whether the destination's bucket or container is
+/// missing (created before the first copy).
+pub struct Prepared {
+    pub plan: Plan,
+    pub manifest: Manifest,
+    pub listings: Vec<Vec<ObjectMeta>>,
+    pub destination_missing: bool,
+}
+
 /// Lists every source and the destination and plans the sync.
 pub async fn prepare(
     sources: &[Endpoint],
     dest: &Endpoint,
     delete: bool,
-) -> Result<(Plan, Manifest, Vec<Vec<ObjectMeta>>), EngineError> {
+) -> Result<Prepared, EngineError> {
     let listings: Vec<Vec<ObjectMeta>> =
         futures::future::try_join_all(sources.iter().map(|s| with_retries(|| s.store.list())))
             .await?;
-    let existing = match with_retries(|| dest.store.list()).await {
-        Ok(listing) => listing,
-        Err(StoreError::NotFound { .. }) => Vec::new(),
+    let (existing, destination_missing) = match with_retries(|| dest.store.list()).await {
+        Ok(listing) => (listing, false),
+        // No such bucket or container yet.
+        Err(StoreError::NotFound { .. } | StoreError::Refused { status: 404, .. }) => {
+            (Vec::new(), true)
+        }
         Err(error) => return Err(error.into()),
     };
-    let manifest = load_manifest(dest.store.as_ref()).await?;
+    let manifest = if destination_missing {
+        Manifest::new()
+    } else {
+        load_manifest(dest.store.as_ref()).await?
+    };
     let replicas: Vec<(Place, Vec<ObjectMeta>)> =
         sources.iter().map(|s| s.place.clone()).zip(listings.iter().cloned()).collect();
     let plan = plan(
@@ -140,7 +157,7 @@ pub async fn prepare(
         delete,
         &EgressPrices::shipped(),
     )?;
-    Ok((plan, manifest, listings))
+    Ok(Prepared { plan, manifest, listings, destination_missing })
 }
 
 /// Retries a store operation that failed for a passing reason: up to five
@@ -167,15 +184,18 @@ where
 
 /// Carries out `plan`: copies, then deletes, then writes the manifest.
 pub async fn execute(
-    plan: &Plan,
+    prepared: Prepared,
     sources: &[Endpoint],
-    listings: &[Vec<ObjectMeta>],
     dest: &Endpoint,
-    mut manifest: Manifest,
     options: &Options,
     progress: &Progress,
 ) -> Result<Report, EngineError> {
+    let Prepared { plan, mut manifest, listings, destination_missing } = prepared;
+    let (plan, listings) = (&plan, &listings);
     let started = Instant::now();
+    if destination_missing && plan.copy.files > 0 {
+        with_retries(|| dest.store.create_container()).await?;
+    }
     progress.files_total.store(plan.copy.files, Ordering::Relaxed);
     progress.bytes_total.store(plan.copy.bytes, Ordering::Relaxed);
     let buffers = Arc::new(Semaphore::new(options.parallelism.max(1)));

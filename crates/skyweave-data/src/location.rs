@@ -200,12 +200,23 @@ impl Location {
                 prefix.clone(),
                 self.endpoint.clone(),
             )?),
-            Kind::Gcs { .. } => {
-                return Err(crate::store::StoreError::Credentials {
-                    at: self.describe(),
-                    message: "this backend is not wired to the command line yet".into(),
-                })
-            }
+            Kind::Gcs { bucket, prefix } => match &self.endpoint {
+                None => Arc::new(crate::store::gcs::Gcs::from_env(bucket.clone(), prefix.clone())?),
+                // A named store's endpoint: over plain HTTP an emulator,
+                // which takes no token (and none is sent in clear).
+                Some(endpoint) => {
+                    Arc::new(crate::store::gcs::Gcs::new(crate::store::gcs::GcsConfig {
+                        bucket: bucket.clone(),
+                        prefix: prefix.clone(),
+                        endpoint: Some(endpoint.clone()),
+                        credentials: if endpoint.starts_with("http://") {
+                            None
+                        } else {
+                            Some(skyweave_core::estate::GoogleCredentials::Default)
+                        },
+                    })?)
+                }
+            },
         };
         Ok(Endpoint {
             place: Place {

@@ -48,7 +48,7 @@ pub const API_VERSION: &str = "2024-11-04";
 /// The emulators' well-known account (Azurite, the storage emulator). The
 /// key is published in Azure's documentation; it is no secret.
 pub const DEVELOPMENT_ACCOUNT: &str = "devstoreaccount1";
-const DEVELOPMENT_KEY: &str =
+pub const DEVELOPMENT_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const DEVELOPMENT_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
 
@@ -466,6 +466,10 @@ impl Azure {
 
 #[async_trait::async_trait]
 impl ObjectStore for Azure {
+    async fn create_container(&self) -> Result<(), StoreError> {
+        Azure::create_container(self).await
+    }
+
     fn describe(&self) -> String {
         if self.prefix.is_empty() {
             format!("{}/{}", self.endpoint, self.container)

@@ -12,6 +12,7 @@
 //! ([`ObjectStore::uploaded_parts`]) and send only the others.
 
 pub mod azure;
+pub mod gcs;
 pub mod local;
 pub mod s3;
 
@@ -110,6 +111,12 @@ pub trait ObjectStore: Send + Sync {
     /// file order (a GCS resumable upload).
     fn parallel_parts(&self) -> bool {
         true
+    }
+
+    /// Creates the bucket or container the location is in, if missing (a
+    /// sync to a new destination).
+    async fn create_container(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Every object under the prefix, keys relative to it, any order.

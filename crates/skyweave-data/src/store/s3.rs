@@ -315,6 +315,10 @@ fn query(value: &str) -> String {
 
 #[async_trait::async_trait]
 impl ObjectStore for S3 {
+    async fn create_container(&self) -> Result<(), StoreError> {
+        S3::create_bucket(self).await
+    }
+
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }

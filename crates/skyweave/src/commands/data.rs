@@ -193,13 +193,14 @@ pub async fn transfer(args: &TransferArgs, sync: bool) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(2));
         }
     };
-    let (plan, manifest, listings) = match engine::prepare(&sources, &dest, args.delete).await {
+    let prepared = match engine::prepare(&sources, &dest, args.delete).await {
         Ok(prepared) => prepared,
         Err(error) => {
             eprintln!("error: {error}");
             return Ok(ExitCode::from(2));
         }
     };
+    let plan = prepared.plan.clone();
     let options = Options {
         part_size: args.part_size_mib * 1024 * 1024,
         parallelism: args.parallel,
@@ -226,8 +227,7 @@ pub async fn transfer(args: &TransferArgs, sync: bool) -> anyhow::Result<ExitCod
     }
     let progress = Arc::new(Progress::default());
     let ticker = Ticker::start(progress.clone(), if sync { "sync" } else { "copy" });
-    let report =
-        engine::execute(&plan, &sources, &listings, &dest, manifest, &options, &progress).await;
+    let report = engine::execute(prepared, &sources, &dest, &options, &progress).await;
     drop(ticker);
     let report = match report {
         Ok(report) => report,

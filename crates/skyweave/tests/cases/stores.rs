@@ -42,8 +42,10 @@ pub fn fresh_prefix(name: &str) -> String {
 }
 
 /// Everything the data plane needs of a store. `part_size` is the smallest
-/// part the backend accepts (5 MiB on S3).
-pub async fn conformance(store: Arc<dyn ObjectStore>, part_size: usize) {
+/// part the backend accepts (5 MiB on S3). `ask_midway`: ask the store which
+/// parts of an unfinished upload it holds (false only where an emulator
+/// cannot answer without ending the upload; see the GCS test).
+pub async fn conformance(store: Arc<dyn ObjectStore>, part_size: usize, ask_midway: bool) {
     let at = store.describe();
     assert!(store.list().await.unwrap().is_empty(), "{at}: a fresh prefix is empty");
     assert!(store.head("absent").await.unwrap().is_none(), "{at}");
@@ -114,7 +116,11 @@ pub async fn conformance(store: Arc<dyn ObjectStore>, part_size: usize) {
         done.push(send(2).await.unwrap());
     }
     // As after a crash: ask the store what it holds.
-    let held = store.uploaded_parts(key, &upload).await.unwrap().expect("the upload exists");
+    let held = if ask_midway {
+        store.uploaded_parts(key, &upload).await.unwrap().expect("the upload exists")
+    } else {
+        done.clone()
+    };
     let mut held_indexes: Vec<u32> = held.iter().map(|p| p.index).collect();
     held_indexes.sort();
     let mut sent: Vec<u32> = done.iter().map(|p| p.index).collect();
@@ -197,7 +203,7 @@ pub async fn conformance(store: Arc<dyn ObjectStore>, part_size: usize) {
 async fn a_local_directory_is_a_conforming_store() {
     let dir = TempDir::new();
     let store = Arc::new(skyweave_data::store::local::Local::new(dir.path().join("store")));
-    conformance(store, 64 * 1024).await;
+    conformance(store, 64 * 1024, true).await;
 }
 
 /// An S3 store on the suite's moto server, in a fresh bucket and prefix.
@@ -223,7 +229,7 @@ pub async fn moto_store(name: &str) -> Arc<skyweave_data::store::s3::S3> {
 
 #[tokio::test]
 async fn s3_on_moto_is_a_conforming_store() {
-    conformance(moto_store("conformance").await, 5 * 1024 * 1024).await;
+    conformance(moto_store("conformance").await, 5 * 1024 * 1024, true).await;
 }
 
 #[tokio::test]
@@ -260,7 +266,7 @@ pub async fn azurite_config(name: &str) -> skyweave_data::store::azure::AzureCon
 async fn azure_blob_on_azurite_is_a_conforming_store() {
     let config = azurite_config("conformance").await;
     let store = skyweave_data::store::azure::Azure::new(config).unwrap();
-    conformance(Arc::new(store), 256 * 1024).await;
+    conformance(Arc::new(store), 256 * 1024, true).await;
 }
 
 /// What the conformance suite leaves open: which error each refusal is,
@@ -343,5 +349,157 @@ async fn azure_blob_refusals_versions_and_uploads_on_azurite() {
     for key in ["v.bin", "x.bin"] {
         store.delete(key).await.unwrap();
     }
+    assert!(store.list().await.unwrap().is_empty(), "{at}");
+}
+
+/// A GCS store on the suite's fake-gcs-server, without credentials, in a
+/// bucket (created) and a fresh prefix.
+pub async fn fake_gcs_store(name: &str) -> skyweave_data::store::gcs::Gcs {
+    use skyweave_data::store::gcs::{Gcs, GcsConfig};
+    let service = crate::support::services::fake_gcs();
+    let config = |prefix: String| GcsConfig {
+        bucket: "skyweave-tests".into(),
+        prefix,
+        endpoint: Some(service.endpoint()),
+        credentials: None,
+    };
+    let bucket = Gcs::new(config(String::new())).unwrap();
+    bucket.create_bucket().await.unwrap();
+    // Twice: an existing bucket (409) is success.
+    bucket.create_bucket().await.unwrap();
+    Gcs::new(config(fresh_prefix(name))).unwrap()
+}
+
+/// The whole suite but one question: fake-gcs-server (1.54, and 1.56.1
+/// alike: fsouza/fake-gcs-server#1362, #2354) finishes a resumable upload
+/// when asked how far it got (`PUT` with `Content-Range: bytes */SIZE`), with
+/// the bytes it holds, where GCS answers 308 and keeps it open; so an upload
+/// cannot be resumed there. The store deletes that short object and reports
+/// the upload gone (checked below).
+#[tokio::test]
+async fn gcs_on_fake_gcs_server_is_a_conforming_store() {
+    conformance(Arc::new(fake_gcs_store("conformance").await), 256 * 1024, false).await;
+}
+
+/// What the conformance suite cannot reach on fake-gcs-server (it stops at
+/// resuming: see above) or leaves open: a resumable upload sent in one go,
+/// the checks of its parts and of the finished object, abort, versions,
+/// deletes, and a listing of more than one page.
+#[tokio::test]
+async fn gcs_uploads_checks_and_listing_on_fake_gcs_server() {
+    let store = Arc::new(fake_gcs_store("specifics").await);
+    let at = store.describe();
+    const PART: usize = 256 * 1024;
+
+    // A resumable upload in order: two full parts and a short one.
+    let data = pattern(PART * 2 + 12_345, 6);
+    let key = "big/ünïcödé weights+1.bin";
+    let send = |upload: String, data: Vec<u8>, index: usize, last: bool| {
+        let store = store.clone();
+        async move {
+            let chunk =
+                Bytes::from(data[index * PART..((index + 1) * PART).min(data.len())].to_vec());
+            let part = Part {
+                index: index as u32,
+                offset: (index * PART) as u64,
+                md5: md5_of(&chunk),
+                data: chunk,
+                last,
+            };
+            store.put_part(key, &upload, part).await
+        }
+    };
+    let upload = store.start_upload(key, data.len() as u64, PART as u64).await.unwrap();
+    let mut parts = Vec::new();
+    for index in 0..3 {
+        parts.push(send(upload.clone(), data.clone(), index, index == 2).await.unwrap());
+    }
+    let version = store.finish_upload(key, &upload, &parts, data.len() as u64).await.unwrap();
+    let head = store.head(key).await.unwrap().expect("the object exists");
+    assert_eq!((head.size, &head.version), (data.len() as u64, &version), "{at}");
+    assert!(read_all(store.as_ref(), key).await.unwrap() == data, "{at}: reads back");
+
+    // A part is checked against its MD5 before it goes.
+    let upload = store.start_upload("bad-part.bin", PART as u64 * 2, PART as u64).await.unwrap();
+    let chunk = Bytes::from(pattern(PART, 7));
+    let wrong = Part { index: 0, offset: 0, md5: md5_of(b"other"), data: chunk, last: false };
+    assert!(matches!(
+        store.put_part("bad-part.bin", &upload, wrong).await,
+        Err(StoreError::Integrity { .. })
+    ));
+    store.abort_upload("bad-part.bin", &upload).await.unwrap();
+
+    // The finished object is checked against the CRC32Cs of the parts
+    // sent; one that differs is not kept.
+    let key = "crc-mismatch.bin";
+    let upload = store.start_upload(key, data.len() as u64, PART as u64).await.unwrap();
+    let mut parts = Vec::new();
+    for index in 0..3 {
+        parts.push(send(upload.clone(), data.clone(), index, index == 2).await.unwrap());
+    }
+    parts[1].tag = parts[1].tag.replace("crc32c=", "crc32c=f");
+    parts[1].tag.truncate("crc32c=".len() + 8);
+    let finished = store.finish_upload(key, &upload, &parts, data.len() as u64).await;
+    assert!(matches!(finished, Err(StoreError::Integrity { .. })), "{at}: {finished:?}");
+    assert!(store.head(key).await.unwrap().is_none(), "{at}: the object was deleted");
+
+    // Asking the emulator about an unfinished upload finishes it with the
+    // bytes it holds (GCS answers 308): then no short object may remain.
+    let key = "asked.bin";
+    let upload = store.start_upload(key, PART as u64 * 2, PART as u64).await.unwrap();
+    send(upload.clone(), pattern(PART * 2, 8), 0, false).await.unwrap();
+    match store.uploaded_parts(key, &upload).await.unwrap() {
+        Some(held) => assert_eq!(held.iter().map(|p| p.index).collect::<Vec<_>>(), [0]),
+        None => assert!(store.head(key).await.unwrap().is_none(), "{at}: no short object"),
+    }
+    store.abort_upload(key, &upload).await.unwrap();
+    assert!(store.head(key).await.unwrap().is_none(), "{at}");
+
+    // An aborted upload leaves nothing.
+    let key = "aborted.bin";
+    let upload = store.start_upload(key, PART as u64 * 2, PART as u64).await.unwrap();
+    send(upload.clone(), pattern(PART * 2, 9), 0, false).await.unwrap();
+    store.abort_upload(key, &upload).await.unwrap();
+    store.abort_upload(key, &upload).await.unwrap();
+    assert!(
+        store.uploaded_parts(key, &upload).await.unwrap().is_none_or(|p| p.is_empty()),
+        "{at}: an aborted upload holds nothing"
+    );
+    assert!(store.head(key).await.unwrap().is_none(), "{at}");
+
+    // Versions are generations: a new one at every write.
+    let first = store.put("v.bin", Bytes::from_static(b"1"), md5_of(b"1")).await.unwrap();
+    let second = store.put("v.bin", Bytes::from_static(b"2"), md5_of(b"2")).await.unwrap();
+    assert_ne!(first, second, "{at}");
+    assert_eq!(store.head("v.bin").await.unwrap().map(|m| m.version), Some(second));
+
+    // Deletes, and more objects than one listing page holds.
+    for key in ["big/ünïcödé weights+1.bin", "v.bin", "never-there"] {
+        store.delete(key).await.unwrap();
+    }
+    assert!(store.list().await.unwrap().is_empty(), "{at}: everything deleted");
+    let keys: Vec<String> = (0..1_100).map(|i| format!("many/{i:05}.bin")).collect();
+    futures::stream::iter(keys.iter())
+        .map(|key| {
+            let store = store.clone();
+            let data = Bytes::from(key.as_bytes().to_vec());
+            async move { store.put(key, data.clone(), md5_of(&data)).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = store.list().await.unwrap().into_iter().map(|m| m.key).collect();
+    listed.sort();
+    assert_eq!(listed, keys, "{at}: every page of the listing");
+    futures::stream::iter(keys.iter())
+        .map(|key| {
+            let store = store.clone();
+            async move { store.delete(key).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     assert!(store.list().await.unwrap().is_empty(), "{at}");
 }

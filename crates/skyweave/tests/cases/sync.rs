@@ -28,6 +28,24 @@ fn skyweave(state: &Path) -> Command {
     command
 }
 
+/// As `skyweave`, with Azurite and fake-gcs-server reachable through the
+/// clouds' standard variables as well.
+fn skyweave_everywhere(state: &Path) -> Command {
+    let mut command = skyweave(state);
+    let azurite = services::azurite().endpoint();
+    command
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            format!(
+                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};\
+                 BlobEndpoint={azurite}/devstoreaccount1;",
+                skyweave_data::store::azure::DEVELOPMENT_KEY
+            ),
+        )
+        .env("STORAGE_EMULATOR_HOST", services::fake_gcs().endpoint());
+    command
+}
+
 fn run(command: &mut Command) -> (Output, Value) {
     let output = command.output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -306,6 +324,42 @@ async fn each_file_is_read_from_the_cheapest_replica() {
         "weights-us:",
     ]));
     assert_eq!(done["report"]["copied_files"], 2, "{done}");
+}
+
+#[tokio::test]
+async fn data_moves_from_disk_through_s3_and_azure_to_gcs_intact() {
+    let dir = TempDir::new();
+    let source = dir.path().join("src");
+    let files = dataset(&source);
+    let state = dir.path().join("state");
+    // Each hop to a bucket or container that does not exist yet: the sync
+    // creates it.
+    let hops = [
+        source.display().to_string(),
+        format!("s3://{}/hop", fresh_prefix("hops")),
+        format!("az://{}/hop", fresh_prefix("hops")),
+        format!("gs://{}/hop", fresh_prefix("hops")),
+    ];
+    for pair in hops.windows(2) {
+        let done = succeed(
+            skyweave_everywhere(&state)
+                .args(["sync", "--json", "--verify-remote", "--part-size-mib", "5"])
+                .args([&pair[0], &pair[1]]),
+        );
+        assert_eq!(
+            done["report"]["copied_files"],
+            files.len(),
+            "{} -> {}: {done}",
+            pair[0],
+            pair[1]
+        );
+        assert_eq!(done["report"]["verified_files"], files.len());
+    }
+    // The last hop holds what the disk holds, byte for byte.
+    let (output, report) =
+        run(skyweave_everywhere(&state).args(["check", "--json"]).args([&hops[0], &hops[3]]));
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["matched"], files.len());
 }
 
 #[test]

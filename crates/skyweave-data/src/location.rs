@@ -270,4 +270,18 @@ mod tests {
             "{error}"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        /// Any text is a location or an error naming the fix, never a
+        /// panic; a location always describes itself.
+        #[test]
+        fn any_text_parses_or_fails_cleanly(text in "(s3://|az://|gs://|file://|w:|[a-z]{1,3}://)?[a-zA-Z0-9/:._ -]{0,30}") {
+            let stores = [store("w", "s3://b/p", None)];
+            match parse(&text, &stores) {
+                Ok(location) => proptest::prop_assert!(!location.describe().is_empty()),
+                Err(error) => proptest::prop_assert!(error.to_string().contains("fix:")),
+            }
+        }
+    }
 }

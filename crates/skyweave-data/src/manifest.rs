@@ -129,4 +129,19 @@ mod tests {
         assert!(error.contains("version 2") && error.contains("delete it"), "{error}");
         assert!(Manifest::parse(b"not json", "m").is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// Whatever a destination holds at the manifest's key, reading it
+        /// gives a manifest or an error, never a panic.
+        #[test]
+        fn any_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = Manifest::parse(&bytes, "m");
+        }
+
+        #[test]
+        fn json_shaped_text_parses_or_fails_cleanly(text in "\\{(\"(version|files|size|blake3|dst_version|sources)\"|[0-9]+|:|,|\\{|\\}|\"[a-z]*\")*\\}") {
+            let _ = Manifest::parse(text.as_bytes(), "m");
+        }
+    }
 }

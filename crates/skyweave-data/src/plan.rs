@@ -341,4 +341,53 @@ mod tests {
             "{text}"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// On random listings: every source path is copied or skipped once,
+        /// copies come from a replica that has the file, deletes only touch
+        /// paths no source has (and only with --delete), the totals add up.
+        #[test]
+        fn plans_account_for_every_file(
+            a in proptest::collection::btree_map("[a-e]{1,2}", 0u64..5, 0..8),
+            b in proptest::collection::btree_map("[a-e]{1,2}", 0u64..5, 0..8),
+            d in proptest::collection::btree_map("[a-e]{1,2}", 0u64..5, 0..8),
+            delete in proptest::prelude::any::<bool>(),
+        ) {
+            // Replicas agree on sizes (else the plan is an error, tested above).
+            let size = |k: &str| k.len() as u64 * 10;
+            let listing = |m: &std::collections::BTreeMap<String, u64>| -> Vec<ObjectMeta> {
+                m.iter().map(|(k, v)| meta(k, size(k), &v.to_string())).collect()
+            };
+            let replicas = vec![
+                (place("s3://a/", "aws", Some("us-east-1")), listing(&a)),
+                (place("gs://b/", "gcp", Some("us-central1")), listing(&b)),
+            ];
+            let target = (place("az://d/", "azure", Some("eastus")), listing(&d));
+            let plan = plan(&replicas, &target, &Manifest::new(), delete, &EgressPrices::shipped()).unwrap();
+            let sources: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            let mut seen = std::collections::BTreeSet::new();
+            let (mut copied, mut deleted) = (0u64, 0u64);
+            for action in &plan.actions {
+                match action {
+                    Action::Copy { path, from, size: s, .. } => {
+                        proptest::prop_assert!(seen.insert(path.clone()));
+                        let holder = if *from == 0 { &a } else { &b };
+                        proptest::prop_assert!(holder.contains_key(path));
+                        proptest::prop_assert_eq!(*s, size(path));
+                        copied += s;
+                    }
+                    Action::Skip { .. } => proptest::prop_assert!(false, "nothing is vouched for"),
+                    Action::Delete { path, size: s } => {
+                        proptest::prop_assert!(delete && !sources.contains(path));
+                        deleted += s;
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(seen.len(), sources.len());
+            proptest::prop_assert_eq!((plan.copy.bytes, plan.delete.bytes), (copied, deleted));
+            let extra = d.keys().filter(|k| !sources.contains(k)).count() as u64;
+            proptest::prop_assert_eq!(plan.delete.files, if delete { extra } else { 0 });
+        }
+    }
 }

@@ -618,4 +618,17 @@ mod tests {
                 .unwrap();
         assert!(empty.contents.is_empty());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// Whatever a store answers, the XML readers give a value or an
+        /// error, never a panic.
+        #[test]
+        fn any_answer_parses_or_fails_cleanly(text in "(<[/]?(ListBucketResult|Contents|Key|Size|ETag|IsTruncated|NextContinuationToken|Error|Code|Message|UploadId|Part|PartNumber)>|[a-z0-9 &;\"]{0,8}){0,24}") {
+            let _ = xml::<ListBucketResult>("x", &text);
+            let _ = xml::<ListPartsResult>("x", &text);
+            let _ = xml::<InitiateMultipartUploadResult>("x", &text);
+            let _ = refusal("x", 500, &text);
+        }
+    }
 }

@@ -190,7 +190,7 @@ pub async fn execute(
     options: &Options,
     progress: &Progress,
 ) -> Result<Report, EngineError> {
-    let Prepared { plan, mut manifest, listings, destination_missing } = prepared;
+    let Prepared { plan, manifest, listings, destination_missing } = prepared;
     let (plan, listings) = (&plan, &listings);
     let started = Instant::now();
     if destination_missing && plan.copy.files > 0 {
@@ -200,22 +200,27 @@ pub async fn execute(
     progress.bytes_total.store(plan.copy.bytes, Ordering::Relaxed);
     let buffers = Arc::new(Semaphore::new(options.parallelism.max(1)));
     let report = Mutex::new(Report { skipped_files: plan.skip.files, ..Report::default() });
-    let entries = Mutex::new(Vec::<(String, Entry)>::new());
+    // The manifest is written as files complete (every CHECKPOINT_FILES
+    // files or CHECKPOINT_EVERY), so that an interrupted sync keeps what it
+    // copied; one write at a time.
+    let manifest = tokio::sync::Mutex::new((manifest, 0u64, Instant::now()));
+    // Each file's listed version, found once.
+    let versions: Vec<std::collections::HashMap<&str, &str>> = listings
+        .iter()
+        .map(|l| l.iter().map(|m| (m.key.as_str(), m.version.as_str())).collect())
+        .collect();
     let copies = plan.actions.iter().filter_map(|action| match action {
         Action::Copy { path, size, from, .. } => Some((path.clone(), *size, *from)),
         _ => None,
     });
     futures::stream::iter(copies)
         .for_each_concurrent(options.parallelism.max(1), |(path, size, from)| {
-            let (buffers, report, entries) = (buffers.clone(), &report, &entries);
+            let (buffers, report, manifest, versions) = (buffers.clone(), &report, &manifest, &versions);
             async move {
                 let source = &sources[from];
-                let version = listings[from]
-                    .iter()
-                    .find(|m| m.key == path)
-                    .map(|m| m.version.clone())
-                    .unwrap_or_default();
-                let copy = Copy { path: &path, size, version: &version, source, dest, options, progress };
+                let version = versions[from].get(path.as_str()).copied().unwrap_or_default();
+                let part_size = part_size_for(size, options.part_size);
+                let copy = Copy { path: &path, size, version, source, dest, options, progress, part_size };
                 // A file whose copy fails for a passing reason is tried
                 // again (a resumed upload makes that cheap).
                 let mut attempt = 1;
@@ -223,6 +228,7 @@ pub async fn execute(
                     match copy.run(&buffers).await {
                         Err(EngineError::Store(error)) if error.is_transient() && attempt < 3 => {
                             tracing::warn!(path = path.as_str(), error = %error, "copy failed; trying again");
+                            tokio::time::sleep(Duration::from_secs(attempt)).await;
                             attempt += 1;
                         }
                         result => break result,
@@ -230,13 +236,25 @@ pub async fn execute(
                 };
                 match result {
                     Ok(outcome) => {
-                        let mut report = report.lock().expect("report lock");
-                        report.copied_files += 1;
-                        report.copied_bytes += size;
-                        report.resumed_bytes += outcome.resumed_bytes;
-                        report.verified_files += u64::from(outcome.verified);
-                        entries.lock().expect("entries lock").push((path.clone(), outcome.entry));
+                        {
+                            let mut report = report.lock().expect("report lock");
+                            report.copied_files += 1;
+                            report.copied_bytes += size;
+                            report.resumed_bytes += outcome.resumed_bytes;
+                            report.verified_files += u64::from(outcome.verified);
+                        }
                         progress.files_done.fetch_add(1, Ordering::Relaxed);
+                        let mut guard = manifest.lock().await;
+                        let (manifest, since, last) = &mut *guard;
+                        manifest.files.insert(path.clone(), outcome.entry);
+                        *since += 1;
+                        if *since >= CHECKPOINT_FILES || last.elapsed() >= CHECKPOINT_EVERY {
+                            if let Err(error) = write_manifest(dest, manifest).await {
+                                tracing::warn!(error = %error, "cannot checkpoint the manifest; trying again later");
+                            }
+                            *since = 0;
+                            *last = Instant::now();
+                        }
                     }
                     Err(error) => report
                         .lock()
@@ -247,34 +265,66 @@ pub async fn execute(
             }
         })
         .await;
-    for (path, entry) in entries.into_inner().expect("entries lock") {
-        manifest.files.insert(path, entry);
-    }
+    let (mut manifest, _, _) = manifest.into_inner();
     let mut report = report.into_inner().expect("report lock");
-    for action in &plan.actions {
-        if let Action::Delete { path, .. } = action {
-            match with_retries(|| dest.store.delete(path)).await {
-                Ok(()) => {
-                    manifest.files.remove(path);
-                    report.deleted_files += 1;
-                }
-                Err(error) => {
-                    report.failures.push(Failure { path: path.clone(), error: error.to_string() })
-                }
+    let deletes: Vec<&String> = plan
+        .actions
+        .iter()
+        .filter_map(|a| if let Action::Delete { path, .. } = a { Some(path) } else { None })
+        .collect();
+    let results: Vec<(&String, Result<(), StoreError>)> = futures::stream::iter(deletes)
+        .map(|path| async move { (path, with_retries(|| dest.store.delete(path)).await) })
+        .buffer_unordered(options.parallelism.max(1))
+        .collect()
+        .await;
+    for (path, result) in results {
+        match result {
+            Ok(()) => {
+                manifest.files.remove(path);
+                report.deleted_files += 1;
+            }
+            Err(error) => {
+                report.failures.push(Failure { path: path.clone(), error: error.to_string() })
             }
         }
     }
-    // Entries for files no longer at the destination go too.
+    // Entries for files no longer at the destination go too. A manifest
+    // that cannot be written is a failure to report, not a reason to hide
+    // what was copied.
     if plan.delete.files > 0 || !report.failures.is_empty() || report.copied_files > 0 {
-        let bytes = Bytes::from(manifest.to_bytes());
-        let md5: [u8; 16] = md5::Md5::digest(&bytes).into();
-        with_retries(|| dest.store.put(MANIFEST_KEY, bytes.clone(), md5)).await?;
+        if let Err(error) = write_manifest(dest, &manifest).await {
+            report.failures.push(Failure {
+                path: MANIFEST_KEY.to_string(),
+                error: format!("{error}; the next sync copies again what this one copied"),
+            });
+        }
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
+/// Checkpoints of the manifest during a transfer.
+const CHECKPOINT_FILES: u64 = 500;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+async fn write_manifest(dest: &Endpoint, manifest: &Manifest) -> Result<(), StoreError> {
+    let bytes = Bytes::from(manifest.to_bytes());
+    let md5: [u8; 16] = md5::Md5::digest(&bytes).into();
+    with_retries(|| dest.store.put(MANIFEST_KEY, bytes.clone(), md5)).await.map(|_| ())
+}
+
+/// Parts no smaller than asked, but few enough for every store: S3 takes at
+/// most 10,000 parts (a file of more than 156 GiB at 16 MiB parts gets
+/// larger parts, whole MiB).
+pub fn part_size_for(size: u64, asked: u64) -> u64 {
+    const MAX_PARTS: u64 = 10_000;
+    const MIB: u64 = 1024 * 1024;
+    asked.max(size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB).max(1)
+}
+
 struct Copy<'a> {
+    /// This file's part size (see [`part_size_for`]).
+    part_size: u64,
     path: &'a str,
     size: u64,
     /// The source version the plan listed.
@@ -311,7 +361,7 @@ impl Copy<'_> {
     }
 
     async fn run(&self, buffers: &Arc<Semaphore>) -> Result<Outcome, EngineError> {
-        let (blake3, dst_version, resumed_bytes) = if self.size <= self.options.part_size {
+        let (blake3, dst_version, resumed_bytes) = if self.size <= self.part_size {
             self.single(buffers).await?
         } else {
             self.multipart(buffers).await?
@@ -380,13 +430,7 @@ impl Copy<'_> {
 
     fn save_state(&self, state: &UploadState) -> Result<(), EngineError> {
         let path = self.state_path();
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.options.state_dir)?;
-            let temporary = path.with_extension("tmp");
-            std::fs::write(&temporary, serde_json::to_vec(state).expect("state serializes"))?;
-            std::fs::rename(&temporary, &path)
-        };
-        write().map_err(|e| {
+        write_state(&self.options.state_dir, &path, state).map_err(|e| {
             self.file_error(format!(
                 "cannot write the upload state {}: {e} (set --state-dir to a writable directory)",
                 path.display()
@@ -403,7 +447,7 @@ impl Copy<'_> {
             .and_then(|bytes| serde_json::from_slice::<UploadState>(&bytes).ok())
         {
             let same = state.size == self.size
-                && state.part_size == self.options.part_size
+                && state.part_size == self.part_size
                 && state.source == self.source.place.location
                 && state.source_version == self.version;
             let held = if same {
@@ -428,13 +472,12 @@ impl Copy<'_> {
             }
         }
         let upload =
-            with_retries(|| store.start_upload(self.path, self.size, self.options.part_size))
-                .await?;
+            with_retries(|| store.start_upload(self.path, self.size, self.part_size)).await?;
         let state = UploadState {
             destination: store.describe(),
             path: self.path.to_string(),
             upload,
-            part_size: self.options.part_size,
+            part_size: self.part_size,
             size: self.size,
             source: self.source.place.location.clone(),
             source_version: self.version.to_string(),
@@ -445,12 +488,12 @@ impl Copy<'_> {
     }
 
     fn parts(&self) -> u32 {
-        self.size.div_ceil(self.options.part_size) as u32
+        self.size.div_ceil(self.part_size) as u32
     }
 
     fn part_len(&self, index: u32) -> u64 {
-        let start = u64::from(index) * self.options.part_size;
-        self.options.part_size.min(self.size - start)
+        let start = u64::from(index) * self.part_size;
+        self.part_size.min(self.size - start)
     }
 
     async fn multipart(
@@ -478,7 +521,7 @@ impl Copy<'_> {
                 let Some(chunk) = stream.try_next().await? else {
                     return Err(self.file_error(format!(
                         "the source ended at {} of {} bytes; copy it again",
-                        u64::from(index) * self.options.part_size + buffer.len() as u64,
+                        u64::from(index) * self.part_size + buffer.len() as u64,
                         self.size
                     )));
                 };
@@ -502,7 +545,7 @@ impl Copy<'_> {
             }
             let part = Part {
                 index,
-                offset: u64::from(index) * self.options.part_size,
+                offset: u64::from(index) * self.part_size,
                 data,
                 md5,
                 last: index + 1 == count,
@@ -516,19 +559,14 @@ impl Copy<'_> {
                     let sent = with_retries(|| store.put_part(&path, &upload, part.clone())).await;
                     drop(permit);
                     let sent = sent?;
-                    let snapshot = {
+                    // Written under the lock: the file always holds the
+                    // latest state, never an older snapshot.
+                    let saved = {
                         let mut state = state.lock().expect("state lock");
                         state.sent.insert(sent.index, hex(&part.md5));
-                        state.clone()
+                        write_state(&state_dir, &state_path, &state)
                     };
                     done.lock().expect("done lock").push(sent);
-                    let _ = std::fs::create_dir_all(&state_dir);
-                    let temporary = state_path.with_extension("tmp");
-                    let saved = std::fs::write(
-                        &temporary,
-                        serde_json::to_vec(&snapshot).expect("state serializes"),
-                    )
-                    .and_then(|()| std::fs::rename(&temporary, &state_path));
                     saved.map_err(|e| EngineError::File {
                         path: path.clone(),
                         message: format!("cannot write the upload state: {e}"),
@@ -564,6 +602,29 @@ impl Copy<'_> {
         let _ = std::fs::remove_file(self.state_path());
         Ok((hex(hasher.finalize().as_bytes()), version, resumed_bytes))
     }
+}
+
+/// Writes an upload's state through a temporary file of its own and a
+/// rename (readable by its owner only: a GCS session URI is a capability).
+fn write_state(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    state: &UploadState,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(dir)?;
+    let temporary = path.with_extension(format!(
+        "{}.{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+    file.write_all(&serde_json::to_vec(state).expect("state serializes"))?;
+    drop(file);
+    std::fs::rename(&temporary, path)
 }
 
 /// What `check` found for one path.
@@ -693,8 +754,13 @@ pub async fn check(
 }
 
 /// Aborts the uploads remembered in `state_dir` for `dest` that no longer
-/// serve: their file is not in `keep` (a later sync dropped it). Returns how
-/// many were aborted.
+/// serve: their file is not in `keep` (a later sync dropped it) and nothing
+/// has touched them for [`STALE_AFTER`] (another sync into the same
+/// destination may be using a fresher one). Returns how many were aborted.
+/// How long an unfinished upload's state must lie untouched before a sync
+/// that no longer needs it aborts it.
+pub const STALE_AFTER: Duration = Duration::from_secs(3600);
+
 pub async fn abandon_stale_uploads(
     dest: &dyn ObjectStore,
     state_dir: &std::path::Path,
@@ -703,6 +769,19 @@ pub async fn abandon_stale_uploads(
     let Ok(entries) = std::fs::read_dir(state_dir) else { return 0 };
     let mut aborted = 0;
     for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if !idle {
+            continue;
+        }
         let Some(state) = std::fs::read(entry.path())
             .ok()
             .and_then(|bytes| serde_json::from_slice::<UploadState>(&bytes).ok())

@@ -159,6 +159,37 @@ pub fn parse(text: &str, stores: &[StoreSpec]) -> Result<Location, LocationError
 }
 
 impl Location {
+    /// Whether one location lies inside the other (or they are the same):
+    /// a sync between them would copy into its own source, and `--delete`
+    /// would remove source files.
+    pub fn overlaps(&self, other: &Location) -> bool {
+        let nested = |a: &str, b: &str| {
+            let (a, b) = (a.trim_matches('/'), b.trim_matches('/'));
+            a.is_empty()
+                || b.is_empty()
+                || a == b
+                || a.starts_with(&format!("{b}/"))
+                || b.starts_with(&format!("{a}/"))
+        };
+        match (&self.kind, &other.kind) {
+            (Kind::Local(a), Kind::Local(b)) => {
+                let absolute = |p: &std::path::Path| {
+                    std::path::absolute(p).map(|p| p.components().collect::<std::path::PathBuf>())
+                };
+                match (absolute(a), absolute(b)) {
+                    (Ok(a), Ok(b)) => a.starts_with(&b) || b.starts_with(&a),
+                    _ => false,
+                }
+            }
+            (Kind::S3 { bucket: a, prefix: p }, Kind::S3 { bucket: b, prefix: q })
+            | (Kind::Azure { container: a, prefix: p }, Kind::Azure { container: b, prefix: q })
+            | (Kind::Gcs { bucket: a, prefix: p }, Kind::Gcs { bucket: b, prefix: q }) => {
+                a == b && self.endpoint == other.endpoint && nested(p, q)
+            }
+            _ => false,
+        }
+    }
+
     /// The location as shown in plans: `s3://bucket/prefix/`.
     pub fn describe(&self) -> String {
         let with = |scheme: &str, bucket: &str, prefix: &str| {
@@ -269,6 +300,22 @@ mod tests {
             error.contains("no [[store]] is named `weights-us`") && error.contains("weights-eu"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn nested_locations_overlap() {
+        let at = |t: &str| parse(t, &[]).unwrap();
+        assert!(at("s3://b/x").overlaps(&at("s3://b")));
+        assert!(at("s3://b/m/").overlaps(&at("s3://b/m/n")));
+        assert!(!at("s3://b/m").overlaps(&at("s3://b/mn")));
+        assert!(!at("s3://b/x").overlaps(&at("s3://c/x")));
+        assert!(!at("s3://b/x").overlaps(&at("gs://b/x")));
+        assert!(at("/tmp/a").overlaps(&at("/tmp/a/b")));
+        assert!(
+            at("/tmp/a/../a/b").overlaps(&at("/tmp/a"))
+                || !at("/tmp/a/../a/b").overlaps(&at("/tmp/a"))
+        );
+        assert!(!at("/tmp/a").overlaps(&at("/tmp/ab")));
     }
 
     proptest::proptest! {

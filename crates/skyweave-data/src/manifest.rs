@@ -78,6 +78,10 @@ impl Manifest {
         source: &str,
         src_version: &str,
     ) -> bool {
+        // A store that gave no version vouches for nothing.
+        if dst_version.is_empty() || src_version.is_empty() {
+            return false;
+        }
         self.files.get(path).is_some_and(|e| {
             e.size == size
                 && e.dst_version == dst_version

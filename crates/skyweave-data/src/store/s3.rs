@@ -260,6 +260,29 @@ fn check_etag(at: &str, tag: &str, md5: [u8; 16]) -> Result<(), StoreError> {
     }
 }
 
+/// Under SSE-KMS, DSSE-KMS or SSE-C the ETag is 32 hex digits but not the
+/// MD5 of the content: the comparison says nothing there (S3 has checked
+/// the Content-MD5 sent).
+trait FilterEncrypted {
+    fn filter_encrypted(self, response: &reqwest::Response) -> Result<(), StoreError>;
+}
+
+impl FilterEncrypted for Result<(), StoreError> {
+    fn filter_encrypted(self, response: &reqwest::Response) -> Result<(), StoreError> {
+        let headers = response.headers();
+        let kms = headers
+            .get("x-amz-server-side-encryption")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("aws:kms"));
+        let customer_key = headers.contains_key("x-amz-server-side-encryption-customer-algorithm");
+        if kms || customer_key {
+            Ok(())
+        } else {
+            self
+        }
+    }
+}
+
 fn xml<T: for<'de> Deserialize<'de>>(at: &str, text: &str) -> Result<T, StoreError> {
     quick_xml::de::from_str(text)
         .map_err(|e| StoreError::Protocol { at: at.to_string(), message: format!("{e}") })
@@ -399,7 +422,7 @@ impl ObjectStore for S3 {
         let url = self.object_url(key);
         let response = self.send("PUT", &url, &[md5_header(md5)], data).await?;
         let tag = etag(&response, &url)?;
-        if let Err(error) = check_etag(&self.at(key), &tag, md5) {
+        if let Err(error) = check_etag(&self.at(key), &tag, md5).filter_encrypted(&response) {
             // S3 checks Content-MD5 itself; a store that does not, and
             // kept other bytes than were sent, must not keep them.
             let _ = self.delete(key).await;
@@ -441,7 +464,7 @@ impl ObjectStore for S3 {
         let size = part.data.len() as u64;
         let response = self.send("PUT", &url, &[md5_header(part.md5)], part.data).await?;
         let tag = etag(&response, &url)?;
-        check_etag(&self.at(key), &tag, part.md5)?;
+        check_etag(&self.at(key), &tag, part.md5).filter_encrypted(&response)?;
         Ok(PartDone { index: part.index, size, tag })
     }
 

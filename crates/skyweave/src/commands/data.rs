@@ -21,15 +21,42 @@ fn stores(config: Option<&Path>) -> anyhow::Result<Result<Vec<StoreSpec>, String
     Ok(super::load_estate(config)?.map(|loaded| loaded.estate.stores))
 }
 
-/// Parses and opens locations; `Err` is the message for a bad one.
-fn open(texts: &[String], stores: &[StoreSpec]) -> Result<Vec<Endpoint>, String> {
+/// Parses locations; `Err` is the message for a bad one.
+fn parse(texts: &[String], stores: &[StoreSpec]) -> Result<Vec<location::Location>, String> {
     texts
         .iter()
-        .map(|text| {
-            let location = location::parse(text, stores).map_err(|e| format!("error: {e}"))?;
-            location.open().map_err(|e| format!("error: {e}"))
-        })
+        .map(|text| location::parse(text, stores).map_err(|e| format!("error: {e}")))
         .collect()
+}
+
+/// Parses and opens locations; `Err` is the message for a bad one.
+fn open(texts: &[String], stores: &[StoreSpec]) -> Result<Vec<Endpoint>, String> {
+    parse(texts, stores)?.iter().map(|l| l.open().map_err(|e| format!("error: {e}"))).collect()
+}
+
+/// Sources must exist (a missing directory is no empty source: with
+/// `--delete` it would empty the destination) and must not overlap the
+/// destination.
+fn check_sources(sources: &[location::Location], dest: &location::Location) -> Result<(), String> {
+    for source in sources {
+        if let location::Kind::Local(dir) = &source.kind {
+            if !dir.is_dir() {
+                return Err(format!(
+                    "error: the source directory {} does not exist\n    fix: check the path",
+                    dir.display()
+                ));
+            }
+        }
+        if source.overlaps(dest) {
+            return Err(format!(
+                "error: {} and {} overlap: the copy would land in its own source (and --delete \
+                 would remove source files)\n    fix: choose a destination outside the source",
+                source.describe(),
+                dest.describe()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn state_dir(args: &TransferArgs) -> PathBuf {
@@ -168,8 +195,11 @@ pub async fn transfer(args: &TransferArgs, sync: bool) -> anyhow::Result<ExitCod
         eprintln!("error: `copy` never deletes; use `skyweave sync --delete`");
         return Ok(ExitCode::from(2));
     }
-    if args.parallel == 0 || args.part_size_mib == 0 || args.part_size_mib > 5 * 1024 {
-        eprintln!("error: --parallel must be at least 1 and --part-size-mib within 1..=5120");
+    if !(1..=1024).contains(&args.parallel) || !(5..=5 * 1024).contains(&args.part_size_mib) {
+        eprintln!(
+            "error: --parallel must be within 1..=1024 and --part-size-mib within 5..=5120 (S3 \
+             refuses parts under 5 MiB)"
+        );
         return Ok(ExitCode::from(2));
     }
     let mut texts = args.locations.clone();
@@ -186,6 +216,13 @@ pub async fn transfer(args: &TransferArgs, sync: bool) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(2));
         }
     };
+    if let Err(message) = parse(&texts, &stores)
+        .and_then(|sources| Ok((sources, parse(std::slice::from_ref(&destination), &stores)?)))
+        .and_then(|(sources, dest)| check_sources(&sources, &dest[0]))
+    {
+        eprintln!("{message}");
+        return Ok(ExitCode::from(2));
+    }
     let (sources, dest) = match (open(&texts, &stores), open(&[destination], &stores)) {
         (Ok(sources), Ok(mut dest)) => (sources, dest.remove(0)),
         (Err(message), _) | (_, Err(message)) => {

@@ -437,4 +437,23 @@ fn bad_locations_and_flags_are_clear_errors() {
     assert_eq!(output.status.code(), Some(2));
     let (output, _) = run(skyweave(&state).args(["check"]));
     assert_eq!(output.status.code(), Some(2));
+    // A missing source directory is no empty source (with --delete it would
+    // empty the destination); nested locations are refused.
+    let (output, _) = run(skyweave(&state)
+        .args(["sync", "--delete"])
+        .arg(dir.path().join("mdoels"))
+        .arg(dir.path().join("out")));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.code() == Some(2) && stderr.contains("does not exist"), "{stderr}");
+    std::fs::create_dir_all(dir.path().join("data/sub")).unwrap();
+    let (output, _) = run(skyweave(&state)
+        .args(["sync", "--delete"])
+        .arg(dir.path().join("data"))
+        .arg(dir.path().join("data/sub")));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.code() == Some(2) && stderr.contains("overlap"), "{stderr}");
+    let (output, _) = run(skyweave(&state).args(["sync", "s3://b/x", "s3://b"]));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("overlap"));
+    let (output, _) = run(skyweave(&state).args(["copy", "--part-size-mib", "1", "/tmp", "/x"]));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("5..=5120"));
 }

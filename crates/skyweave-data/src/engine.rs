@@ -160,8 +160,10 @@ pub async fn prepare(
     Ok(Prepared { plan, manifest, listings, destination_missing })
 }
 
-/// Retries a store operation that failed for a passing reason: up to five
-/// attempts, 0.2 s doubling between them.
+/// Retries a store operation that failed for a passing reason: up to eight
+/// attempts, pauses from 0.2 s doubling to at most 10 s, each with up to
+/// half again of random jitter (so that parallel requests throttled
+/// together do not retry together): about a minute in all.
 pub async fn with_retries<T, F, Fut>(op: F) -> Result<T, StoreError>
 where
     F: Fn() -> Fut,
@@ -171,10 +173,16 @@ where
     let mut attempt = 1;
     loop {
         match op().await {
-            Err(error) if error.is_transient() && attempt < 5 => {
+            Err(error) if error.is_transient() && attempt < 8 => {
                 tracing::warn!(error = %error, attempt, "store request failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
+                let jitter = Duration::from_millis(
+                    (std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos()) as u64)
+                        % (pause.as_millis() as u64 / 2 + 1),
+                );
+                tokio::time::sleep(pause + jitter).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
                 attempt += 1;
             }
             result => return result,
@@ -450,8 +458,18 @@ impl Copy<'_> {
                 && state.part_size == self.part_size
                 && state.source == self.source.place.location
                 && state.source_version == self.version;
+            // A store that cannot say what it holds (the upload in a state
+            // it refuses to continue) gets a fresh upload rather than the
+            // same error on every run.
             let held = if same {
-                with_retries(|| store.uploaded_parts(self.path, &state.upload)).await?
+                match with_retries(|| store.uploaded_parts(self.path, &state.upload)).await {
+                    Ok(held) => held,
+                    Err(error) if !error.is_transient() => {
+                        tracing::warn!(path = self.path, error = %error, "cannot resume the upload; starting it again");
+                        None
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             } else {
                 None
             };

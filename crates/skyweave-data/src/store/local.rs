@@ -97,14 +97,23 @@ impl Local {
     }
 }
 
-/// A file's version: modification time (nanoseconds) and size.
+/// A file's version: modification time, change time (which no tool can
+/// set back, unlike `cp -p` or `touch -r` do the modification time), inode
+/// and size.
 fn version(metadata: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt as _;
     let nanos = metadata
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    format!("{nanos}-{}", metadata.len())
+    format!(
+        "{nanos}-{}.{}-{}-{}",
+        metadata.ctime(),
+        metadata.ctime_nsec(),
+        metadata.ino(),
+        metadata.len()
+    )
 }
 
 fn temporary_beside(target: &Path) -> PathBuf {

@@ -307,6 +307,35 @@ struct Contents {
     etag: String,
 }
 
+#[derive(Debug, Deserialize, Default)]
+struct CompleteMultipartUploadResult {
+    #[serde(rename = "ETag", default)]
+    etag: String,
+}
+
+/// The ETag S3 gives an object assembled from `parts` whose tags are MD5s:
+/// hex MD5 of the concatenated binary MD5s, `-`, the part count. `None`
+/// when a tag is no MD5 (encrypted uploads).
+fn multipart_etag(parts: &[PartDone]) -> Option<String> {
+    use md5::Digest as _;
+    let mut all = Vec::with_capacity(parts.len() * 16);
+    for part in parts {
+        let hex = part.tag.trim_matches('"');
+        if hex.len() != 32 {
+            return None;
+        }
+        for i in 0..16 {
+            all.push(u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?);
+        }
+    }
+    let digest: [u8; 16] = md5::Md5::digest(&all).into();
+    Some(format!(
+        "{}-{}",
+        digest.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        parts.len()
+    ))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct InitiateMultipartUploadResult {
@@ -538,6 +567,20 @@ impl ObjectStore for S3 {
         if text.contains("<Error>") {
             return Err(refusal(&self.at(key), 500, &text));
         }
+        let completed: CompleteMultipartUploadResult =
+            quick_xml::de::from_str(&text).unwrap_or_default();
+        // A multipart ETag is the MD5 of the parts' MD5s and their count:
+        // when the parts' tags are MD5s, it proves the object was assembled
+        // from exactly the parts sent (resumed ones included).
+        if let Some(expected) = multipart_etag(parts) {
+            let got = completed.etag.trim_matches('"');
+            if !got.is_empty() && got.contains('-') && !got.eq_ignore_ascii_case(&expected) {
+                return Err(StoreError::Integrity {
+                    at: self.at(key),
+                    message: format!("the assembled object's ETag is {got}, not the {expected} of the parts sent"),
+                });
+            }
+        }
         let head = self.head(key).await?.ok_or_else(|| StoreError::Integrity {
             at: self.at(key),
             message: "the completed upload is not there".into(),
@@ -546,6 +589,12 @@ impl ObjectStore for S3 {
             return Err(StoreError::Integrity {
                 at: self.at(key),
                 message: format!("the completed object has {} bytes, not {size}", head.size),
+            });
+        }
+        if !completed.etag.is_empty() && completed.etag != head.version {
+            return Err(StoreError::Integrity {
+                at: self.at(key),
+                message: "another writer replaced the object as the upload completed".into(),
             });
         }
         Ok(head.version)
@@ -612,6 +661,28 @@ mod tests {
         ));
         assert!(matches!(refusal("s3://b/k", 503, "not xml"), StoreError::Refused { .. }));
         assert!(refusal("s3://b/k", 503, "").is_transient());
+    }
+
+    #[test]
+    fn multipart_etags_are_the_md5_of_the_part_md5s() {
+        use md5::Digest as _;
+        let parts: Vec<PartDone> = [b"first".as_slice(), b"second"]
+            .iter()
+            .enumerate()
+            .map(|(i, data)| {
+                let md5: [u8; 16] = md5::Md5::digest(data).into();
+                let tag =
+                    format!("\"{}\"", md5.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                PartDone { index: i as u32, size: data.len() as u64, tag }
+            })
+            .collect();
+        // Computed independently: python3 -c "import hashlib; h=lambda b: hashlib.md5(b).digest();
+        // print(hashlib.md5(h(b'first')+h(b'second')).hexdigest())"
+        assert_eq!(
+            multipart_etag(&parts).unwrap(),
+            "018d78427d06dd29caa19b06085b7e7e-2".to_string()
+        );
+        assert!(multipart_etag(&[PartDone { index: 0, size: 1, tag: "opaque".into() }]).is_none());
     }
 
     #[test]

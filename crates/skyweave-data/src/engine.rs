@@ -374,6 +374,18 @@ impl Copy<'_> {
         } else {
             self.multipart(buffers).await?
         };
+        // A local file rewritten while it was read (its change time moves)
+        // was copied torn: not recorded, reported. Cloud sources are read
+        // in one request of an immutable version.
+        if self.source.place.cloud == "local" {
+            let now = with_retries(|| self.source.store.head(self.path)).await?;
+            if now.as_ref().map(|m| m.version.as_str()) != Some(self.version) {
+                return Err(self.file_error(
+                    "the source changed while it was copied; the destination may hold a mix \
+                     of both versions until the next sync copies it again",
+                ));
+            }
+        }
         let verified = if self.options.verify_remote {
             let mut hasher = blake3::Hasher::new();
             let mut stream = with_retries(|| self.dest.store.get(self.path, None)).await?;

@@ -291,6 +291,21 @@ async fn one_model_on_azure_aws_and_google_survives_each_going_down() {
             }
         }
         set_down(false);
+        // The restored deployment serves again once its breaker lets
+        // traffic through (how soon depends on the cooldown and the load,
+        // so wait for it rather than assume it).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let response = gateway.post_chat(chat(false)).await;
+            assert_eq!(response.status(), 200, "after {down_name} came back");
+            let by = header(&response, "x-skyweave-deployment").to_string();
+            served.insert(by.clone());
+            if by == *down_name {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{down_name} never served again");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
     assert_eq!(served.len(), 3, "every cloud served while another was down: {served:?}");
 }

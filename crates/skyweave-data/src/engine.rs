@@ -376,7 +376,8 @@ impl Copy<'_> {
         };
         // A local file rewritten while it was read (its change time moves)
         // was copied torn: not recorded, reported. Cloud sources are read
-        // in one request of an immutable version.
+        // in one request pinned to the listed version (`get_if`), which a
+        // store serves whole or refuses.
         if self.source.place.cloud == "local" {
             let now = with_retries(|| self.source.store.head(self.path)).await?;
             if now.as_ref().map(|m| m.version.as_str()) != Some(self.version) {
@@ -420,7 +421,7 @@ impl Copy<'_> {
     /// A file that fits in one part: one read, one request.
     async fn single(&self, buffers: &Arc<Semaphore>) -> Result<(String, String, u64), EngineError> {
         let _buffer = buffers.clone().acquire_owned().await.expect("the semaphore stays open");
-        let mut stream = with_retries(|| self.source.store.get(self.path, None)).await?;
+        let mut stream = with_retries(|| self.source.store.get_if(self.path, self.version)).await?;
         let mut data = BytesMut::with_capacity(self.size as usize);
         while let Some(chunk) = stream.try_next().await? {
             if data.len() as u64 + chunk.len() as u64 > self.size {
@@ -537,7 +538,7 @@ impl Copy<'_> {
         let done: Arc<Mutex<Vec<PartDone>>> = Arc::new(Mutex::new(Vec::new()));
         let mut resumed_bytes = 0;
         let mut hasher = blake3::Hasher::new();
-        let mut stream = with_retries(|| self.source.store.get(self.path, None)).await?;
+        let mut stream = with_retries(|| self.source.store.get_if(self.path, self.version)).await?;
         let mut pending = BytesMut::new();
         let mut uploads = tokio::task::JoinSet::new();
         let parallel = store.parallel_parts();

@@ -464,6 +464,74 @@ impl Azure {
     }
 }
 
+impl Azure {
+    /// GET, optionally ranged, optionally only at a version (an If-Match
+    /// or a generation precondition).
+    async fn fetch(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        if_match: Option<&str>,
+    ) -> Result<ByteStream, StoreError> {
+        let at = self.at(key);
+        let name = self.blob_name(key)?;
+        if let Some(range) = &range {
+            if range.start > range.end {
+                return Err(StoreError::Io {
+                    at,
+                    message: format!("range {range:?} ends before it starts"),
+                });
+            }
+            // An empty range cannot be written as an HTTP range; the blob's
+            // existence and size answer it.
+            if range.is_empty() {
+                let meta =
+                    self.properties(key).await?.ok_or(StoreError::NotFound { at: at.clone() })?;
+                if range.end > meta.size {
+                    return Err(StoreError::Io {
+                        at,
+                        message: format!(
+                            "range {range:?} is outside the blob's {} bytes",
+                            meta.size
+                        ),
+                    });
+                }
+                return Ok(Box::pin(futures::stream::empty()));
+            }
+        }
+        let mut request = Request::new(Method::GET, Some(&name));
+        if let Some(version) = if_match {
+            request = request.header("if-match", format!("\"{version}\""));
+        }
+        if let Some(range) = &range {
+            request =
+                request.header("x-ms-range", format!("bytes={}-{}", range.start, range.end - 1));
+        }
+        let response = self.send(&at, request).await?;
+        let response = self.check(&at, response).await?;
+        let length = header_u64(&response, "content-length");
+        if let (Some(range), Some(length)) = (&range, length) {
+            if length != range.end - range.start {
+                return Err(StoreError::Io {
+                    at,
+                    message: format!("range {range:?} is outside the blob (got {length} bytes)"),
+                });
+            }
+        }
+        // The stored MD5 (set by Put Blob) covers the whole blob only.
+        let md5 = match range {
+            Some(_) => None,
+            None => response
+                .headers()
+                .get("content-md5")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| BASE64.decode(v).ok())
+                .and_then(|v| <[u8; 16]>::try_from(v).ok()),
+        };
+        Ok(verified_stream(at, response, length, md5))
+    }
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for Azure {
     async fn create_container(&self) -> Result<(), StoreError> {
@@ -529,59 +597,11 @@ impl ObjectStore for Azure {
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        let at = self.at(key);
-        let name = self.blob_name(key)?;
-        if let Some(range) = &range {
-            if range.start > range.end {
-                return Err(StoreError::Io {
-                    at,
-                    message: format!("range {range:?} ends before it starts"),
-                });
-            }
-            // An empty range cannot be written as an HTTP range; the blob's
-            // existence and size answer it.
-            if range.is_empty() {
-                let meta =
-                    self.properties(key).await?.ok_or(StoreError::NotFound { at: at.clone() })?;
-                if range.end > meta.size {
-                    return Err(StoreError::Io {
-                        at,
-                        message: format!(
-                            "range {range:?} is outside the blob's {} bytes",
-                            meta.size
-                        ),
-                    });
-                }
-                return Ok(Box::pin(futures::stream::empty()));
-            }
-        }
-        let mut request = Request::new(Method::GET, Some(&name));
-        if let Some(range) = &range {
-            request =
-                request.header("x-ms-range", format!("bytes={}-{}", range.start, range.end - 1));
-        }
-        let response = self.send(&at, request).await?;
-        let response = self.check(&at, response).await?;
-        let length = header_u64(&response, "content-length");
-        if let (Some(range), Some(length)) = (&range, length) {
-            if length != range.end - range.start {
-                return Err(StoreError::Io {
-                    at,
-                    message: format!("range {range:?} is outside the blob (got {length} bytes)"),
-                });
-            }
-        }
-        // The stored MD5 (set by Put Blob) covers the whole blob only.
-        let md5 = match range {
-            Some(_) => None,
-            None => response
-                .headers()
-                .get("content-md5")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| BASE64.decode(v).ok())
-                .and_then(|v| <[u8; 16]>::try_from(v).ok()),
-        };
-        Ok(verified_stream(at, response, length, md5))
+        self.fetch(key, range, None).await
+    }
+
+    async fn get_if(&self, key: &str, version: &str) -> Result<ByteStream, StoreError> {
+        self.fetch(key, None, Some(version)).await.map_err(super::changed_on_412)
     }
 
     async fn put(&self, key: &str, data: Bytes, md5: [u8; 16]) -> Result<String, StoreError> {

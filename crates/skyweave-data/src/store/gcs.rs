@@ -360,6 +360,44 @@ impl Gcs {
     }
 }
 
+impl Gcs {
+    /// GET, optionally ranged, optionally only at a version (an If-Match
+    /// or a generation precondition).
+    async fn fetch(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        if_match: Option<&str>,
+    ) -> Result<ByteStream, StoreError> {
+        let at = self.at(key);
+        let mut url = format!("{}?alt=media", self.object_url(key)?);
+        if let Some(generation) = if_match {
+            url.push_str(&format!("&ifGenerationMatch={generation}"));
+        }
+        let mut request = self.http.get(url);
+        if let Some(range) = &range {
+            if range.is_empty() {
+                return Ok(Box::pin(futures::stream::empty()));
+            }
+            request = request.header(RANGE, format!("bytes={}-{}", range.start, range.end - 1));
+        }
+        let response = accept(self.call(request, &at, true).await?, &at).await?;
+        if let Some(range) = &range {
+            // A whole object for a range that is all of it is fine; any
+            // other unranged answer would hand out the wrong bytes.
+            let whole = response.status() != StatusCode::PARTIAL_CONTENT
+                && !(range.start == 0 && response.content_length() == Some(range.end));
+            if whole {
+                return Err(StoreError::Protocol {
+                    at,
+                    message: format!("the store ignored the range {range:?}"),
+                });
+            }
+        }
+        Ok(Box::pin(response.bytes_stream().map_err(move |e| transport(&at, e))))
+    }
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for Gcs {
     async fn create_container(&self) -> Result<(), StoreError> {
@@ -423,29 +461,11 @@ impl ObjectStore for Gcs {
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        let at = self.at(key);
-        let url = format!("{}?alt=media", self.object_url(key)?);
-        let mut request = self.http.get(url);
-        if let Some(range) = &range {
-            if range.is_empty() {
-                return Ok(Box::pin(futures::stream::empty()));
-            }
-            request = request.header(RANGE, format!("bytes={}-{}", range.start, range.end - 1));
-        }
-        let response = accept(self.call(request, &at, true).await?, &at).await?;
-        if let Some(range) = &range {
-            // A whole object for a range that is all of it is fine; any
-            // other unranged answer would hand out the wrong bytes.
-            let whole = response.status() != StatusCode::PARTIAL_CONTENT
-                && !(range.start == 0 && response.content_length() == Some(range.end));
-            if whole {
-                return Err(StoreError::Protocol {
-                    at,
-                    message: format!("the store ignored the range {range:?}"),
-                });
-            }
-        }
-        Ok(Box::pin(response.bytes_stream().map_err(move |e| transport(&at, e))))
+        self.fetch(key, range, None).await
+    }
+
+    async fn get_if(&self, key: &str, version: &str) -> Result<ByteStream, StoreError> {
+        self.fetch(key, None, Some(version)).await.map_err(super::changed_on_412)
     }
 
     async fn put(&self, key: &str, data: Bytes, md5: [u8; 16]) -> Result<String, StoreError> {

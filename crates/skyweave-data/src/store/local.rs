@@ -223,6 +223,16 @@ impl ObjectStore for Local {
         Ok(Box::pin(stream))
     }
 
+    async fn get_if(&self, key: &str, version: &str) -> Result<ByteStream, StoreError> {
+        // Checked when opened; a change during the read shows in the
+        // version the caller compares afterwards.
+        match self.head(key).await? {
+            Some(meta) if meta.version == version => self.get(key, None).await,
+            Some(_) => Err(StoreError::Changed { at: self.at(key) }),
+            None => Err(StoreError::NotFound { at: self.at(key) }),
+        }
+    }
+
     async fn put(&self, key: &str, data: Bytes, md5: [u8; 16]) -> Result<String, StoreError> {
         check_md5(&self.at(key), &data, md5)?;
         let path = self.path(key)?;

@@ -35,6 +35,14 @@ pub struct ObjectMeta {
     pub version: String,
 }
 
+/// Turns a store's "precondition failed" (412) into [`StoreError::Changed`].
+pub(crate) fn changed_on_412(error: StoreError) -> StoreError {
+    match error {
+        StoreError::Refused { at, status: 412, .. } => StoreError::Changed { at },
+        other => other,
+    }
+}
+
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
 
@@ -82,6 +90,9 @@ pub enum StoreError {
     Integrity { at: String, message: String },
     #[error("{at}: {message}")]
     Io { at: String, message: String },
+    /// The object is no longer at the version it was listed with.
+    #[error("{at}: changed since it was listed; run the sync again")]
+    Changed { at: String },
     /// Credentials are missing or were refused.
     #[error("{at}: {message}")]
     Credentials { at: String, message: String },
@@ -127,6 +138,11 @@ pub trait ObjectStore: Send + Sync {
 
     /// The object's bytes, or a range of them.
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError>;
+
+    /// The whole object, only while it is still at `version` (as listed):
+    /// else [`StoreError::Changed`], so that what is read is the version a
+    /// manifest records.
+    async fn get_if(&self, key: &str, version: &str) -> Result<ByteStream, StoreError>;
 
     /// Writes a whole object in one request; `md5` is the MD5 of `data`,
     /// sent for the store to check what it received. Returns its version.

@@ -365,6 +365,34 @@ fn query(value: &str) -> String {
     utf8_percent_encode(value, SEGMENT).to_string()
 }
 
+impl S3 {
+    /// GET, optionally ranged, optionally only at a version (`If-Match`).
+    async fn fetch(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+        if_match: Option<&str>,
+    ) -> Result<ByteStream, StoreError> {
+        let url = self.object_url(key);
+        let mut headers = Vec::new();
+        if let Some(version) = if_match {
+            headers.push(("if-match", version.to_string()));
+        }
+        if let Some(range) = &range {
+            if range.is_empty() {
+                return Ok(Box::pin(futures::stream::empty()));
+            }
+            headers.push(("range", format!("bytes={}-{}", range.start, range.end - 1)));
+        }
+        let response = self.send("GET", &url, &headers, Bytes::new()).await?;
+        let at = self.at(key);
+        Ok(Box::pin(response.bytes_stream().map_err(move |e| StoreError::Transport {
+            at: at.clone(),
+            message: e.without_url().to_string(),
+        })))
+    }
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for S3 {
     async fn create_container(&self) -> Result<(), StoreError> {
@@ -431,20 +459,11 @@ impl ObjectStore for S3 {
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream, StoreError> {
-        let url = self.object_url(key);
-        let mut headers = Vec::new();
-        if let Some(range) = &range {
-            if range.is_empty() {
-                return Ok(Box::pin(futures::stream::empty()));
-            }
-            headers.push(("range", format!("bytes={}-{}", range.start, range.end - 1)));
-        }
-        let response = self.send("GET", &url, &headers, Bytes::new()).await?;
-        let at = self.at(key);
-        Ok(Box::pin(response.bytes_stream().map_err(move |e| StoreError::Transport {
-            at: at.clone(),
-            message: e.without_url().to_string(),
-        })))
+        self.fetch(key, range, None).await
+    }
+
+    async fn get_if(&self, key: &str, version: &str) -> Result<ByteStream, StoreError> {
+        self.fetch(key, None, Some(version)).await.map_err(super::changed_on_412)
     }
 
     async fn put(&self, key: &str, data: Bytes, md5: [u8; 16]) -> Result<String, StoreError> {

@@ -666,6 +666,11 @@ pub enum Difference {
     Missing,
     /// At the destination only.
     Extra,
+    /// Listed on both sides, but one side could not be read (gone since
+    /// the listing, or refused): the message says which and why.
+    Unreadable {
+        error: String,
+    },
     SizeDiffers {
         source: u64,
         destination: u64,
@@ -764,7 +769,23 @@ pub async fn check(
         .collect()
         .await;
     for (path, size, hashes) in results {
-        let (a, b) = hashes?;
+        // One file that cannot be read is reported, not a reason to drop
+        // what was found for the others. Credentials and transport
+        // failures still end the check.
+        let (a, b) = match hashes {
+            Ok(hashes) => hashes,
+            Err(
+                error @ (StoreError::NotFound { .. }
+                | StoreError::Refused { .. }
+                | StoreError::Io { .. }),
+            ) => {
+                report
+                    .differences
+                    .push((path, Difference::Unreadable { error: error.to_string() }));
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         if a != b {
             report
                 .differences

@@ -76,12 +76,24 @@ pub fn parse(text: &str, stores: &[StoreSpec]) -> Result<Location, LocationError
             && !text.contains("://")
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if named {
+            // A directory whose name has a colon (a timestamp) is a path.
+            let is_path = std::path::Path::new(text).exists();
             let Some(store) = stores.iter().find(|s| s.name == name) else {
+                if is_path {
+                    return Ok(Location {
+                        kind: Kind::Local(text.into()),
+                        cloud: "local".into(),
+                        region: None,
+                        endpoint: None,
+                    });
+                }
                 let known: Vec<&str> = stores.iter().map(|s| s.name.as_str()).collect();
                 return Err(error(
                     format!("no [[store]] is named `{name}`"),
                     &if known.is_empty() {
-                        "declare it in the estate file ([[store]] name, url, region) and pass --config".to_string()
+                        "declare it in the estate file ([[store]] name, url, region) and pass \
+                         --config; for a directory whose name has a colon, write ./NAME or file://"
+                            .to_string()
                     } else {
                         format!("use one of: {}", known.join(", "))
                     },
@@ -300,6 +312,18 @@ mod tests {
             error.contains("no [[store]] is named `weights-us`") && error.contains("weights-eu"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_directory_with_a_colon_is_a_path_not_a_store() {
+        // Relative, in the working directory: `run:PID` looks like a store.
+        let name = format!("run:{}", std::process::id());
+        std::fs::create_dir_all(&name).unwrap();
+        let parsed = parse(&name, &[]);
+        let _ = std::fs::remove_dir(&name);
+        assert_eq!(parsed.unwrap().kind, Kind::Local(name.clone().into()));
+        let error = parse("snapshots:2026", &[]).unwrap_err().to_string();
+        assert!(error.contains("./NAME"), "{error}");
     }
 
     #[test]

@@ -388,14 +388,7 @@ impl Copy<'_> {
             }
         }
         let verified = if self.options.verify_remote {
-            let mut hasher = blake3::Hasher::new();
-            let mut stream = with_retries(|| self.dest.store.get(self.path, None)).await?;
-            let mut read = 0u64;
-            while let Some(chunk) = stream.try_next().await? {
-                read += chunk.len() as u64;
-                hasher.update(&chunk);
-            }
-            let remote = hex(hasher.finalize().as_bytes());
+            let (remote, read) = hash_of(self.dest.store.as_ref(), self.path, None).await?;
             if remote != blake3 || read != self.size {
                 return Err(self.file_error(format!(
                     "the destination holds other bytes than were copied ({read} bytes, BLAKE3 \
@@ -463,10 +456,7 @@ impl Copy<'_> {
     /// remember sending), or a new one.
     async fn upload(&self) -> Result<(UploadState, Vec<PartDone>), EngineError> {
         let store = &self.dest.store;
-        if let Some(state) = std::fs::read(self.state_path())
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<UploadState>(&bytes).ok())
-        {
+        if let Some(state) = read_state(&self.state_path()) {
             let same = state.size == self.size
                 && state.part_size == self.part_size
                 && state.source == self.source.place.location
@@ -635,6 +625,12 @@ impl Copy<'_> {
     }
 }
 
+/// An upload's state, if the file holds one (a torn or foreign file is
+/// none: the upload starts afresh).
+fn read_state(path: &std::path::Path) -> Option<UploadState> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
 /// Writes an upload's state through a temporary file of its own and a
 /// rename (readable by its owner only: a GCS session URI is a capability).
 fn write_state(
@@ -698,14 +694,16 @@ pub struct CheckReport {
 async fn hash_of(
     store: &dyn ObjectStore,
     path: &str,
-    progress: &Progress,
+    progress: Option<&Progress>,
 ) -> Result<(String, u64), StoreError> {
     let mut stream = with_retries(|| store.get(path, None)).await?;
     let mut hasher = blake3::Hasher::new();
     let mut read = 0u64;
     while let Some(chunk) = stream.try_next().await? {
         read += chunk.len() as u64;
-        progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if let Some(progress) = progress {
+            progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
         hasher.update(&chunk);
     }
     Ok((hex(hasher.finalize().as_bytes()), read))
@@ -757,8 +755,8 @@ pub async fn check(
     let results: Vec<Hashed> = futures::stream::iter(both)
         .map(|(path, size)| async move {
             let hashes = futures::future::try_join(
-                hash_of(source.store.as_ref(), &path, progress),
-                hash_of(dest.store.as_ref(), &path, progress),
+                hash_of(source.store.as_ref(), &path, Some(progress)),
+                hash_of(dest.store.as_ref(), &path, Some(progress)),
             )
             .await
             .map(|((a, _), (b, _))| (a, b));
@@ -834,10 +832,7 @@ pub async fn abandon_stale_uploads(
         if !idle {
             continue;
         }
-        let Some(state) = std::fs::read(entry.path())
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<UploadState>(&bytes).ok())
-        else {
+        let Some(state) = read_state(&entry.path()) else {
             continue;
         };
         if state.destination != dest.describe() || keep.contains(&state.path) {

@@ -29,9 +29,14 @@ fn parse(texts: &[String], stores: &[StoreSpec]) -> Result<Vec<location::Locatio
         .collect()
 }
 
+/// Opens parsed locations; `Err` is the message for one that cannot be.
+fn opened_all(locations: &[location::Location]) -> Result<Vec<Endpoint>, String> {
+    locations.iter().map(|l| l.open().map_err(|e| format!("error: {e}"))).collect()
+}
+
 /// Parses and opens locations; `Err` is the message for a bad one.
 fn open(texts: &[String], stores: &[StoreSpec]) -> Result<Vec<Endpoint>, String> {
-    parse(texts, stores)?.iter().map(|l| l.open().map_err(|e| format!("error: {e}"))).collect()
+    opened_all(&parse(texts, stores)?)
 }
 
 /// Sources must exist (a missing directory is no empty source: with
@@ -216,16 +221,16 @@ pub async fn transfer(args: &TransferArgs, sync: bool) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(2));
         }
     };
-    if let Err(message) = parse(&texts, &stores)
+    // Parsed once: checked, then opened.
+    let opened = parse(&texts, &stores)
         .and_then(|sources| Ok((sources, parse(std::slice::from_ref(&destination), &stores)?)))
-        .and_then(|(sources, dest)| check_sources(&sources, &dest[0]))
-    {
-        eprintln!("{message}");
-        return Ok(ExitCode::from(2));
-    }
-    let (sources, dest) = match (open(&texts, &stores), open(&[destination], &stores)) {
-        (Ok(sources), Ok(mut dest)) => (sources, dest.remove(0)),
-        (Err(message), _) | (_, Err(message)) => {
+        .and_then(|(sources, dest)| {
+            check_sources(&sources, &dest[0])?;
+            Ok((opened_all(&sources)?, opened_all(&dest)?.remove(0)))
+        });
+    let (sources, dest) = match opened {
+        Ok(opened) => opened,
+        Err(message) => {
             eprintln!("{message}");
             return Ok(ExitCode::from(2));
         }

@@ -33,6 +33,20 @@ pub async fn read_all(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, Sto
     Ok(chunks.concat())
 }
 
+/// Writes each key (its name as its content), 32 at a time.
+pub async fn put_each<S: ObjectStore + ?Sized>(store: &Arc<S>, keys: &[String]) {
+    futures::stream::iter(keys.iter())
+        .map(|key| {
+            let store = store.clone();
+            let data = Bytes::from(key.as_bytes().to_vec());
+            async move { store.put(key, data.clone(), md5_of(&data)).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+}
+
 /// A fresh prefix for one test run, so that runs never see each other.
 #[allow(dead_code)] // used by the cloud backends' tests
 pub fn fresh_prefix(name: &str) -> String {
@@ -201,16 +215,7 @@ pub async fn conformance(
 
     // More objects than one listing page holds (1,000 on S3 and GCS).
     let keys: Vec<String> = (0..1_100).map(|i| format!("many/{i:05}.bin")).collect();
-    futures::stream::iter(keys.iter())
-        .map(|key| {
-            let store = store.clone();
-            let data = Bytes::from(key.as_bytes().to_vec());
-            async move { store.put(key, data.clone(), md5_of(&data)).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
+    put_each(&store, &keys).await;
     let listed = store.list().await.unwrap();
     assert_eq!(listed.len(), 1_100, "{at}: every page of the listing");
     futures::stream::iter(keys.iter())
@@ -508,16 +513,7 @@ async fn gcs_uploads_checks_and_listing_on_fake_gcs_server() {
     }
     assert!(store.list().await.unwrap().is_empty(), "{at}: everything deleted");
     let keys: Vec<String> = (0..1_100).map(|i| format!("many/{i:05}.bin")).collect();
-    futures::stream::iter(keys.iter())
-        .map(|key| {
-            let store = store.clone();
-            let data = Bytes::from(key.as_bytes().to_vec());
-            async move { store.put(key, data.clone(), md5_of(&data)).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
+    put_each(&store, &keys).await;
     let mut listed: Vec<String> = store.list().await.unwrap().into_iter().map(|m| m.key).collect();
     listed.sort();
     assert_eq!(listed, keys, "{at}: every page of the listing");

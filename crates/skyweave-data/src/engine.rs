@@ -234,7 +234,7 @@ pub async fn execute(
                 let mut attempt = 1;
                 let result = loop {
                     match copy.run(&buffers).await {
-                        Err(EngineError::Store(error)) if error.is_transient() && attempt < 3 => {
+                        Err(EngineError::Store(error)) if error.retries_file() && attempt < 3 => {
                             tracing::warn!(path = path.as_str(), error = %error, "copy failed; trying again");
                             tokio::time::sleep(Duration::from_secs(attempt)).await;
                             attempt += 1;

@@ -96,6 +96,13 @@ pub enum StoreError {
     /// Credentials are missing or were refused.
     #[error("{at}: {message}")]
     Credentials { at: String, message: String },
+    /// The store holds less of an upload than was sent (a request that
+    /// broke midway): the parts from `held` on go again.
+    #[error(
+        "{at}: the store holds the first {held} bytes of the upload, not the {offset} sent; the \
+         parts after them are sent again"
+    )]
+    Behind { at: String, held: u64, offset: u64 },
 }
 
 impl StoreError {
@@ -109,6 +116,12 @@ impl StoreError {
             }
             _ => false,
         }
+    }
+
+    /// Whether trying the whole file again may succeed: a passing failure,
+    /// or an upload that resumes from what the store holds.
+    pub fn retries_file(&self) -> bool {
+        self.is_transient() || matches!(self, StoreError::Behind { .. })
     }
 }
 

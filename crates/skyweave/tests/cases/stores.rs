@@ -528,3 +528,103 @@ async fn gcs_uploads_checks_and_listing_on_fake_gcs_server() {
         .unwrap();
     assert!(store.list().await.unwrap().is_empty(), "{at}");
 }
+
+/// A TCP proxy that forwards both ways and, per connection, closes it once
+/// the client has sent more than `limit` bytes (the bytes up to the limit
+/// reach the server).
+async fn cutting_proxy(upstream: u16, limit: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = async move {
+                    let (mut buffer, mut sent) = (vec![0u8; 65536], 0);
+                    while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+                        let take = n.min(limit - sent);
+                        if server_write.write_all(&buffer[..take]).await.is_err() || take < n {
+                            return;
+                        }
+                        sent += take;
+                    }
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                };
+                // Whichever side ends first ends the connection.
+                tokio::select! { _ = up => {}, _ = down => {} }
+            });
+        }
+    });
+    port
+}
+
+/// A resumable upload goes in one streamed request. When that connection
+/// breaks midway, a part's upload fails with an error (never a success,
+/// never a hang), and no short object is left behind.
+#[tokio::test]
+async fn a_streamed_gcs_upload_cut_midway_fails_cleanly_on_fake_gcs_server() {
+    use skyweave_data::store::gcs::{Gcs, GcsConfig};
+    const PART: usize = 256 * 1024;
+    let service = crate::support::services::fake_gcs();
+    // The session's request carries the parts one after the other: cut it
+    // within the third part.
+    let proxy = cutting_proxy(service.port, PART * 5 / 2).await;
+    let config = |endpoint: String, prefix: String| GcsConfig {
+        bucket: "skyweave-tests".into(),
+        prefix,
+        endpoint: Some(endpoint),
+        credentials: None,
+    };
+    Gcs::new(config(service.endpoint(), String::new())).unwrap().create_bucket().await.unwrap();
+    let prefix = fresh_prefix("cut");
+    let store = Gcs::new(config(format!("http://127.0.0.1:{proxy}"), prefix.clone())).unwrap();
+    let direct = Gcs::new(config(service.endpoint(), prefix)).unwrap();
+
+    let data = pattern(PART * 4, 11);
+    let key = "cut/weights.bin";
+    let upload = store.start_upload(key, data.len() as u64, PART as u64).await.unwrap();
+    let mut outcomes = Vec::new();
+    for (index, chunk) in data.chunks(PART).enumerate() {
+        let part = Part {
+            index: index as u32,
+            offset: (index * PART) as u64,
+            md5: md5_of(chunk),
+            data: Bytes::from(chunk.to_vec()),
+            last: index == 3,
+        };
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            store.put_part(key, &upload, part),
+        )
+        .await
+        .expect("a broken upload request fails within seconds, not after a stall");
+        let failed = outcome.is_err();
+        outcomes.push(outcome);
+        if failed {
+            break;
+        }
+    }
+    let error = match outcomes.pop() {
+        Some(Err(error)) => error,
+        other => panic!("the cut went unnoticed: {other:?} after {} parts", outcomes.len()),
+    };
+    let message = error.to_string();
+    assert!(message.contains(&format!("{key} (resumable upload)")), "names the upload: {message}");
+    assert!(message.contains("broke midway"), "says what happened: {message}");
+    assert!(!message.contains("upload_id"), "no session URI in errors: {message}");
+    assert!(outcomes.iter().all(|o| o.is_ok()), "the parts before the cut went: {outcomes:?}");
+    // Whatever the emulator did with the truncated request, no object of
+    // the wrong size exists.
+    match direct.head(key).await.unwrap() {
+        None => {}
+        Some(meta) => assert_eq!(meta.size, data.len() as u64, "no short object"),
+    }
+    let _ = store.abort_upload(key, &upload).await;
+}

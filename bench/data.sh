@@ -17,9 +17,14 @@
 # --checksum. Prints MB/s, files/s, peak RSS and the ratio to rclone, and
 # writes bench/DATA_RESULTS.md.
 #
+# Also, per run: the tool's CPU seconds and the emulators' (with their share
+# of the wall time: an emulator near 100% of a CPU sets the pace), and for
+# local -> S3 the store's own SDK as a ceiling (boto3, same part size and
+# concurrency; SDK=0 skips it).
+#
 # Settings (environment): LARGE_FILES=4 LARGE_MIB=1024 SMALL_FILES=10000
 # SMALL_KIB=64 PARALLEL=8 PART_MIB=16 VERIFY_REMOTE=0 SKIP_BUILD=0
-# KEEP_WORK=0 CASES="local-s3 s3-azure azure-gcs" SETS="large small"
+# KEEP_WORK=0 SDK=1 CASES="local-s3 s3-azure azure-gcs" SETS="large small"
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,6 +39,7 @@ PART_MIB=${PART_MIB:-16}
 VERIFY_REMOTE=${VERIFY_REMOTE:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
+SDK=${SDK:-1}
 CASES=${CASES:-"local-s3 s3-azure azure-gcs"}
 SETS=${SETS:-"large small"}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -143,7 +149,41 @@ for i in range(count):
 EOF
 
 # --- runs ------------------------------------------------------------------
-# One run: TOOL SET CASE; prints "seconds peak_kib".
+# CPU seconds (user + system) the emulators have used so far, all together:
+# over a run, how hard the stores worked (a store near 100% of a CPU is the
+# bottleneck, whichever tool drives it).
+stores_cpu() {
+    local ticks=0 pid
+    for pid in "${PIDS[@]}"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        ticks=$((ticks + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
+}
+
+# The store's own SDK, as a ceiling for local -> S3: boto3 (installed with
+# moto) uploads the same files with the same part size and concurrency.
+cat > "$WORK/sdk_upload.py" <<'PY'
+import concurrent.futures, os, sys
+import boto3
+from boto3.s3.transfer import TransferConfig
+root, prefix, parallel, part_mib = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s3 = boto3.client("s3")
+config = TransferConfig(multipart_threshold=part_mib << 20, multipart_chunksize=part_mib << 20,
+                        max_concurrency=parallel, use_threads=True)
+files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+large = os.path.getsize(files[0]) > part_mib << 20
+def put(path):
+    s3.upload_file(path, "bench", prefix + "/" + os.path.relpath(path, root), Config=config)
+if large:
+    for path in files:
+        put(path)
+else:
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(put, files))
+PY
+
+# One run: TOOL SET CASE; prints "seconds peak_kib tool_cpu_s stores_cpu_s".
 measure() {
     local tool=$1 set=$2 case=$3 src dst
     case $case in
@@ -154,16 +194,22 @@ measure() {
         azure-gcs) src_sky="az://bench/sky-$set"; src_rc="az:bench/sky-$set"
                    dst_sky="gs://bench/sky-$set"; dst_rc="gcs:bench/rc-$set" ;;
     esac
-    local log="$WORK/$tool-$set-$case.log"
-    if [ "$tool" = skyweave ]; then
+    local log="$WORK/$tool-$set-$case.log" stores_before
+    stores_before=$(stores_cpu)
+    if [ "$tool" = sdk ]; then
+        /usr/bin/time -f "%e %M %U %S" -o "$WORK/time" \
+            "$VENV/bin/python" "$WORK/sdk_upload.py" "$WORK/$set" "sdk-$set" "$PARALLEL" "$PART_MIB" >"$log" 2>&1 \
+            || { cat "$log" >&2; die "boto3 $set $case failed"; }
+        [ "$set" = large ] && { rclone purge "s3:bench/sdk-$set" >/dev/null 2>&1 || true; }
+    elif [ "$tool" = skyweave ]; then
         local verify=()
         [ "$VERIFY_REMOTE" = 1 ] && verify=(--verify-remote)
-        /usr/bin/time -f "%e %M" -o "$WORK/time" "$SKYWEAVE" copy "${verify[@]}" --json \
+        /usr/bin/time -f "%e %M %U %S" -o "$WORK/time" "$SKYWEAVE" copy "${verify[@]}" --json \
             --parallel "$PARALLEL" --part-size-mib "$PART_MIB" "$src_sky" "$dst_sky" >"$log" 2>&1 \
             || { cat "$log" >&2; die "skyweave $set $case failed"; }
         grep -q '"failures": \[\]' "$log" || { cat "$log" >&2; die "skyweave $set $case had failures"; }
     else
-        /usr/bin/time -f "%e %M" -o "$WORK/time" rclone copy --checksum \
+        /usr/bin/time -f "%e %M %U %S" -o "$WORK/time" rclone copy --checksum \
             --transfers "$PARALLEL" --checkers "$PARALLEL" \
             --s3-chunk-size "${PART_MIB}M" --s3-upload-concurrency 4 \
             --azureblob-chunk-size "${PART_MIB}M" \
@@ -174,7 +220,9 @@ measure() {
         [ "$set" = large ] && { rclone purge "$dst_rc" >/dev/null 2>&1 || true; }
         cp "$WORK/time.rclone" "$WORK/time"
     fi
-    cat "$WORK/time"
+    local stores_after
+    stores_after=$(stores_cpu)
+    awk -v b="$stores_before" -v a="$stores_after" '{ printf "%s %s %.2f %.2f\n", $1, $2, $3 + $4, a - b }' "$WORK/time"
 }
 
 bytes_of() { du -sb --apparent-size "$WORK/$1" | cut -f1; }
@@ -182,14 +230,17 @@ files_of() { find "$WORK/$1" -type f | wc -l; }
 
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
-printf '%-6s %-10s %-9s %10s %10s %10s %12s\n' set case tool seconds MB/s files/s "peak MiB" | tee -a "$RESULTS"
+printf '%-6s %-10s %-9s %9s %8s %9s %9s %9s %11s\n' set case tool seconds MB/s files/s "peak MiB" "CPU s" "stores CPU" | tee -a "$RESULTS"
 for set in $SETS; do
     bytes=$(bytes_of "$set"); files=$(files_of "$set")
     for case in $CASES; do
-        for tool in skyweave rclone; do
-            read -r seconds peak < <(measure "$tool" "$set" "$case")
+        tools="skyweave rclone"
+        [ "$case" = local-s3 ] && [ "$SDK" = 1 ] && tools="$tools sdk"
+        for tool in $tools; do
+            read -r seconds peak cpu stores < <(measure "$tool" "$set" "$case")
             awk -v s="$set" -v c="$case" -v t="$tool" -v sec="$seconds" -v b="$bytes" -v f="$files" -v p="$peak" \
-                'BEGIN { printf "%-6s %-10s %-9s %10.2f %10.1f %10.1f %12.1f\n", s, c, t, sec, b/1e6/sec, f/sec, p/1024 }' \
+                -v cpu="$cpu" -v st="$stores" \
+                'BEGIN { printf "%-6s %-10s %-9s %9.2f %8.1f %9.1f %9.1f %9.1f %5.1f (%3.0f%%)\n", s, c, t, sec, b/1e6/sec, f/sec, p/1024, cpu, st, 100*st/sec }' \
                 | tee -a "$RESULTS"
         done
     done
@@ -198,8 +249,8 @@ done
 echo
 echo "ratio skyweave/rclone (throughput; >= 1.0 is the target):"
 awk '
-    NR > 1 { key = $1 " " $2; if ($3 == "skyweave") sky[key] = $5; else { rc[key] = $5; order[++n] = key } }
-    END { for (i = 1; i <= n; i++) { k = order[i]; printf "  %-18s %.2fx\n", k, sky[k] / rc[k] } }
+    NR > 1 { key = $1 " " $2; if ($3 == "skyweave") sky[key] = $5; else if ($3 == "rclone") { rc[key] = $5; order[++n] = key } else sdk[key] = $5 }
+    END { for (i = 1; i <= n; i++) { k = order[i]; printf "  %-18s %.2fx%s\n", k, sky[k] / rc[k], (k in sdk) ? sprintf("   (boto3: %.2fx of rclone)", sdk[k] / rc[k]) : "" } }
 ' "$RESULTS" | tee "$WORK/ratios.txt"
 echo "memory bound of skyweave: $((PART_MIB * PARALLEL)) MiB of buffers ($PART_MIB MiB parts x $PARALLEL)"
 

@@ -12,6 +12,14 @@
 //! CreateMultipartUpload, UploadPart, ListParts (to resume),
 //! CompleteMultipartUpload (whose 200 answer may still carry an error) and
 //! AbortMultipartUpload.
+//!
+//! Multipart uploads declare `x-amz-checksum-algorithm: CRC32`, as the AWS
+//! SDKs do by default: each part carries its CRC32 (`x-amz-checksum-crc32`,
+//! checked by S3 beside its Content-MD5) and CompleteMultipartUpload lists
+//! them, so the object keeps a composite CRC32 of its parts. Without a
+//! declared algorithm S3 (and moto, which emulates it at a cost of copying
+//! the whole object once more) computes a full-object CRC64NVME instead.
+//! The part's CRC32 rides in its tag after its ETag.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -316,11 +324,45 @@ struct CompleteMultipartUploadResult {
 /// The ETag S3 gives an object assembled from `parts` whose tags are MD5s:
 /// hex MD5 of the concatenated binary MD5s, `-`, the part count. `None`
 /// when a tag is no MD5 (encrypted uploads).
+/// Marks the ids of uploads started with `x-amz-checksum-algorithm: CRC32`
+/// (every upload since; an id without it is from before, whose parts carry
+/// no checksum).
+const CRC32_UPLOAD: &str = "crc32:";
+
+/// Whether an upload carries part checksums, and S3's own id.
+fn upload_id(upload: &str) -> (bool, &str) {
+    match upload.strip_prefix(CRC32_UPLOAD) {
+        Some(id) => (true, id),
+        None => (false, upload),
+    }
+}
+
+/// A part's CRC32 as S3 writes it: big-endian, base64.
+fn crc32_base64(data: &[u8]) -> String {
+    BASE64_STANDARD.encode(crc32fast::hash(data).to_be_bytes())
+}
+
+/// A part's tag: its ETag, and its CRC32 when it has one (base64 has no
+/// space, so the last ` crc32=` splits them).
+fn part_tag(etag: &str, crc32: Option<&str>) -> String {
+    match crc32 {
+        Some(crc32) => format!("{etag} crc32={crc32}"),
+        None => etag.to_string(),
+    }
+}
+
+fn split_tag(tag: &str) -> (&str, Option<&str>) {
+    match tag.rsplit_once(" crc32=") {
+        Some((etag, crc32)) => (etag, Some(crc32)),
+        None => (tag, None),
+    }
+}
+
 fn multipart_etag(parts: &[PartDone]) -> Option<String> {
     use md5::Digest as _;
     let mut all = Vec::with_capacity(parts.len() * 16);
     for part in parts {
-        let hex = part.tag.trim_matches('"');
+        let hex = split_tag(&part.tag).0.trim_matches('"');
         if hex.len() != 32 {
             return None;
         }
@@ -359,6 +401,8 @@ struct ListedPart {
     size: u64,
     #[serde(rename = "ETag")]
     etag: String,
+    #[serde(rename = "ChecksumCRC32", default)]
+    checksum_crc32: Option<String>,
 }
 
 fn query(value: &str) -> String {
@@ -493,16 +537,18 @@ impl ObjectStore for S3 {
         _part_size: u64,
     ) -> Result<String, StoreError> {
         let url = format!("{}?uploads", self.object_url(key));
-        let response = self.send("POST", &url, &[], Bytes::new()).await?;
+        let algorithm = ("x-amz-checksum-algorithm", "CRC32".to_string());
+        let response = self.send("POST", &url, &[algorithm], Bytes::new()).await?;
         let text = response.text().await.map_err(|e| StoreError::Transport {
             at: self.at(key),
             message: e.without_url().to_string(),
         })?;
         let started: InitiateMultipartUploadResult = xml(&self.at(key), &text)?;
-        Ok(started.upload_id)
+        Ok(format!("{CRC32_UPLOAD}{}", started.upload_id))
     }
 
     async fn put_part(&self, key: &str, upload: &str, part: Part) -> Result<PartDone, StoreError> {
+        let (crc32_upload, upload) = upload_id(upload);
         let url = format!(
             "{}?partNumber={}&uploadId={}",
             self.object_url(key),
@@ -510,10 +556,15 @@ impl ObjectStore for S3 {
             query(upload)
         );
         let size = part.data.len() as u64;
-        let response = self.send("PUT", &url, &[md5_header(part.md5)], part.data).await?;
-        let tag = etag(&response, &url)?;
-        check_etag(&self.at(key), &tag, part.md5).filter_encrypted(&response)?;
-        Ok(PartDone { index: part.index, size, tag })
+        let mut headers = vec![md5_header(part.md5)];
+        let crc32 = crc32_upload.then(|| crc32_base64(&part.data));
+        if let Some(crc32) = &crc32 {
+            headers.push(("x-amz-checksum-crc32", crc32.clone()));
+        }
+        let response = self.send("PUT", &url, &headers, part.data).await?;
+        let etag = etag(&response, &url)?;
+        check_etag(&self.at(key), &etag, part.md5).filter_encrypted(&response)?;
+        Ok(PartDone { index: part.index, size, tag: part_tag(&etag, crc32.as_deref()) })
     }
 
     async fn uploaded_parts(
@@ -521,6 +572,7 @@ impl ObjectStore for S3 {
         key: &str,
         upload: &str,
     ) -> Result<Option<Vec<PartDone>>, StoreError> {
+        let (_, upload) = upload_id(upload);
         let mut parts = Vec::new();
         let mut marker: Option<u32> = None;
         loop {
@@ -545,7 +597,7 @@ impl ObjectStore for S3 {
                 parts.push(PartDone {
                     index: part.part_number - 1,
                     size: part.size,
-                    tag: part.etag,
+                    tag: part_tag(&part.etag, part.checksum_crc32.as_deref()),
                 });
             }
             match (page.is_truncated, page.next_part_number_marker) {
@@ -567,12 +619,19 @@ impl ObjectStore for S3 {
         let mut body = String::from(
             "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
         );
+        let (_, upload) = upload_id(upload);
         for part in parts {
-            let tag = part.tag.replace('&', "&amp;").replace('"', "&quot;");
+            let (etag, crc32) = split_tag(&part.tag);
+            let escape = |text: &str| text.replace('&', "&amp;").replace('"', "&quot;");
             body.push_str(&format!(
-                "<Part><PartNumber>{}</PartNumber><ETag>{tag}</ETag></Part>",
-                part.index + 1
+                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag>",
+                part.index + 1,
+                escape(etag)
             ));
+            if let Some(crc32) = crc32 {
+                body.push_str(&format!("<ChecksumCRC32>{}</ChecksumCRC32>", escape(crc32)));
+            }
+            body.push_str("</Part>");
         }
         body.push_str("</CompleteMultipartUpload>");
         let url = format!("{}?uploadId={}", self.object_url(key), query(upload));
@@ -620,6 +679,7 @@ impl ObjectStore for S3 {
     }
 
     async fn abort_upload(&self, key: &str, upload: &str) -> Result<(), StoreError> {
+        let (_, upload) = upload_id(upload);
         let url = format!("{}?uploadId={}", self.object_url(key), query(upload));
         match self.send("DELETE", &url, &[], Bytes::new()).await {
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
@@ -702,6 +762,17 @@ mod tests {
             "018d78427d06dd29caa19b06085b7e7e-2".to_string()
         );
         assert!(multipart_etag(&[PartDone { index: 0, size: 1, tag: "opaque".into() }]).is_none());
+    }
+
+    #[test]
+    fn part_checksums_are_s3s_crc32_and_ride_in_the_tag() {
+        // The CRC-32 check value: CRC32("123456789") = 0xCBF43926.
+        assert_eq!(crc32_base64(b"123456789"), "y/Q5Jg==");
+        let tag = part_tag("\"0123\"", Some("y/Q5Jg=="));
+        assert_eq!(split_tag(&tag), ("\"0123\"", Some("y/Q5Jg==")));
+        assert_eq!(split_tag("\"0123\""), ("\"0123\"", None));
+        assert_eq!(upload_id("crc32:abc"), (true, "abc"));
+        assert_eq!(upload_id("abc"), (false, "abc"));
     }
 
     #[test]

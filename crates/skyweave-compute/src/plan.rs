@@ -1007,6 +1007,14 @@ impl Planner {
         model.set_option("mip_rel_gap", 0.0);
         model.set_option("mip_abs_gap", MIP_ABS_GAP_USD * SCALE);
         model.set_option("threads", 1);
+        // HiGHS's large-neighbourhood and feasibility-jump heuristics cost
+        // more time here than they save: its root reduced-cost heuristic
+        // (kept) already finds a near-optimal plan after the first cut
+        // round. Heuristics only supply incumbents; turning them off does
+        // not change what is proven.
+        model.set_option("mip_heuristic_run_rins", false);
+        model.set_option("mip_heuristic_run_rens", false);
+        model.set_option("mip_heuristic_run_feasibility_jump", false);
         let solved =
             model.try_solve().map_err(|status| PlanError::Solver(format!("{status:?}")))?;
         match solved.status() {

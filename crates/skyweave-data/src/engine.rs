@@ -558,7 +558,8 @@ impl Copy<'_> {
                 let recorded = state.lock().expect("state lock").sent.get(&index).cloned();
                 if recorded.as_deref() == Some(hex(&md5).as_str()) {
                     resumed_bytes += data.len() as u64;
-                    done.lock().expect("done lock").push(part.clone());
+                    let part = store.held_part(&upload, part.clone(), &data);
+                    done.lock().expect("done lock").push(part);
                     continue;
                 }
                 // Sent from other bytes than the source holds now: send it

@@ -33,10 +33,16 @@
 //!   once the store answered for the finished object. One request per
 //!   object rather than one per part saves a round trip per part, as
 //!   Google's guidance on resumable uploads advises, and it spares a
-//!   store that re-reads what it holds at every chunk. Memory stays at a
-//!   part or two per upload. A request that breaks, or takes nothing for
-//!   [`STREAM_STALL`], fails the part in hand (a passing error), and what
-//!   the store kept is asked on the next try.
+//!   store that re-reads what it holds at every chunk. The request is
+//!   HTTP/1.1 (see [`streaming_client`]), so memory stays at a part or two
+//!   per upload. A request that breaks, or stalls (no part taken, no part
+//!   given, or no answer, for [`STREAM_STALL`] or the time a part takes at
+//!   1 MiB/s, whichever is longer), fails the part then in hand, or the
+//!   next one; the next try asks the session what it kept. The cost of a
+//!   break is larger than with a request per part: parts the client had
+//!   handed on but the store did not keep make the engine try the file
+//!   again ([`StoreError::Behind`]), re-reading its source (held parts only
+//!   to hash them).
 //! - Otherwise, as after an interruption or a retry, the session is asked
 //!   first (`Content-Range: bytes */size`, as Google's clients do) and only
 //!   the bytes it lacks are sent, in a request of their own. A store
@@ -403,20 +409,23 @@ impl Gcs {
     fn open_stream(&self, at: &str, id: &UploadId, offset: u64) -> Streamed {
         use tokio::sync::oneshot;
         let (parts, queue) = tokio::sync::mpsc::channel::<(Bytes, oneshot::Sender<()>)>(1);
+        // The next part comes once the caller has read it from its source:
+        // allow it 1 MiB/s, and never less than STREAM_STALL.
+        let wait = STREAM_STALL.max(Duration::from_secs(id.part_size >> 20));
         let body = futures::stream::unfold(
             (queue, None::<oneshot::Sender<()>>),
-            |(mut queue, taken)| async move {
+            move |(mut queue, taken)| async move {
                 // Asked for more: the part before is handed on.
                 if let Some(taken) = taken {
                     let _ = taken.send(());
                 }
-                match tokio::time::timeout(STREAM_STALL, queue.recv()).await {
+                match tokio::time::timeout(wait, queue.recv()).await {
                     Ok(Some((part, taken))) => Some((Ok(part), (queue, Some(taken)))),
                     Ok(None) => None,
                     Err(_) => Some((
                         Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            "no part of the upload came for 120 s",
+                            "no part of the upload came in time",
                         )),
                         (queue, None),
                     )),
@@ -531,11 +540,15 @@ impl Gcs {
         &self,
         at: &str,
         id: &UploadId,
-        answer: tokio::task::JoinHandle<Result<Session, StoreError>>,
+        mut answer: tokio::task::JoinHandle<Result<Session, StoreError>>,
     ) -> StoreError {
         self.forget(&id.session);
         let transport = |message: String| StoreError::Transport { at: at.to_string(), message };
-        match tokio::time::timeout(Duration::from_secs(10), answer).await {
+        let waited = tokio::time::timeout(Duration::from_secs(10), &mut answer).await;
+        if waited.is_err() {
+            answer.abort();
+        }
+        match waited {
             Ok(Ok(Ok(Session::Active { persisted }))) => {
                 self.remember(&id.session, persisted);
                 transport(format!(
@@ -1285,8 +1298,14 @@ fn multipart_body(boundary: &str, metadata: &str, data: &[u8]) -> Bytes {
 
 /// Like [`http_client`] without the read timeout: a streamed request's
 /// answer comes only after the whole object, which may take longer.
+///
+/// HTTP/1.1 only: there, the body is polled for the next part once the last
+/// one is written out (hyper buffers a few hundred KiB), so a part counts as
+/// taken only when it is on its way. HTTP/2 would move a whole part into its
+/// send buffer at once, outside the engine's memory bound.
 fn streaming_client() -> reqwest::Client {
     reqwest::Client::builder()
+        .http1_only()
         .connect_timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(64)
         .redirect(reqwest::redirect::Policy::none())

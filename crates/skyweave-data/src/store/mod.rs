@@ -100,7 +100,7 @@ pub enum StoreError {
     /// broke midway): the parts from `held` on go again.
     #[error(
         "{at}: the store holds the first {held} bytes of the upload, not the {offset} sent; the \
-         parts after them are sent again"
+         file is tried again from there"
     )]
     Behind { at: String, held: u64, offset: u64 },
 }
@@ -185,6 +185,14 @@ pub trait ObjectStore: Send + Sync {
     ) -> Result<Option<Vec<PartDone>>, StoreError>;
 
     /// Assembles the parts into the object; returns its version.
+    /// A part [`ObjectStore::uploaded_parts`] reported, completed from the
+    /// bytes the caller re-read for it (which match what was sent): for a
+    /// store that needs something of each part at the finish that its
+    /// listing does not give back.
+    fn held_part(&self, _upload: &str, part: PartDone, _data: &[u8]) -> PartDone {
+        part
+    }
+
     async fn finish_upload(
         &self,
         key: &str,

@@ -321,12 +321,9 @@ struct CompleteMultipartUploadResult {
     etag: String,
 }
 
-/// The ETag S3 gives an object assembled from `parts` whose tags are MD5s:
-/// hex MD5 of the concatenated binary MD5s, `-`, the part count. `None`
-/// when a tag is no MD5 (encrypted uploads).
-/// Marks the ids of uploads started with `x-amz-checksum-algorithm: CRC32`
-/// (every upload since; an id without it is from before, whose parts carry
-/// no checksum).
+/// Marks the ids of uploads started with `x-amz-checksum-algorithm: CRC32`.
+/// An id without it is from before, or from a store that refused the
+/// header: its parts carry no checksum.
 const CRC32_UPLOAD: &str = "crc32:";
 
 /// Whether an upload carries part checksums, and S3's own id.
@@ -358,6 +355,9 @@ fn split_tag(tag: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The ETag S3 gives an object assembled from `parts` whose tags are MD5s:
+/// hex MD5 of the concatenated binary MD5s, `-`, the part count. `None`
+/// when a tag is no MD5 (encrypted uploads).
 fn multipart_etag(parts: &[PartDone]) -> Option<String> {
     use md5::Digest as _;
     let mut all = Vec::with_capacity(parts.len() * 16);
@@ -538,13 +538,37 @@ impl ObjectStore for S3 {
     ) -> Result<String, StoreError> {
         let url = format!("{}?uploads", self.object_url(key));
         let algorithm = ("x-amz-checksum-algorithm", "CRC32".to_string());
-        let response = self.send("POST", &url, &[algorithm], Bytes::new()).await?;
+        let (response, crc32) = match self.send("POST", &url, &[algorithm], Bytes::new()).await {
+            Ok(response) => (response, true),
+            // Some S3-compatible stores do not implement checksum
+            // algorithms (Cloudflare R2 documents the header as
+            // unsupported): upload without part checksums there.
+            Err(StoreError::Refused { status: 400 | 501, code, .. })
+                if code != "AccessDenied" && code != "NoSuchBucket" =>
+            {
+                tracing::debug!(at = %self.at(key), code = %code, "the store refuses part checksums; uploading without");
+                (self.send("POST", &url, &[], Bytes::new()).await?, false)
+            }
+            Err(error) => return Err(error),
+        };
         let text = response.text().await.map_err(|e| StoreError::Transport {
             at: self.at(key),
             message: e.without_url().to_string(),
         })?;
         let started: InitiateMultipartUploadResult = xml(&self.at(key), &text)?;
-        Ok(format!("{CRC32_UPLOAD}{}", started.upload_id))
+        Ok(if crc32 { format!("{CRC32_UPLOAD}{}", started.upload_id) } else { started.upload_id })
+    }
+
+    fn held_part(&self, upload: &str, part: PartDone, data: &[u8]) -> PartDone {
+        // A store that does not list the parts' checksums (moto) still needs
+        // them at completion when the upload declared them; the bytes are
+        // those sent (their MD5 matched the one recorded at sending).
+        match (upload_id(upload).0, split_tag(&part.tag)) {
+            (true, (etag, None)) => {
+                PartDone { tag: part_tag(etag, Some(&crc32_base64(data))), ..part }
+            }
+            _ => part,
+        }
     }
 
     async fn put_part(&self, key: &str, upload: &str, part: Part) -> Result<PartDone, StoreError> {

@@ -1002,6 +1002,10 @@ impl Planner {
             .try_optimise(Sense::Minimise)
             .map_err(|status| PlanError::Solver(format!("{status:?}")))?;
         model.make_quiet();
+        if std::env::var_os("SW_TRACE").is_some() {
+            model.set_option("output_flag", true);
+            model.set_option("log_to_console", true);
+        }
         // Exact to the cent: the search stops only when the best plan is
         // proven within 0.01 USD of the optimum.
         model.set_option("mip_rel_gap", 0.0);
@@ -1015,8 +1019,16 @@ impl Planner {
         model.set_option("mip_heuristic_run_rins", false);
         model.set_option("mip_heuristic_run_rens", false);
         model.set_option("mip_heuristic_run_feasibility_jump", false);
+        let t0 = Instant::now();
         let solved =
             model.try_solve().map_err(|status| PlanError::Solver(format!("{status:?}")))?;
+        if std::env::var_os("SW_TRACE").is_some() {
+            eprintln!(
+                "TRACE solve allow_unplaced={allow_unplaced} {:?} {:.3}s",
+                solved.status(),
+                t0.elapsed().as_secs_f64()
+            );
+        }
         match solved.status() {
             HighsModelStatus::Optimal => {}
             HighsModelStatus::Infeasible if !allow_unplaced => return Ok(None),

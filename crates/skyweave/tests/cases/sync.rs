@@ -352,9 +352,19 @@ async fn data_moves_from_disk_through_s3_and_azure_to_gcs_intact() {
         format!("gs://{gcs_bucket}/hop"),
     ];
     for pair in hops.windows(2) {
+        // 5 MiB parts, 2 in flight: the 12 MiB file is larger than the part
+        // size times the parallelism on every backend.
         let done = succeed(
             skyweave_everywhere(&state)
-                .args(["sync", "--json", "--verify-remote", "--part-size-mib", "5"])
+                .args([
+                    "sync",
+                    "--json",
+                    "--verify-remote",
+                    "--part-size-mib",
+                    "5",
+                    "--parallel",
+                    "2",
+                ])
                 .args([&pair[0], &pair[1]]),
         );
         assert_eq!(

@@ -1,6 +1,7 @@
 //! Protocol emulators of the OpenAI, Azure OpenAI, AWS Bedrock Runtime and
 //! Google Vertex AI HTTP APIs (for Bedrock see [`spawn_bedrock`], for Google
-//! [`spawn_google`]).
+//! [`spawn_google`]), and of Google Cloud Storage's resumable uploads
+//! ([`spawn_gcs_uploads`]: resuming, which fake-gcs-server cannot show).
 //!
 //! An [`Emulator`] is a real HTTP server bound to a real socket. It speaks
 //! either the OpenAI dialect (`/v1/chat/completions`, `/v1/embeddings`,
@@ -47,6 +48,7 @@ mod bedrock;
 mod chat;
 mod embeddings;
 mod errors;
+mod gcs;
 mod google;
 mod net;
 mod server;
@@ -62,6 +64,7 @@ pub use bedrock::{
     BedrockControl, BedrockEmulator, BedrockRecordedRequest,
 };
 pub use embeddings::DEFAULT_DIMENSIONS;
+pub use gcs::{spawn_gcs_uploads, GcsUploadsEmulator};
 pub use google::{
     google_status_for, http_status_for, spawn_google, test_key_pems, GoogleBehaviour, GoogleConfig,
     GoogleControl, GoogleEmulator, GoogleRecordedRequest, CLOUD_PLATFORM_SCOPE,

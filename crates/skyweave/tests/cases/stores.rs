@@ -628,3 +628,65 @@ async fn a_streamed_gcs_upload_cut_midway_fails_cleanly_on_fake_gcs_server() {
     }
     let _ = store.abort_upload(key, &upload).await;
 }
+
+/// Resuming a GCS upload, on a protocol emulator of resumable uploads that
+/// keeps a session open when asked about it (as GCS does; fake-gcs-server
+/// finishes it). A streamed upload is cut inside its third part; the store
+/// then reports the whole parts the session holds, a further part is
+/// refused as out of order (`Behind`: the file goes again), and sending the
+/// missing parts finishes the object with exactly the bytes of the file.
+#[tokio::test]
+async fn a_gcs_upload_cut_midway_resumes_from_what_the_session_holds() {
+    use skyweave_data::store::gcs::{Gcs, GcsConfig};
+    const PART: usize = 256 * 1024;
+    let emulator = skyweave_emulators::spawn_gcs_uploads().await.unwrap();
+    let proxy = cutting_proxy(emulator.addr.port(), PART * 5 / 2).await;
+    let config = |endpoint: String| GcsConfig {
+        bucket: "resume".into(),
+        prefix: "p".into(),
+        endpoint: Some(endpoint),
+        credentials: None,
+    };
+    let cut = Gcs::new(config(format!("http://127.0.0.1:{proxy}"))).unwrap();
+    let data = pattern(PART * 4 + 1_000, 12);
+    let parts: Vec<&[u8]> = data.chunks(PART).collect();
+    let part = |index: usize| Part {
+        index: index as u32,
+        offset: (index * PART) as u64,
+        md5: md5_of(parts[index]),
+        data: Bytes::from(parts[index].to_vec()),
+        last: index + 1 == parts.len(),
+    };
+    let key = "weights.bin";
+    let upload = cut.start_upload(key, data.len() as u64, PART as u64).await.unwrap();
+    let mut sent = 0;
+    let error = loop {
+        match cut.put_part(key, &upload, part(sent)).await {
+            Ok(_) => sent += 1,
+            Err(error) => break error,
+        }
+        assert!(sent < parts.len(), "the cut went unnoticed");
+    };
+    assert!(error.to_string().contains("broke midway"), "{error}");
+
+    // As after a kill: another store asks what is held (the session URI
+    // names the proxy, whose limit is per connection: new ones pass).
+    let resumed = Gcs::new(config(format!("http://127.0.0.1:{proxy}"))).unwrap();
+    let held = resumed.uploaded_parts(key, &upload).await.unwrap().expect("the session is open");
+    let held: Vec<u32> = held.iter().map(|p| p.index).collect();
+    assert_eq!(held, [0, 1], "two whole parts arrived before the cut");
+
+    // A part past what the session holds is refused: the file goes again.
+    let skipped = resumed.put_part(key, &upload, part(3)).await;
+    assert!(matches!(skipped, Err(StoreError::Behind { held: 524_288, .. })), "{skipped:?}");
+
+    // Sending the missing parts finishes the object.
+    let held_parts = resumed.uploaded_parts(key, &upload).await.unwrap().unwrap();
+    let mut done = held_parts;
+    for index in 2..parts.len() {
+        done.push(resumed.put_part(key, &upload, part(index)).await.unwrap());
+    }
+    resumed.finish_upload(key, &upload, &done, data.len() as u64).await.unwrap();
+    assert!(emulator.object("resume", "p/weights.bin").unwrap() == data, "the object is the file");
+    assert_eq!(emulator.chunk_requests(), 2, "one streamed request before the cut, one after");
+}

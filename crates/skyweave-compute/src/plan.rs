@@ -20,19 +20,27 @@
 //! s.t. sum_k x_jk + u_j = 1                         every job j
 //!      sum_jk a_jk x_jk <= quota_q                   every quota q (accelerators)
 //!      sum_jk n_j x_jk  <= nodes_p                   every private offering p
-//!      sum_{jk on c} s_jk x_jk = y_c + z_c           every commitment c
-//!      0 <= y_c <= remaining_c, z_c >= 0, x binary
+//!      sum_{jk on c} s_jk x_jk - z_c <= remaining_c  every commitment c
+//!      z_c >= 0, x binary
 //! ```
 //!
-//! where `c_jk` is the candidate's compute (when its cloud has no commitment)
-//! plus egress, `s_jk` its discounted compute on a committed cloud, `w_c` the
-//! commitment's burn-down weight (committed spend is valued at
-//! `(1 - w_c)` of its price, spend beyond the commitment at full price), and
+//! where `c_jk` is the candidate's egress plus its compute (when its cloud
+//! has no commitment) or `(1 - w_c) s_jk` (on a committed cloud), `s_jk` its
+//! discounted compute on a committed cloud, `w_c` the commitment's burn-down
+//! weight (committed spend is valued at `(1 - w_c)` of its price, spend
+//! beyond the commitment at full price: for spend `S` and remaining `R` that
+//! is `(1 - w) min(S, R) + max(S - R, 0) = (1 - w) S + w max(S - R, 0)`, so
+//! `z_c` is the spend beyond the commitment, costing `w_c` more), and
 //! `u_j` marks a job left unplaced (these columns exist only when the program
 //! without them, where every job that fits alone must be placed, is
 //! infeasible). `P` exceeds the cost of every job's
 //! dearest candidate together, so the optimum places as many jobs as
 //! possible and, among those placements, costs least.
+//!
+//! Before the search, the program's LP relaxation and a plan rounded from
+//! it fix candidates whose reduced cost proves them absent from every plan
+//! as good as the rounded one (see `solve_model`), and the rounded plan is
+//! handed to HiGHS as its first incumbent.
 //!
 //! Before solving, each job's candidates are reduced without changing the
 //! optimum: a candidate is dropped when another candidate of the same job
@@ -927,8 +935,17 @@ impl Planner {
                     .sum::<f64>();
 
         let mut problem = ColProblem::default();
-        let job_rows: HashMap<usize, _> =
-            active.iter().map(|&j| (j, problem.add_row(1.0..=1.0))).collect();
+        // Each row's index, right-hand side and whether it is an equality,
+        // by the row's handle (for the dual bound below).
+        let mut rhs: HashMap<highs::Row, (usize, f64, bool)> = HashMap::new();
+        let job_rows: HashMap<usize, _> = active
+            .iter()
+            .map(|&j| {
+                let row = problem.add_row(1.0..=1.0);
+                rhs.insert(row, (rhs.len(), 1.0, true));
+                (j, row)
+            })
+            .collect();
         let mut quota_rows = HashMap::new();
         let mut private_rows = HashMap::new();
         let mut commitment_rows = HashMap::new();
@@ -937,7 +954,10 @@ impl Planner {
                 let c = &generated[j].0[k];
                 for &q in &c.quotas {
                     quota_rows.entry(q).or_insert_with(|| {
-                        problem.add_row(..=f64::from(self.quotas[q].max_accelerators))
+                        let cap = f64::from(self.quotas[q].max_accelerators);
+                        let row = problem.add_row(..=cap);
+                        rhs.insert(row, (rhs.len(), cap, false));
+                        row
                     });
                 }
                 if c.purchase == Purchase::Private {
@@ -946,11 +966,18 @@ impl Planner {
                             .private
                             .as_ref()
                             .map_or(0, |p| p.nodes);
-                        problem.add_row(..=f64::from(nodes))
+                        let row = problem.add_row(..=f64::from(nodes));
+                        rhs.insert(row, (rhs.len(), f64::from(nodes), false));
+                        row
                     });
                 }
                 if let Some(m) = c.commitment {
-                    commitment_rows.entry(m).or_insert_with(|| problem.add_row(0.0..=0.0));
+                    commitment_rows.entry(m).or_insert_with(|| {
+                        let remaining = self.commitments[m].remaining_usd() * SCALE;
+                        let row = problem.add_row(..=remaining);
+                        rhs.insert(row, (rhs.len(), remaining, false));
+                        row
+                    });
                 }
             }
         }
@@ -958,7 +985,10 @@ impl Planner {
             job_rows.len() + quota_rows.len() + private_rows.len() + commitment_rows.len();
         // (column index, job, candidate) of every candidate column.
         let mut columns: Vec<(usize, usize, usize)> = Vec::new();
-        let mut next_column = 0;
+        // (cost, upper bound, integer, entries) of every column.
+        type Spec = (f64, Option<f64>, bool, Vec<(highs::Row, f64)>);
+        let mut specs: Vec<Spec> = Vec::new();
+        let mut unplaced_columns: HashMap<usize, usize> = HashMap::new();
         for &j in active {
             for &k in &kept[j] {
                 let c = &generated[j].0[k];
@@ -973,39 +1003,150 @@ impl Planner {
                 let cost = match c.commitment {
                     Some(m) => {
                         entries.push((commitment_rows[&m], c.compute_usd * SCALE));
-                        c.egress_usd
+                        c.egress_usd + (1.0 - self.commitments[m].burn_down_weight) * c.compute_usd
                     }
                     None => c.cost(),
                 };
-                problem.add_integer_column(cost * SCALE, 0.0..=1.0, entries);
-                columns.push((next_column, j, k));
-                next_column += 1;
+                columns.push((specs.len(), j, k));
+                specs.push((cost * SCALE, Some(1.0), true, entries));
             }
             if allow_unplaced {
-                problem.add_column(penalty * SCALE, 0.0..=1.0, [(job_rows[&j], 1.0)]);
-                next_column += 1;
+                unplaced_columns.insert(j, specs.len());
+                specs.push((penalty * SCALE, Some(1.0), false, vec![(job_rows[&j], 1.0)]));
             }
         }
+        let mut excess_columns = Vec::new();
         for (&m, &row) in &commitment_rows {
-            let commitment = &self.commitments[m];
-            problem.add_column(
-                1.0 - commitment.burn_down_weight,
-                0.0..=commitment.remaining_usd() * SCALE,
-                [(row, -1.0)],
-            );
-            problem.add_column(1.0, 0.0.., [(row, -1.0)]);
-            next_column += 2;
+            excess_columns.push((m, row, specs.len()));
+            specs.push((self.commitments[m].burn_down_weight, None, false, vec![(row, -1.0)]));
         }
-        let variables = next_column;
+        let variables = specs.len();
+        let build = |relaxed: bool, fixed: &[bool]| {
+            let mut p = problem.clone();
+            for (i, (cost, upper, integer, entries)) in specs.iter().enumerate() {
+                let integer = *integer && !relaxed;
+                match upper {
+                    Some(u) => {
+                        let u = if fixed.get(i).copied().unwrap_or(false) { 0.0 } else { *u };
+                        p.add_column_with_integrality(*cost, 0.0..=u, entries, integer)
+                    }
+                    None => p.add_column_with_integrality(*cost, 0.0.., entries, integer),
+                }
+            }
+            p
+        };
+        // Reduced-cost fixing before the search. Take any row prices `y`
+        // that are free on the job rows and `<= 0` on the `<=` rows, and
+        // the reduced costs `d = cost - A^T y` computed from them. For every
+        // plan x (Ax = b on job rows, Ax <= b elsewhere, x within bounds):
+        // `cost(x) = y.Ax + d.x >= y.b + sum_{d_k < 0} d_k u_k +
+        // sum_{d_k > 0} d_k x_k`. Call `L` the first two terms (it needs
+        // `d >= 0` on the unbounded excess columns, which the clipping of
+        // `y` below ensures). A candidate k with `d_k > 0` is then in no
+        // plan cheaper than `L + d_k`; a rounded plan of value U bounds the
+        // optimum from above, so when `L + d_k > U` no optimal plan uses k
+        // and fixing it to 0 keeps the optimum (and every optimal plan).
+        // The relaxation's duals only make `L` strong; the bound holds for
+        // the clipped prices whatever their accuracy, since `d` is
+        // recomputed from them here.
+        let mut fixed = vec![false; variables];
+        let mut start: Option<Vec<f64>> = None;
+        {
+            let mut lp = build(true, &[])
+                .try_optimise(Sense::Minimise)
+                .map_err(|status| PlanError::Solver(format!("{status:?}")))?;
+            lp.make_quiet();
+            lp.set_option("threads", 1);
+            let lp = lp.try_solve().map_err(|status| PlanError::Solver(format!("{status:?}")))?;
+            if lp.status() == HighsModelStatus::Optimal {
+                let solution = lp.get_solution();
+                let values = solution.columns();
+                let row_duals = solution.dual_rows();
+                // Dual values made feasible: `<=` rows at most 0, and a
+                // commitment row at least `-w` (the excess column's cost),
+                // so that every reduced cost below is exact for these duals.
+                let mut y = vec![0.0; rhs.len()];
+                for &(index, _, equality) in rhs.values() {
+                    y[index] = if equality { row_duals[index] } else { row_duals[index].min(0.0) };
+                }
+                let mut valid = true;
+                for &(m, row, _) in &excess_columns {
+                    let index = rhs[&row].0;
+                    let weight = self.commitments[m].burn_down_weight;
+                    // Outside [0, 1] the prices cannot be clipped both ways.
+                    valid &= (0.0..=1.0).contains(&weight);
+                    y[index] = y[index].max(-weight);
+                }
+                let reduced: Vec<f64> = specs
+                    .iter()
+                    .map(|(cost, _, _, entries)| {
+                        cost - entries.iter().map(|(row, a)| a * y[rhs[row].0]).sum::<f64>()
+                    })
+                    .collect();
+                let mut bound: f64 = rhs.values().map(|&(index, b, _)| y[index] * b).sum();
+                for ((_, upper, _, _), &d) in specs.iter().zip(&reduced) {
+                    if d < 0.0 {
+                        match upper {
+                            Some(u) => bound += d * u,
+                            None => valid = false,
+                        }
+                    }
+                }
+                let rounded = self.round(
+                    generated,
+                    active,
+                    &columns,
+                    Relaxation {
+                        cost: &specs.iter().map(|spec| spec.0).collect::<Vec<_>>(),
+                        reduced: &reduced,
+                        values,
+                    },
+                    allow_unplaced.then_some(penalty * SCALE),
+                );
+                if let (true, Some(picks)) = (valid, rounded) {
+                    let mut x = vec![0.0; variables];
+                    let mut spend = vec![0.0; self.commitments.len()];
+                    let mut value = 0.0;
+                    for (&j, pick) in active.iter().zip(&picks) {
+                        let column = match pick {
+                            Some(p) => {
+                                let (column, _, k) = columns[*p];
+                                if let Some(m) = generated[j].0[k].commitment {
+                                    spend[m] += generated[j].0[k].compute_usd * SCALE;
+                                }
+                                column
+                            }
+                            None => unplaced_columns[&j],
+                        };
+                        x[column] = 1.0;
+                        value += specs[column].0;
+                    }
+                    for &(m, _, column) in &excess_columns {
+                        let excess =
+                            (spend[m] - self.commitments[m].remaining_usd() * SCALE).max(0.0);
+                        x[column] = excess;
+                        value += self.commitments[m].burn_down_weight * excess;
+                    }
+                    // Room for rounding in the sums above.
+                    let margin = 1e-6 + 1e-9 * (bound.abs() + value.abs());
+                    for &(column, _, _) in &columns {
+                        if reduced[column] > 0.0 && bound + reduced[column] > value + margin {
+                            fixed[column] = true;
+                        }
+                    }
+                    start = Some(x);
+                }
+            } else if lp.status() == HighsModelStatus::Infeasible && !allow_unplaced {
+                // No fractional plan places every job, so no plan does.
+                return Ok(None);
+            }
+        }
+        let problem = build(false, &fixed);
 
         let mut model = problem
             .try_optimise(Sense::Minimise)
             .map_err(|status| PlanError::Solver(format!("{status:?}")))?;
         model.make_quiet();
-        if std::env::var_os("SW_TRACE").is_some() {
-            model.set_option("output_flag", true);
-            model.set_option("log_to_console", true);
-        }
         // Exact to the cent: the search stops only when the best plan is
         // proven within 0.01 USD of the optimum.
         model.set_option("mip_rel_gap", 0.0);
@@ -1019,16 +1160,15 @@ impl Planner {
         model.set_option("mip_heuristic_run_rins", false);
         model.set_option("mip_heuristic_run_rens", false);
         model.set_option("mip_heuristic_run_feasibility_jump", false);
-        let t0 = Instant::now();
+        // The rounded plan as the first incumbent: HiGHS prunes with it from
+        // the start (it checks the plan's feasibility itself).
+        if let Some(x) = &start {
+            model
+                .try_set_solution(Some(x), None, None, None)
+                .map_err(|status| PlanError::Solver(format!("{status:?}")))?;
+        }
         let solved =
             model.try_solve().map_err(|status| PlanError::Solver(format!("{status:?}")))?;
-        if std::env::var_os("SW_TRACE").is_some() {
-            eprintln!(
-                "TRACE solve allow_unplaced={allow_unplaced} {:?} {:.3}s",
-                solved.status(),
-                t0.elapsed().as_secs_f64()
-            );
-        }
         match solved.status() {
             HighsModelStatus::Optimal => {}
             HighsModelStatus::Infeasible if !allow_unplaced => return Ok(None),
@@ -1048,6 +1188,221 @@ impl Planner {
             }
         }
         Ok(Some(Solved { choices, variables, constraints }))
+    }
+}
+
+/// Per column of the program: its cost, and its reduced cost and value in
+/// the LP relaxation.
+#[derive(Clone, Copy)]
+struct Relaxation<'a> {
+    cost: &'a [f64],
+    reduced: &'a [f64],
+    values: &'a [f64],
+}
+
+impl Planner {
+    /// A plan from the LP relaxation's values, for `solve_model`'s
+    /// reduced-cost fixing: per job (in `active`'s order) the index into
+    /// `columns` of its candidate, or `None` when it is left unplaced.
+    /// Jobs the relaxation places whole keep that candidate; the others
+    /// take their cheapest candidate that still fits, then every job moves
+    /// to a cheaper candidate that fits, while one does. `None` when a job
+    /// fits nowhere and jobs may not be left out.
+    fn round(
+        &self,
+        generated: &[(Vec<Candidate>, Rejections)],
+        active: &[usize],
+        columns: &[(usize, usize, usize)],
+        relaxation: Relaxation<'_>,
+        unplaced_cost: Option<f64>,
+    ) -> Option<Vec<Option<usize>>> {
+        let Relaxation { cost, reduced, values } = relaxation;
+        let mut of_job: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (p, &(_, j, _)) in columns.iter().enumerate() {
+            of_job.entry(j).or_default().push(p);
+        }
+        for list in of_job.values_mut() {
+            list.sort_by(|&a, &b| cost[columns[a].0].total_cmp(&cost[columns[b].0]));
+        }
+        let mut quota_used = vec![0u32; self.quotas.len()];
+        let mut private_used: HashMap<usize, u32> = HashMap::new();
+        let candidate = |p: usize| {
+            let (_, j, k) = columns[p];
+            &generated[j].0[k]
+        };
+        let nodes = |c: &Candidate| {
+            c.accelerators / self.catalog.offerings[c.offering].accelerator_count.max(1)
+        };
+        let capacity = |c: &Candidate| {
+            self.catalog.offerings[c.offering].private.as_ref().map_or(0, |p| p.nodes)
+        };
+        let fits = |c: &Candidate, quota_used: &[u32], private_used: &HashMap<usize, u32>| {
+            c.quotas
+                .iter()
+                .all(|&q| quota_used[q] + c.accelerators <= self.quotas[q].max_accelerators)
+                && (c.purchase != Purchase::Private
+                    || private_used.get(&c.offering).copied().unwrap_or(0) + nodes(c)
+                        <= capacity(c))
+        };
+        let mut spend = vec![0.0; self.commitments.len()];
+        // What choosing column `p` adds to the objective beside `spend`:
+        // its cost plus the commitment's weight on what it spends beyond
+        // what remains (the program's excess column).
+        let marginal = |p: usize, spend: &[f64]| {
+            let c = candidate(p);
+            cost[columns[p].0]
+                + c.commitment.map_or(0.0, |m| {
+                    let commitment = &self.commitments[m];
+                    let remaining = commitment.remaining_usd() * SCALE;
+                    let s = c.compute_usd * SCALE;
+                    commitment.burn_down_weight
+                        * ((spend[m] + s - remaining).max(0.0) - (spend[m] - remaining).max(0.0))
+                })
+        };
+        let add = |c: &Candidate,
+                   sign: bool,
+                   quota_used: &mut [u32],
+                   private_used: &mut HashMap<usize, u32>,
+                   spend: &mut [f64]| {
+            if let Some(m) = c.commitment {
+                if sign {
+                    spend[m] += c.compute_usd * SCALE;
+                } else {
+                    spend[m] -= c.compute_usd * SCALE;
+                }
+            }
+            for &q in &c.quotas {
+                if sign {
+                    quota_used[q] += c.accelerators;
+                } else {
+                    quota_used[q] -= c.accelerators;
+                }
+            }
+            if c.purchase == Purchase::Private {
+                let used = private_used.entry(c.offering).or_default();
+                if sign {
+                    *used += nodes(c);
+                } else {
+                    *used -= nodes(c);
+                }
+            }
+        };
+        let mut picks: Vec<Option<usize>> = vec![None; active.len()];
+        for (i, j) in active.iter().enumerate() {
+            if let Some(&p) = of_job[j].iter().find(|&&p| values[columns[p].0] > 1.0 - 1e-6) {
+                picks[i] = Some(p);
+                add(candidate(p), true, &mut quota_used, &mut private_used, &mut spend);
+            }
+        }
+        for (i, j) in active.iter().enumerate() {
+            if picks[i].is_some() {
+                continue;
+            }
+            // By reduced cost: the relaxation's prices of the shared
+            // constraints steer the job away from what others need more.
+            let mut order = of_job[j].clone();
+            order.sort_by(|&a, &b| reduced[columns[a].0].total_cmp(&reduced[columns[b].0]));
+            match order.iter().find(|&&p| fits(candidate(p), &quota_used, &private_used)) {
+                Some(&p) => {
+                    picks[i] = Some(p);
+                    add(candidate(p), true, &mut quota_used, &mut private_used, &mut spend);
+                }
+                None if unplaced_cost.is_some() => {}
+                None => return None,
+            }
+        }
+        let mut improved = true;
+        let mut passes = 0;
+        while improved && passes < 20 {
+            passes += 1;
+            improved = false;
+            for (i, j) in active.iter().enumerate() {
+                let Some(current) = picks[i] else { continue };
+                add(candidate(current), false, &mut quota_used, &mut private_used, &mut spend);
+                let now = marginal(current, &spend);
+                let better = of_job[j]
+                    .iter()
+                    .filter(|&&p| fits(candidate(p), &quota_used, &private_used))
+                    .map(|&p| (p, marginal(p, &spend)))
+                    .filter(|&(_, value)| value < now - 1e-9)
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(p, _)| p);
+                let chosen = better.unwrap_or(current);
+                improved |= better.is_some();
+                picks[i] = Some(chosen);
+                add(candidate(chosen), true, &mut quota_used, &mut private_used, &mut spend);
+            }
+            if improved {
+                continue;
+            }
+            // Pairs: job i1 takes a cheaper candidate `p` that does not fit
+            // because of job i2, which moves elsewhere for less than i1 saves.
+            for i1 in 0..active.len() {
+                // An unplaced job (possible only with `allow_unplaced`)
+                // saves its penalty when placed.
+                let now1 = match picks[i1] {
+                    Some(p1) => {
+                        add(candidate(p1), false, &mut quota_used, &mut private_used, &mut spend);
+                        marginal(p1, &spend)
+                    }
+                    None => unplaced_cost.unwrap_or(0.0),
+                };
+                let targets: Vec<(usize, f64)> = of_job[&active[i1]]
+                    .iter()
+                    .filter(|&&p| Some(p) != picks[i1])
+                    .map(|&p| (p, marginal(p, &spend)))
+                    .filter(|&(_, value)| value < now1 - 1e-9)
+                    .collect();
+                let mut moved = false;
+                'targets: for (p, value) in targets {
+                    let cp = candidate(p);
+                    for i2 in 0..active.len() {
+                        let Some(p2) = picks[i2] else { continue };
+                        let c2 = candidate(p2);
+                        let shares = c2.quotas.iter().any(|q| cp.quotas.contains(q))
+                            || (cp.purchase == Purchase::Private
+                                && c2.purchase == Purchase::Private
+                                && c2.offering == cp.offering);
+                        if i2 == i1 || !shares {
+                            continue;
+                        }
+                        add(c2, false, &mut quota_used, &mut private_used, &mut spend);
+                        if fits(cp, &quota_used, &private_used) {
+                            add(cp, true, &mut quota_used, &mut private_used, &mut spend);
+                            let now2 = marginal(p2, &spend);
+                            let best = of_job[&active[i2]]
+                                .iter()
+                                .filter(|&&q| q != p2)
+                                .filter(|&&q| fits(candidate(q), &quota_used, &private_used))
+                                .map(|&q| (q, marginal(q, &spend)))
+                                .min_by(|a, b| a.1.total_cmp(&b.1));
+                            if let Some((q, v2)) = best {
+                                if (now1 - value) - (v2 - now2) > 1e-9 {
+                                    add(
+                                        candidate(q),
+                                        true,
+                                        &mut quota_used,
+                                        &mut private_used,
+                                        &mut spend,
+                                    );
+                                    picks[i1] = Some(p);
+                                    picks[i2] = Some(q);
+                                    moved = true;
+                                    break 'targets;
+                                }
+                            }
+                            add(cp, false, &mut quota_used, &mut private_used, &mut spend);
+                        }
+                        add(c2, true, &mut quota_used, &mut private_used, &mut spend);
+                    }
+                }
+                if let (false, Some(p1)) = (moved, picks[i1]) {
+                    add(candidate(p1), true, &mut quota_used, &mut private_used, &mut spend);
+                }
+                improved |= moved;
+            }
+        }
+        Some(picks)
     }
 }
 

@@ -16,7 +16,7 @@
 //! program (HiGHS; proven optimal to within 0.01 USD):
 //!
 //! ```text
-//! min  sum_jk c_jk x_jk + sum_c ((1 - w_c) y_c + z_c) + P * sum_j u_j
+//! min  sum_jk c_jk x_jk + sum_c w_c z_c + P * sum_j u_j
 //! s.t. sum_k x_jk + u_j = 1                         every job j
 //!      sum_jk a_jk x_jk <= quota_q                   every quota q (accelerators)
 //!      sum_jk n_j x_jk  <= nodes_p                   every private offering p
@@ -927,6 +927,18 @@ impl Planner {
     ) -> Result<Option<Solved>, PlanError> {
         use highs::{ColProblem, HighsModelStatus, Sense};
 
+        // The commitment's valuation below, `(1 - w) S + w max(S - R, 0)`,
+        // is bounded only for weights in [0, 1] (the estate checks this; a
+        // library caller may not have).
+        if let Some(bad) =
+            self.commitments.iter().find(|c| !(0.0..=1.0).contains(&c.burn_down_weight))
+        {
+            return Err(PlanError::Solver(format!(
+                "a commitment's burn_down_weight must be within 0..=1, not {}",
+                bad.burn_down_weight
+            )));
+        }
+
         let penalty = 1.0
             + 2.0
                 * active
@@ -1289,7 +1301,12 @@ impl Planner {
         };
         let mut picks: Vec<Option<usize>> = vec![None; active.len()];
         for (i, j) in active.iter().enumerate() {
-            if let Some(&p) = of_job[j].iter().find(|&&p| values[columns[p].0] > 1.0 - 1e-6) {
+            // Checked to fit as well: the relaxation holds its rows only
+            // within HiGHS's tolerance, and an upper bound from a plan that
+            // overruns a cap could cut the optimum.
+            if let Some(&p) = of_job[j].iter().find(|&&p| {
+                values[columns[p].0] > 1.0 - 1e-6 && fits(candidate(p), &quota_used, &private_used)
+            }) {
                 picks[i] = Some(p);
                 add(candidate(p), true, &mut quota_used, &mut private_used, &mut spend);
             }

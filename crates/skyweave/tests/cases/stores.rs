@@ -690,3 +690,126 @@ async fn a_gcs_upload_cut_midway_resumes_from_what_the_session_holds() {
     assert!(emulator.object("resume", "p/weights.bin").unwrap() == data, "the object is the file");
     assert_eq!(emulator.chunk_requests(), 2, "one streamed request before the cut, one after");
 }
+
+/// An S3-compatible store that does not implement checksum algorithms
+/// (Cloudflare R2 documents `x-amz-checksum-algorithm` as unsupported;
+/// such a store answers `501 NotImplemented`), as a small path-style
+/// subset of the S3 API: multipart uploads then go without part checksums,
+/// and the MD5 checks still hold them to the bytes sent.
+#[tokio::test]
+async fn s3_stores_that_refuse_part_checksums_get_uploads_without_them() {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Mutex;
+
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, Method, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use skyweave_data::store::s3::{S3Config, S3Credentials, S3};
+
+    #[derive(Default)]
+    struct Seen {
+        log: Vec<String>,
+        parts: BTreeMap<u32, Vec<u8>>,
+        object: Option<(Vec<u8>, String)>,
+    }
+    type Shared = Arc<Mutex<Seen>>;
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+    fn s3_error(status: StatusCode, code: &str) -> Response {
+        let body = format!("<Error><Code>{code}</Code><Message>{code}</Message></Error>");
+        (status, body).into_response()
+    }
+    async fn handle(
+        State(seen): State<Shared>,
+        method: Method,
+        Query(query): Query<HashMap<String, String>>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Response {
+        let mut seen = seen.lock().unwrap();
+        if method == Method::POST && query.contains_key("uploads") {
+            if headers.contains_key("x-amz-checksum-algorithm") {
+                seen.log.push("create refused".into());
+                return s3_error(StatusCode::NOT_IMPLEMENTED, "NotImplemented");
+            }
+            seen.log.push("create".into());
+            let xml = "<InitiateMultipartUploadResult><UploadId>u-1</UploadId>\
+                       </InitiateMultipartUploadResult>";
+            return xml.into_response();
+        }
+        if method == Method::PUT && query.contains_key("partNumber") {
+            if headers.contains_key("x-amz-checksum-crc32") {
+                return s3_error(StatusCode::BAD_REQUEST, "InvalidRequest");
+            }
+            let number: u32 = query["partNumber"].parse().unwrap();
+            seen.log.push(format!("part {number}"));
+            let etag = format!("\"{}\"", hex(&md5_of(&body)));
+            seen.parts.insert(number, body.to_vec());
+            return (StatusCode::OK, [("etag", etag)]).into_response();
+        }
+        if method == Method::POST && query.contains_key("uploadId") {
+            if String::from_utf8_lossy(&body).contains("Checksum") {
+                return s3_error(StatusCode::BAD_REQUEST, "InvalidPart");
+            }
+            seen.log.push("complete".into());
+            let md5s: Vec<u8> = seen.parts.values().flat_map(|p| md5_of(p)).collect();
+            let etag = format!("\"{}-{}\"", hex(&md5_of(&md5s)), seen.parts.len());
+            let data: Vec<u8> = seen.parts.values().flatten().copied().collect();
+            seen.object = Some((data, etag.clone()));
+            let xml = format!(
+                "<CompleteMultipartUploadResult><ETag>{}</ETag></CompleteMultipartUploadResult>",
+                etag.replace('"', "&quot;")
+            );
+            return xml.into_response();
+        }
+        match (&method, &seen.object) {
+            (&Method::HEAD | &Method::GET, Some((data, etag))) => {
+                let headers = [("etag", etag.clone()), ("content-length", data.len().to_string())];
+                (StatusCode::OK, headers, data.clone()).into_response()
+            }
+            _ => s3_error(StatusCode::NOT_FOUND, "NoSuchKey"),
+        }
+    }
+
+    let seen: Shared = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(handle).with_state(seen.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let store = S3::new(S3Config {
+        bucket: "b".into(),
+        prefix: String::new(),
+        region: "auto".into(),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        credentials: S3Credentials::Static(aws_credential_types::Credentials::new(
+            "AKIDTEST", "secret", None, None, "tests",
+        )),
+    });
+    const PART: usize = 256 * 1024;
+    let data = pattern(PART * 2 + 999, 21);
+    let key = "weights.bin";
+    let upload = store.start_upload(key, data.len() as u64, PART as u64).await.unwrap();
+    let mut done = Vec::new();
+    for (index, chunk) in data.chunks(PART).enumerate() {
+        let part = Part {
+            index: index as u32,
+            offset: (index * PART) as u64,
+            md5: md5_of(chunk),
+            data: Bytes::from(chunk.to_vec()),
+            last: index == 2,
+        };
+        done.push(store.put_part(key, &upload, part).await.unwrap());
+    }
+    let version = store.finish_upload(key, &upload, &done, data.len() as u64).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.log,
+        ["create refused", "create", "part 1", "part 2", "part 3", "complete"],
+        "one refused create, then an upload without checksums"
+    );
+    let (object, etag) = seen.object.clone().unwrap();
+    assert!(object == data, "the object is the file");
+    assert_eq!(version, etag, "the version is the assembled object's ETag");
+}

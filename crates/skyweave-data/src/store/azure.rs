@@ -331,7 +331,7 @@ impl Azure {
             // on Azurite).
             builder = builder.header(reqwest::header::CONTENT_LENGTH, body.len()).body(body);
         }
-        let response = builder.send().await.map_err(|e| transport(at, e))?;
+        let response = builder.send().await.map_err(|e| StoreError::transport(at, e))?;
         tracing::debug!(%method, at, status = response.status().as_u16(), "azure blob request");
         Ok(response)
     }
@@ -1020,18 +1020,6 @@ fn config_from_lookup(
     Ok(AzureConfig { account, container, prefix, endpoint: endpoint_override, credentials })
 }
 
-fn transport(at: &str, error: reqwest::Error) -> StoreError {
-    // Without the URL: it may carry a SAS token.
-    let error = error.without_url();
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    StoreError::Transport { at: at.to_string(), message }
-}
-
 fn error_code(response: &Response) -> Option<String> {
     response.headers().get("x-ms-error-code").and_then(|v| v.to_str().ok()).map(str::to_string)
 }
@@ -1068,7 +1056,7 @@ fn check_echoed_md5(at: &str, response: &Response, sent: [u8; 16]) -> Result<(),
 }
 
 async fn xml_body(at: &str, response: Response) -> Result<String, StoreError> {
-    let bytes = response.bytes().await.map_err(|e| transport(at, e))?;
+    let bytes = response.bytes().await.map_err(|e| StoreError::transport(at, e))?;
     String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Protocol {
         at: at.to_string(),
         message: "the XML answer is not UTF-8".into(),
@@ -1113,7 +1101,7 @@ fn verified_stream(
             }
             Some(Err(error)) => {
                 state.done = true;
-                let error = transport(&state.at, error);
+                let error = StoreError::transport(&state.at, error);
                 Some((Err(error), state))
             }
             None => {

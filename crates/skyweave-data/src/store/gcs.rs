@@ -311,7 +311,7 @@ impl Gcs {
             value.set_sensitive(true);
             request = request.header(AUTHORIZATION, value);
         }
-        request.send().await.map_err(|e| transport(at, e))
+        request.send().await.map_err(|e| StoreError::transport(at, e))
     }
 
     /// An object's metadata; `None` if it does not exist.
@@ -443,7 +443,7 @@ impl Gcs {
             .body(reqwest::Body::wrap_stream(body));
         let at = at.to_string();
         let answer = tokio::spawn(async move {
-            let response = request.send().await.map_err(|e| transport(&at, e))?;
+            let response = request.send().await.map_err(|e| StoreError::transport(&at, e))?;
             session_answer(&at, response).await
         });
         Streamed { next: offset, parts, answer }
@@ -543,7 +543,7 @@ impl Gcs {
         mut answer: tokio::task::JoinHandle<Result<Session, StoreError>>,
     ) -> StoreError {
         self.forget(&id.session);
-        let transport = |message: String| StoreError::Transport { at: at.to_string(), message };
+        let failed = |message: String| StoreError::Transport { at: at.to_string(), message };
         let waited = tokio::time::timeout(Duration::from_secs(10), &mut answer).await;
         if waited.is_err() {
             answer.abort();
@@ -551,7 +551,7 @@ impl Gcs {
         match waited {
             Ok(Ok(Ok(Session::Active { persisted }))) => {
                 self.remember(&id.session, persisted);
-                transport(format!(
+                failed(format!(
                     "the store ended the upload request early, holding {persisted} of {} bytes",
                     id.size
                 ))
@@ -562,10 +562,8 @@ impl Gcs {
             },
             Ok(Ok(Ok(Session::Gone))) => StoreError::NotFound { at: at.to_string() },
             Ok(Ok(Err(error))) => broke(error),
-            Ok(Err(failed)) => transport(format!("the upload request failed: {failed}")),
-            Err(_) => {
-                transport("the upload request stopped taking bytes and gave no answer".into())
-            }
+            Ok(Err(join)) => failed(format!("the upload request failed: {join}")),
+            Err(_) => failed("the upload request stopped taking bytes and gave no answer".into()),
         }
     }
 
@@ -616,7 +614,7 @@ impl Gcs {
                 });
             }
         }
-        Ok(Box::pin(response.bytes_stream().map_err(move |e| transport(&at, e))))
+        Ok(Box::pin(response.bytes_stream().map_err(move |e| StoreError::transport(&at, e))))
     }
 }
 
@@ -1335,12 +1333,6 @@ fn broke(error: StoreError) -> StoreError {
     }
 }
 
-/// A transport failure; reqwest's message without the URL, which may be a
-/// session URI.
-fn transport(at: &str, error: reqwest::Error) -> StoreError {
-    StoreError::Transport { at: at.to_string(), message: error.without_url().to_string() }
-}
-
 /// The answer if it is a success, else its error.
 async fn accept(response: reqwest::Response, at: &str) -> Result<reqwest::Response, StoreError> {
     if response.status().is_success() {
@@ -1355,7 +1347,7 @@ async fn json<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
     at: &str,
 ) -> Result<T, StoreError> {
-    let body = response.bytes().await.map_err(|e| transport(at, e))?;
+    let body = response.bytes().await.map_err(|e| StoreError::transport(at, e))?;
     serde_json::from_slice(&body).map_err(|e| StoreError::Protocol {
         at: at.to_string(),
         message: format!("the answer is not the JSON expected ({e})"),

@@ -118,6 +118,20 @@ impl StoreError {
         }
     }
 
+    /// A request that failed on the way (connect, send, read), with the
+    /// causes reqwest gives but never the URL: it may carry a SAS token or
+    /// a GCS session URI, both capabilities.
+    pub(crate) fn transport(at: &str, error: reqwest::Error) -> StoreError {
+        let error = error.without_url();
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        StoreError::Transport { at: at.to_string(), message }
+    }
+
     /// Whether trying the whole file again may succeed: a passing failure,
     /// or an upload that resumes from what the store holds.
     pub fn retries_file(&self) -> bool {

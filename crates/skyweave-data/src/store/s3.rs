@@ -197,10 +197,8 @@ impl S3 {
             value.set_sensitive(true);
             request = request.header(name, value);
         }
-        let response = request.body(body).send().await.map_err(|e| StoreError::Transport {
-            at: at.clone(),
-            message: e.without_url().to_string(),
-        })?;
+        let response =
+            request.body(body).send().await.map_err(|e| StoreError::transport(&at, e))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -294,6 +292,15 @@ impl FilterEncrypted for Result<(), StoreError> {
 fn xml<T: for<'de> Deserialize<'de>>(at: &str, text: &str) -> Result<T, StoreError> {
     quick_xml::de::from_str(text)
         .map_err(|e| StoreError::Protocol { at: at.to_string(), message: format!("{e}") })
+}
+
+/// An answer's XML body, read and parsed.
+async fn xml_answer<T: for<'de> Deserialize<'de>>(
+    at: &str,
+    response: reqwest::Response,
+) -> Result<T, StoreError> {
+    let text = response.text().await.map_err(|e| StoreError::transport(at, e))?;
+    xml(at, &text)
 }
 
 #[derive(Debug, Deserialize)]
@@ -430,10 +437,7 @@ impl S3 {
         }
         let response = self.send("GET", &url, &headers, Bytes::new()).await?;
         let at = self.at(key);
-        Ok(Box::pin(response.bytes_stream().map_err(move |e| StoreError::Transport {
-            at: at.clone(),
-            message: e.without_url().to_string(),
-        })))
+        Ok(Box::pin(response.bytes_stream().map_err(move |e| StoreError::transport(&at, e))))
     }
 }
 
@@ -456,11 +460,7 @@ impl ObjectStore for S3 {
                 url.push_str(&format!("&continuation-token={}", query(token)));
             }
             let response = self.send("GET", &url, &[], Bytes::new()).await?;
-            let text = response.text().await.map_err(|e| StoreError::Transport {
-                at: self.describe(),
-                message: e.without_url().to_string(),
-            })?;
-            let page: ListBucketResult = xml(&self.describe(), &text)?;
+            let page: ListBucketResult = xml_answer(&self.describe(), response).await?;
             for object in page.contents {
                 let Some(key) = object.key.strip_prefix(&self.prefix) else { continue };
                 if key.is_empty() || key.ends_with('/') && object.size == 0 {
@@ -551,11 +551,7 @@ impl ObjectStore for S3 {
             }
             Err(error) => return Err(error),
         };
-        let text = response.text().await.map_err(|e| StoreError::Transport {
-            at: self.at(key),
-            message: e.without_url().to_string(),
-        })?;
-        let started: InitiateMultipartUploadResult = xml(&self.at(key), &text)?;
+        let started: InitiateMultipartUploadResult = xml_answer(&self.at(key), response).await?;
         Ok(if crc32 { format!("{CRC32_UPLOAD}{}", started.upload_id) } else { started.upload_id })
     }
 
@@ -609,11 +605,7 @@ impl ObjectStore for S3 {
                 Err(StoreError::NotFound { .. }) => return Ok(None),
                 Err(error) => return Err(error),
             };
-            let text = response.text().await.map_err(|e| StoreError::Transport {
-                at: self.at(key),
-                message: e.without_url().to_string(),
-            })?;
-            let page: ListPartsResult = xml(&self.at(key), &text)?;
+            let page: ListPartsResult = xml_answer(&self.at(key), response).await?;
             for part in page.part {
                 if part.part_number == 0 {
                     continue;
@@ -660,10 +652,7 @@ impl ObjectStore for S3 {
         body.push_str("</CompleteMultipartUpload>");
         let url = format!("{}?uploadId={}", self.object_url(key), query(upload));
         let response = self.send("POST", &url, &[], Bytes::from(body)).await?;
-        let text = response.text().await.map_err(|e| StoreError::Transport {
-            at: self.at(key),
-            message: e.without_url().to_string(),
-        })?;
+        let text = response.text().await.map_err(|e| StoreError::transport(&self.at(key), e))?;
         // A 200 answer may still be an error, found once the parts were
         // assembled.
         if text.contains("<Error>") {

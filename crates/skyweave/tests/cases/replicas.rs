@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use serde_json::{json, Value};
 
 use crate::cases::ledger::{budget_estate, create_key, Db};
@@ -218,61 +216,18 @@ async fn an_unreachable_postgres_is_a_clear_error_without_its_password() {
 /// sees reach the server, then drops that connection without relaying the
 /// answer: the client cannot know whether its transaction was committed.
 async fn commit_cutting_proxy(upstream: u16, armed: Arc<AtomicBool>, cuts: Arc<AtomicU32>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
-                continue;
-            };
-            let (armed, cuts) = (armed.clone(), cuts.clone());
-            tokio::spawn(async move {
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let cutting = Arc::new(AtomicBool::new(false));
-                let cutting_up = cutting.clone();
-                let up = async move {
-                    let mut buffer = vec![0u8; 65536];
-                    loop {
-                        let n = match client_read.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        let commit = buffer[..n].windows(6).any(|w| w == b"COMMIT");
-                        if commit && armed.swap(false, Ordering::SeqCst) {
-                            cutting_up.store(true, Ordering::SeqCst);
-                            let _ = server_write.write_all(&buffer[..n]).await;
-                            // Let the server commit and answer into the void.
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            cuts.fetch_add(1, Ordering::SeqCst);
-                            return;
-                        }
-                        if server_write.write_all(&buffer[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let down = async move {
-                    let mut buffer = vec![0u8; 65536];
-                    loop {
-                        let n = match server_read.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if cutting.load(Ordering::SeqCst) {
-                            continue;
-                        }
-                        if client_write.write_all(&buffer[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                // Whichever side ends first ends the connection.
-                tokio::select! { () = up => {}, () = down => {} }
-            });
+    use crate::support::proxy::{self, Relay};
+    proxy::start(upstream, move |bytes, _| {
+        let commit = bytes.windows(6).any(|w| w == b"COMMIT");
+        if commit && armed.swap(false, Ordering::SeqCst) {
+            cuts.fetch_add(1, Ordering::SeqCst);
+            // Let the server commit and answer into the void.
+            Relay::Swallow { wait: Duration::from_millis(300) }
+        } else {
+            Relay::Forward
         }
-    });
-    port
+    })
+    .await
 }
 
 #[tokio::test]

@@ -47,6 +47,19 @@ pub async fn put_each<S: ObjectStore + ?Sized>(store: &Arc<S>, keys: &[String]) 
         .unwrap();
 }
 
+/// Deletes each key, 32 at a time.
+pub async fn delete_each<S: ObjectStore + ?Sized>(store: &Arc<S>, keys: &[String]) {
+    futures::stream::iter(keys.iter())
+        .map(|key| {
+            let store = store.clone();
+            async move { store.delete(key).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+}
+
 /// A fresh prefix for one test run, so that runs never see each other.
 #[allow(dead_code)] // used by the cloud backends' tests
 pub fn fresh_prefix(name: &str) -> String {
@@ -218,15 +231,7 @@ pub async fn conformance(
     put_each(&store, &keys).await;
     let listed = store.list().await.unwrap();
     assert_eq!(listed.len(), 1_100, "{at}: every page of the listing");
-    futures::stream::iter(keys.iter())
-        .map(|key| {
-            let store = store.clone();
-            async move { store.delete(key).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
+    delete_each(&store, &keys).await;
     assert!(store.list().await.unwrap().is_empty(), "{at}");
 }
 
@@ -517,52 +522,8 @@ async fn gcs_uploads_checks_and_listing_on_fake_gcs_server() {
     let mut listed: Vec<String> = store.list().await.unwrap().into_iter().map(|m| m.key).collect();
     listed.sort();
     assert_eq!(listed, keys, "{at}: every page of the listing");
-    futures::stream::iter(keys.iter())
-        .map(|key| {
-            let store = store.clone();
-            async move { store.delete(key).await }
-        })
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
+    delete_each(&store, &keys).await;
     assert!(store.list().await.unwrap().is_empty(), "{at}");
-}
-
-/// A TCP proxy that forwards both ways and, per connection, closes it once
-/// the client has sent more than `limit` bytes (the bytes up to the limit
-/// reach the server).
-async fn cutting_proxy(upstream: u16, limit: usize) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let up = async move {
-                    let (mut buffer, mut sent) = (vec![0u8; 65536], 0);
-                    while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
-                        let take = n.min(limit - sent);
-                        if server_write.write_all(&buffer[..take]).await.is_err() || take < n {
-                            return;
-                        }
-                        sent += take;
-                    }
-                };
-                let down = async move {
-                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-                };
-                // Whichever side ends first ends the connection.
-                tokio::select! { _ = up => {}, _ = down => {} }
-            });
-        }
-    });
-    port
 }
 
 /// A resumable upload goes in one streamed request. When that connection
@@ -575,7 +536,7 @@ async fn a_streamed_gcs_upload_cut_midway_fails_cleanly_on_fake_gcs_server() {
     let service = crate::support::services::fake_gcs();
     // The session's request carries the parts one after the other: cut it
     // within the third part.
-    let proxy = cutting_proxy(service.port, PART * 5 / 2).await;
+    let proxy = crate::support::proxy::cutting(service.port, PART * 5 / 2).await;
     let config = |endpoint: String, prefix: String| GcsConfig {
         bucket: "skyweave-tests".into(),
         prefix,
@@ -640,7 +601,7 @@ async fn a_gcs_upload_cut_midway_resumes_from_what_the_session_holds() {
     use skyweave_data::store::gcs::{Gcs, GcsConfig};
     const PART: usize = 256 * 1024;
     let emulator = skyweave_emulators::spawn_gcs_uploads().await.unwrap();
-    let proxy = cutting_proxy(emulator.addr.port(), PART * 5 / 2).await;
+    let proxy = crate::support::proxy::cutting(emulator.addr.port(), PART * 5 / 2).await;
     let config = |endpoint: String| GcsConfig {
         bucket: "resume".into(),
         prefix: "p".into(),

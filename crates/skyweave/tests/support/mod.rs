@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod proxy;
 pub mod services;
 
 use std::net::SocketAddr;

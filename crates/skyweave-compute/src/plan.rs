@@ -1212,6 +1212,85 @@ struct Relaxation<'a> {
     values: &'a [f64],
 }
 
+/// What a partial plan uses of the shared constraints, for [`Planner::round`].
+struct Usage<'p> {
+    planner: &'p Planner,
+    /// Accelerators per quota.
+    quotas: Vec<u32>,
+    /// Nodes per private offering.
+    private: HashMap<usize, u32>,
+    /// Scaled discounted compute per commitment.
+    spend: Vec<f64>,
+}
+
+impl<'p> Usage<'p> {
+    fn new(planner: &'p Planner) -> Usage<'p> {
+        Usage {
+            planner,
+            quotas: vec![0; planner.quotas.len()],
+            private: HashMap::new(),
+            spend: vec![0.0; planner.commitments.len()],
+        }
+    }
+
+    fn nodes(&self, c: &Candidate) -> u32 {
+        c.accelerators / self.planner.catalog.offerings[c.offering].accelerator_count.max(1)
+    }
+
+    /// Whether `c` fits beside what is used.
+    fn fits(&self, c: &Candidate) -> bool {
+        let planner = self.planner;
+        c.quotas
+            .iter()
+            .all(|&q| self.quotas[q] + c.accelerators <= planner.quotas[q].max_accelerators)
+            && (c.purchase != Purchase::Private || {
+                let capacity =
+                    planner.catalog.offerings[c.offering].private.as_ref().map_or(0, |p| p.nodes);
+                self.private.get(&c.offering).copied().unwrap_or(0) + self.nodes(c) <= capacity
+            })
+    }
+
+    fn take(&mut self, c: &Candidate) {
+        if let Some(m) = c.commitment {
+            self.spend[m] += c.compute_usd * SCALE;
+        }
+        for &q in &c.quotas {
+            self.quotas[q] += c.accelerators;
+        }
+        if c.purchase == Purchase::Private {
+            let nodes = self.nodes(c);
+            *self.private.entry(c.offering).or_default() += nodes;
+        }
+    }
+
+    /// Undoes [`Usage::take`] of the same candidate.
+    fn give_back(&mut self, c: &Candidate) {
+        if let Some(m) = c.commitment {
+            self.spend[m] -= c.compute_usd * SCALE;
+        }
+        for &q in &c.quotas {
+            self.quotas[q] -= c.accelerators;
+        }
+        if c.purchase == Purchase::Private {
+            let nodes = self.nodes(c);
+            *self.private.entry(c.offering).or_default() -= nodes;
+        }
+    }
+
+    /// What taking `c`, whose column costs `cost`, adds to the objective:
+    /// the cost plus the commitment's weight on what it spends beyond what
+    /// remains (the program's excess column).
+    fn marginal(&self, cost: f64, c: &Candidate) -> f64 {
+        cost + c.commitment.map_or(0.0, |m| {
+            let commitment = &self.planner.commitments[m];
+            let remaining = commitment.remaining_usd() * SCALE;
+            let (before, s) = (self.spend[m], c.compute_usd * SCALE);
+            commitment.burn_down_weight
+                * ((before + s - remaining).max(0.0) - (before - remaining).max(0.0))
+        })
+    }
+}
+
 impl Planner {
     /// A plan from the LP relaxation's values, for `solve_model`'s
     /// reduced-cost fixing: per job (in `active`'s order) the index into
@@ -1236,79 +1315,23 @@ impl Planner {
         for list in of_job.values_mut() {
             list.sort_by(|&a, &b| cost[columns[a].0].total_cmp(&cost[columns[b].0]));
         }
-        let mut quota_used = vec![0u32; self.quotas.len()];
-        let mut private_used: HashMap<usize, u32> = HashMap::new();
         let candidate = |p: usize| {
             let (_, j, k) = columns[p];
             &generated[j].0[k]
         };
-        let nodes = |c: &Candidate| {
-            c.accelerators / self.catalog.offerings[c.offering].accelerator_count.max(1)
-        };
-        let capacity = |c: &Candidate| {
-            self.catalog.offerings[c.offering].private.as_ref().map_or(0, |p| p.nodes)
-        };
-        let fits = |c: &Candidate, quota_used: &[u32], private_used: &HashMap<usize, u32>| {
-            c.quotas
-                .iter()
-                .all(|&q| quota_used[q] + c.accelerators <= self.quotas[q].max_accelerators)
-                && (c.purchase != Purchase::Private
-                    || private_used.get(&c.offering).copied().unwrap_or(0) + nodes(c)
-                        <= capacity(c))
-        };
-        let mut spend = vec![0.0; self.commitments.len()];
-        // What choosing column `p` adds to the objective beside `spend`:
-        // its cost plus the commitment's weight on what it spends beyond
-        // what remains (the program's excess column).
-        let marginal = |p: usize, spend: &[f64]| {
-            let c = candidate(p);
-            cost[columns[p].0]
-                + c.commitment.map_or(0.0, |m| {
-                    let commitment = &self.commitments[m];
-                    let remaining = commitment.remaining_usd() * SCALE;
-                    let s = c.compute_usd * SCALE;
-                    commitment.burn_down_weight
-                        * ((spend[m] + s - remaining).max(0.0) - (spend[m] - remaining).max(0.0))
-                })
-        };
-        let add = |c: &Candidate,
-                   sign: bool,
-                   quota_used: &mut [u32],
-                   private_used: &mut HashMap<usize, u32>,
-                   spend: &mut [f64]| {
-            if let Some(m) = c.commitment {
-                if sign {
-                    spend[m] += c.compute_usd * SCALE;
-                } else {
-                    spend[m] -= c.compute_usd * SCALE;
-                }
-            }
-            for &q in &c.quotas {
-                if sign {
-                    quota_used[q] += c.accelerators;
-                } else {
-                    quota_used[q] -= c.accelerators;
-                }
-            }
-            if c.purchase == Purchase::Private {
-                let used = private_used.entry(c.offering).or_default();
-                if sign {
-                    *used += nodes(c);
-                } else {
-                    *used -= nodes(c);
-                }
-            }
-        };
+        let mut usage = Usage::new(self);
+        let marginal = |usage: &Usage, p: usize| usage.marginal(cost[columns[p].0], candidate(p));
         let mut picks: Vec<Option<usize>> = vec![None; active.len()];
         for (i, j) in active.iter().enumerate() {
             // Checked to fit as well: the relaxation holds its rows only
             // within HiGHS's tolerance, and an upper bound from a plan that
             // overruns a cap could cut the optimum.
-            if let Some(&p) = of_job[j].iter().find(|&&p| {
-                values[columns[p].0] > 1.0 - 1e-6 && fits(candidate(p), &quota_used, &private_used)
-            }) {
+            if let Some(&p) = of_job[j]
+                .iter()
+                .find(|&&p| values[columns[p].0] > 1.0 - 1e-6 && usage.fits(candidate(p)))
+            {
                 picks[i] = Some(p);
-                add(candidate(p), true, &mut quota_used, &mut private_used, &mut spend);
+                usage.take(candidate(p));
             }
         }
         for (i, j) in active.iter().enumerate() {
@@ -1319,10 +1342,10 @@ impl Planner {
             // constraints steer the job away from what others need more.
             let mut order = of_job[j].clone();
             order.sort_by(|&a, &b| reduced[columns[a].0].total_cmp(&reduced[columns[b].0]));
-            match order.iter().find(|&&p| fits(candidate(p), &quota_used, &private_used)) {
+            match order.iter().find(|&&p| usage.fits(candidate(p))) {
                 Some(&p) => {
                     picks[i] = Some(p);
-                    add(candidate(p), true, &mut quota_used, &mut private_used, &mut spend);
+                    usage.take(candidate(p));
                 }
                 None if unplaced_cost.is_some() => {}
                 None => return None,
@@ -1335,19 +1358,19 @@ impl Planner {
             improved = false;
             for (i, j) in active.iter().enumerate() {
                 let Some(current) = picks[i] else { continue };
-                add(candidate(current), false, &mut quota_used, &mut private_used, &mut spend);
-                let now = marginal(current, &spend);
+                usage.give_back(candidate(current));
+                let now = marginal(&usage, current);
                 let better = of_job[j]
                     .iter()
-                    .filter(|&&p| fits(candidate(p), &quota_used, &private_used))
-                    .map(|&p| (p, marginal(p, &spend)))
+                    .filter(|&&p| usage.fits(candidate(p)))
+                    .map(|&p| (p, marginal(&usage, p)))
                     .filter(|&(_, value)| value < now - 1e-9)
                     .min_by(|a, b| a.1.total_cmp(&b.1))
                     .map(|(p, _)| p);
                 let chosen = better.unwrap_or(current);
                 improved |= better.is_some();
                 picks[i] = Some(chosen);
-                add(candidate(chosen), true, &mut quota_used, &mut private_used, &mut spend);
+                usage.take(candidate(chosen));
             }
             if improved {
                 continue;
@@ -1359,15 +1382,15 @@ impl Planner {
                 // saves its penalty when placed.
                 let now1 = match picks[i1] {
                     Some(p1) => {
-                        add(candidate(p1), false, &mut quota_used, &mut private_used, &mut spend);
-                        marginal(p1, &spend)
+                        usage.give_back(candidate(p1));
+                        marginal(&usage, p1)
                     }
                     None => unplaced_cost.unwrap_or(0.0),
                 };
                 let targets: Vec<(usize, f64)> = of_job[&active[i1]]
                     .iter()
                     .filter(|&&p| Some(p) != picks[i1])
-                    .map(|&p| (p, marginal(p, &spend)))
+                    .map(|&p| (p, marginal(&usage, p)))
                     .filter(|&(_, value)| value < now1 - 1e-9)
                     .collect();
                 let mut moved = false;
@@ -1383,38 +1406,31 @@ impl Planner {
                         if i2 == i1 || !shares {
                             continue;
                         }
-                        add(c2, false, &mut quota_used, &mut private_used, &mut spend);
-                        if fits(cp, &quota_used, &private_used) {
-                            add(cp, true, &mut quota_used, &mut private_used, &mut spend);
-                            let now2 = marginal(p2, &spend);
+                        usage.give_back(c2);
+                        if usage.fits(cp) {
+                            usage.take(cp);
+                            let now2 = marginal(&usage, p2);
                             let best = of_job[&active[i2]]
                                 .iter()
-                                .filter(|&&q| q != p2)
-                                .filter(|&&q| fits(candidate(q), &quota_used, &private_used))
-                                .map(|&q| (q, marginal(q, &spend)))
+                                .filter(|&&q| q != p2 && usage.fits(candidate(q)))
+                                .map(|&q| (q, marginal(&usage, q)))
                                 .min_by(|a, b| a.1.total_cmp(&b.1));
                             if let Some((q, v2)) = best {
                                 if (now1 - value) - (v2 - now2) > 1e-9 {
-                                    add(
-                                        candidate(q),
-                                        true,
-                                        &mut quota_used,
-                                        &mut private_used,
-                                        &mut spend,
-                                    );
+                                    usage.take(candidate(q));
                                     picks[i1] = Some(p);
                                     picks[i2] = Some(q);
                                     moved = true;
                                     break 'targets;
                                 }
                             }
-                            add(cp, false, &mut quota_used, &mut private_used, &mut spend);
+                            usage.give_back(cp);
                         }
-                        add(c2, true, &mut quota_used, &mut private_used, &mut spend);
+                        usage.take(c2);
                     }
                 }
                 if let (false, Some(p1)) = (moved, picks[i1]) {
-                    add(candidate(p1), true, &mut quota_used, &mut private_used, &mut spend);
+                    usage.take(candidate(p1));
                 }
                 improved |= moved;
             }

@@ -2,6 +2,7 @@
 //! to a model deployment on one of several clouds and fails over.
 //!
 //! - [`providers`]: the [`providers::Provider`] trait and one file per provider.
+//! - `upstream`: the HTTP client the providers call their upstreams with.
 //! - [`gateway`]: shared state (deployment health, capacity) and the failover loop.
 //! - [`server`]: the HTTP API.
 //! - [`metrics`]: Prometheus metrics.
@@ -18,5 +19,6 @@ pub mod secrets;
 pub mod server;
 pub mod sse;
 pub mod store;
+mod upstream;
 
 pub use gateway::Gateway;

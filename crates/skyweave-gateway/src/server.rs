@@ -62,8 +62,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 /// Every response carries a request id: the API handlers set the one they
 /// logged; the others (models, health, metrics, 404/405) get a fresh one.
 async fn ensure_request_id(mut response: Response) -> Response {
-    if !response.headers().contains_key(HEADER_REQUEST_ID) {
-        response.headers_mut().insert(HEADER_REQUEST_ID, request_id(&HeaderMap::new()));
+    const REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+    if !response.headers().contains_key(&REQUEST_ID) {
+        response.headers_mut().insert(REQUEST_ID, request_id(&HeaderMap::new()));
     }
     response
 }
@@ -80,12 +81,59 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
     });
     let draining = gateway.clone();
-    axum::serve(listener, router(gateway))
+    let front = Front { router: router(gateway.clone()), gateway };
+    axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(front))
         .with_graceful_shutdown(async move {
             shutdown.await;
             draining.begin_shutdown();
         })
         .await
+}
+
+/// What the listener serves: `POST /v1/chat/completions` and
+/// `POST /v1/embeddings`, which carry the traffic, go straight to their
+/// handlers; every other request goes through the [`router`], whose own
+/// routes for these two paths answer the same. Measured on the benchmark's
+/// small completions, axum's routing, header-map extraction (a copy of every
+/// header) and middleware layers cost ~4 µs of CPU per request, a fifth of
+/// what proxying one costs.
+#[derive(Clone)]
+struct Front {
+    gateway: Arc<Gateway>,
+    router: Router,
+}
+
+impl tower_service::Service<axum::extract::Request> for Front {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        if request.method() == axum::http::Method::POST {
+            let chat = match request.uri().path() {
+                "/v1/chat/completions" => Some(true),
+                "/v1/embeddings" => Some(false),
+                _ => None,
+            };
+            if let Some(chat) = chat {
+                let gateway = State(self.gateway.clone());
+                let (parts, body) = request.into_parts();
+                return Box::pin(async move {
+                    let response = if chat {
+                        chat_completions(gateway, parts.headers, body).await
+                    } else {
+                        embeddings(gateway, parts.headers, body).await
+                    };
+                    Ok(ensure_request_id(response).await)
+                });
+            }
+        }
+        Box::pin(self.router.call(request))
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -584,7 +632,8 @@ fn missing(field: &str) -> ApiError {
 }
 
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(given) = headers.get(HEADER_REQUEST_ID) {
+    const REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+    if let Some(given) = headers.get(&REQUEST_ID) {
         let valid = given.len() <= 128 && given.as_bytes().iter().all(|b| b.is_ascii_graphic());
         if valid && !given.is_empty() {
             return given.clone();
@@ -595,24 +644,35 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         let mut rng = rand::thread_rng();
         (rand::Rng::gen(&mut rng), rand::Rng::gen(&mut rng))
     };
-    let id = format!("req_{high:016x}{low:016x}");
-    HeaderValue::from_str(&id).expect("a hex id is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = *b"req_00000000000000000000000000000000";
+    for (i, byte) in high.to_be_bytes().into_iter().chain(low.to_be_bytes()).enumerate() {
+        id[4 + 2 * i] = HEX[usize::from(byte >> 4)];
+        id[5 + 2 * i] = HEX[usize::from(byte & 15)];
+    }
+    HeaderValue::from_bytes(&id).expect("a hex id is a valid header value")
 }
 
 fn caller_scope(headers: &HeaderMap, request_id: &HeaderValue) -> Result<CallerScope, ApiError> {
-    let text = |name: &str| -> Result<Option<String>, ApiError> {
+    // Looked up by parsed names: a `&str` name is parsed and checked on
+    // every lookup.
+    const DEADLINE_MS: HeaderName = HeaderName::from_static(HEADER_DEADLINE_MS);
+    const CALLER_REGION: HeaderName = HeaderName::from_static(HEADER_CALLER_REGION);
+    const ALLOWED_CLOUDS: HeaderName = HeaderName::from_static(HEADER_ALLOWED_CLOUDS);
+    const ALLOWED_REGIONS: HeaderName = HeaderName::from_static(HEADER_ALLOWED_REGIONS);
+    let text = |name: &HeaderName| -> Result<Option<String>, ApiError> {
         match headers.get(name) {
             None => Ok(None),
             Some(value) => match value.to_str() {
                 Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
                 _ => Err(ApiError::invalid_request(
                     format!("header `{name}` must be non-empty ASCII text"),
-                    Some(name),
+                    Some(name.as_str()),
                 )),
             },
         }
     };
-    let list = |name: &str| -> Result<Option<Vec<String>>, ApiError> {
+    let list = |name: &HeaderName| -> Result<Option<Vec<String>>, ApiError> {
         Ok(text(name)?.map(|text| {
             text.split(',')
                 .map(|item| item.trim().to_string())
@@ -620,7 +680,7 @@ fn caller_scope(headers: &HeaderMap, request_id: &HeaderValue) -> Result<CallerS
                 .collect()
         }))
     };
-    let deadline = match text(HEADER_DEADLINE_MS)? {
+    let deadline = match text(&DEADLINE_MS)? {
         Some(ms) => match ms.parse::<u64>() {
             Ok(ms) if ms > 0 => Some(Duration::from_millis(ms)),
             _ => {
@@ -636,9 +696,9 @@ fn caller_scope(headers: &HeaderMap, request_id: &HeaderValue) -> Result<CallerS
     };
     Ok(CallerScope {
         request_id: request_id.to_str().unwrap_or_default().to_string(),
-        region: text(HEADER_CALLER_REGION)?,
-        allowed_clouds: list(HEADER_ALLOWED_CLOUDS)?,
-        allowed_regions: list(HEADER_ALLOWED_REGIONS)?,
+        region: text(&CALLER_REGION)?,
+        allowed_clouds: list(&ALLOWED_CLOUDS)?,
+        allowed_regions: list(&ALLOWED_REGIONS)?,
         deadline,
     })
 }
@@ -781,9 +841,9 @@ fn stamp_served<T>(gateway: &Gateway, response: &mut Response, served: &Served<T
     ] {
         headers.insert(name, value);
     }
-    headers.insert(HEADER_ATTEMPTS, HeaderValue::from(served.attempts));
+    headers.insert(HeaderName::from_static(HEADER_ATTEMPTS), HeaderValue::from(served.attempts));
     if runtime.provider.is_simulated() {
-        headers.insert(HEADER_SIMULATED, HeaderValue::from_static("true"));
+        headers.insert(HeaderName::from_static(HEADER_SIMULATED), HeaderValue::from_static("true"));
     }
 }
 
@@ -1115,7 +1175,9 @@ fn complete_response<T>(
     response
         .headers_mut()
         .insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response.headers_mut().insert(HEADER_REQUEST_ID, incoming.request_id.clone());
+    response
+        .headers_mut()
+        .insert(HeaderName::from_static(HEADER_REQUEST_ID), incoming.request_id.clone());
     stamp_served(gateway, &mut response, &served);
     let deployment = served.deployment;
     let attempts = served.attempts;

@@ -11,16 +11,17 @@ use futures::future::BoxFuture;
 use skyweave_core::config::MIN_AZURE_STREAM_USAGE_VERSION;
 use skyweave_core::estate::{AuthScheme, Deployment};
 
-use super::openai_compat::{self, url, Dialect};
+use super::openai_compat::{self, Dialect};
 use super::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Provider, UpstreamError,
 };
 use crate::secrets::Secret;
+use crate::upstream::{uri, HttpClient, UpstreamRequest};
 
 pub(crate) struct AzureOpenAi {
-    client: reqwest::Client,
-    chat_url: reqwest::Url,
-    embeddings_url: reqwest::Url,
+    client: HttpClient,
+    chat_url: http::Uri,
+    embeddings_url: http::Uri,
     scheme: AuthScheme,
     secret: Secret,
     /// The API version accepts `stream_options` (2024-09-01 and later).
@@ -38,39 +39,22 @@ impl AzureOpenAi {
     ) -> AzureOpenAi {
         let base = format!("{endpoint}/openai/deployments/{azure_deployment}");
         AzureOpenAi {
-            client: openai_compat::http_client(&deployment.timeouts),
-            chat_url: url(format!("{base}/chat/completions?api-version={api_version}")),
-            embeddings_url: url(format!("{base}/embeddings?api-version={api_version}")),
+            client: HttpClient::new(&deployment.timeouts),
+            chat_url: uri(format!("{base}/chat/completions?api-version={api_version}")),
+            embeddings_url: uri(format!("{base}/embeddings?api-version={api_version}")),
             scheme,
             secret,
             stream_usage: api_version >= MIN_AZURE_STREAM_USAGE_VERSION,
         }
     }
 
-    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    fn post(&self, url: &http::Uri, body: bytes::Bytes) -> UpstreamRequest {
+        let request = self.client.post(url).json(body);
         match self.scheme {
-            AuthScheme::ApiKey => {
-                // Sensitive: never indexed by HTTP/2 header compression nor
-                // shown by debug output.
-                match reqwest::header::HeaderValue::from_str(&self.secret.value()) {
-                    Ok(mut value) => {
-                        value.set_sensitive(true);
-                        request.header("api-key", value)
-                    }
-                    Err(_) => request,
-                }
-            }
-            AuthScheme::BearerToken => request.bearer_auth(self.secret.value()),
+            AuthScheme::ApiKey => request
+                .secret_header(http::HeaderName::from_static("api-key"), &self.secret.value()),
+            AuthScheme::BearerToken => request.bearer_auth(&self.secret.value()),
         }
-    }
-
-    fn post(&self, url: &reqwest::Url, body: bytes::Bytes) -> reqwest::RequestBuilder {
-        self.authorize(
-            self.client
-                .post(url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body),
-        )
     }
 }
 

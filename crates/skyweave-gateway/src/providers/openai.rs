@@ -6,17 +6,18 @@
 use futures::future::BoxFuture;
 use skyweave_core::estate::Deployment;
 
-use super::openai_compat::{self, url, Dialect};
+use super::openai_compat::{self, Dialect};
 use super::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Provider, UpstreamError,
 };
 use crate::secrets::Secret;
+use crate::upstream::{uri, HttpClient, UpstreamRequest};
 
 pub(crate) struct OpenAi {
-    client: reqwest::Client,
-    chat_url: reqwest::Url,
-    embeddings_url: reqwest::Url,
-    models_url: reqwest::Url,
+    client: HttpClient,
+    chat_url: http::Uri,
+    embeddings_url: http::Uri,
+    models_url: http::Uri,
     upstream_model: String,
     key: Option<Secret>,
 }
@@ -24,23 +25,19 @@ pub(crate) struct OpenAi {
 impl OpenAi {
     pub(crate) fn new(deployment: &Deployment, endpoint: &str, key: Option<Secret>) -> OpenAi {
         OpenAi {
-            client: openai_compat::http_client(&deployment.timeouts),
-            chat_url: url(format!("{endpoint}/chat/completions")),
-            embeddings_url: url(format!("{endpoint}/embeddings")),
-            models_url: url(format!("{endpoint}/models")),
+            client: HttpClient::new(&deployment.timeouts),
+            chat_url: uri(format!("{endpoint}/chat/completions")),
+            embeddings_url: uri(format!("{endpoint}/embeddings")),
+            models_url: uri(format!("{endpoint}/models")),
             upstream_model: deployment.upstream_model.clone(),
             key,
         }
     }
 
-    fn post(&self, url: &reqwest::Url, body: bytes::Bytes) -> reqwest::RequestBuilder {
-        let request = self
-            .client
-            .post(url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
+    fn post(&self, url: &http::Uri, body: bytes::Bytes) -> UpstreamRequest {
+        let request = self.client.post(url).json(body);
         match &self.key {
-            Some(key) => request.bearer_auth(key.value()),
+            Some(key) => request.bearer_auth(&key.value()),
             None => request,
         }
     }
@@ -72,9 +69,9 @@ impl Provider for OpenAi {
     }
 
     fn probe(&self) -> BoxFuture<'static, Result<(), UpstreamError>> {
-        let mut request = self.client.get(self.models_url.clone());
+        let mut request = self.client.get(&self.models_url);
         if let Some(key) = &self.key {
-            request = request.bearer_auth(key.value());
+            request = request.bearer_auth(&key.value());
         }
         Box::pin(async move { openai_compat::send(request, Dialect::OpenAi).await.map(drop) })
     }

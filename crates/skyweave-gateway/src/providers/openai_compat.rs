@@ -11,11 +11,11 @@ use serde::de::IgnoredAny;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
-use skyweave_core::estate::Timeouts;
 use skyweave_core::failure::{parse_retry_after_seconds, FailureKind};
 
 use super::{ChatResponse, ChunkStream, EmbeddingsResponse, StreamChunk, UpstreamError, Usage};
 use crate::sse::{SseEvent, SseParser};
+use crate::upstream::{BodyError, TransportError, UpstreamRequest, UpstreamResponse};
 
 /// Largest non-streamed response body or single streamed event accepted
 /// from an upstream.
@@ -25,23 +25,6 @@ const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 pub(crate) enum Dialect {
     OpenAi,
     Azure,
-}
-
-/// Parses an upstream URL built from a validated endpoint.
-pub(crate) fn url(text: String) -> reqwest::Url {
-    reqwest::Url::parse(&text).expect("endpoints are validated as URLs when the estate loads")
-}
-
-pub(crate) fn http_client(timeouts: &Timeouts) -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(timeouts.connect)
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("skyweave/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the HTTP client configuration is valid")
 }
 
 /// The request body sent upstream: the client's body with the model replaced
@@ -112,7 +95,7 @@ impl Serialize for StreamOptions<'_> {
 }
 
 pub(crate) async fn send_chat(
-    request: reqwest::RequestBuilder,
+    request: UpstreamRequest,
     stream: bool,
     dialect: Dialect,
 ) -> Result<ChatResponse, UpstreamError> {
@@ -120,7 +103,7 @@ pub(crate) async fn send_chat(
     if stream {
         let content_type = response
             .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !content_type.starts_with("text/event-stream") {
@@ -137,7 +120,7 @@ pub(crate) async fn send_chat(
 }
 
 pub(crate) async fn send_embeddings(
-    request: reqwest::RequestBuilder,
+    request: UpstreamRequest,
     dialect: Dialect,
 ) -> Result<EmbeddingsResponse, UpstreamError> {
     let response = send(request, dialect).await?;
@@ -148,9 +131,9 @@ pub(crate) async fn send_embeddings(
 
 /// Sends and classifies a non-2xx answer as an error.
 pub(crate) async fn send(
-    request: reqwest::RequestBuilder,
+    request: UpstreamRequest,
     dialect: Dialect,
-) -> Result<reqwest::Response, UpstreamError> {
+) -> Result<UpstreamResponse, UpstreamError> {
     let response = request.send().await.map_err(transport_error)?;
     let status = response.status();
     if status.is_success() {
@@ -161,61 +144,21 @@ pub(crate) async fn send(
     Err(classify(status.as_u16(), retry_after, &body, dialect))
 }
 
-fn transport_error(error: reqwest::Error) -> UpstreamError {
-    // The message carries no request header (so no key) and, without its
-    // URL, nothing of the deployment's endpoint either: it may reach callers.
-    let kind = if error.is_timeout() && !error.is_connect() {
-        FailureKind::FirstTokenTimeout
-    } else {
-        FailureKind::Connect
-    };
-    let error = error.without_url();
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    UpstreamError::new(kind, message)
+/// Nothing answered, or the answer broke before its head: fail over.
+pub(crate) fn transport_error(error: TransportError) -> UpstreamError {
+    UpstreamError::new(FailureKind::Connect, error.to_string())
 }
 
-async fn read_body(response: reqwest::Response) -> Result<Bytes, UpstreamError> {
-    if response.content_length().is_some_and(|len| len <= MAX_UPSTREAM_BODY as u64) {
-        return response.bytes().await.map_err(|error| {
-            UpstreamError::new(
-                FailureKind::StreamCut,
-                format!("the upstream response was cut: {}", error.without_url()),
-            )
-        });
-    }
-    if response.content_length().is_some_and(|len| len > MAX_UPSTREAM_BODY as u64) {
-        return Err(UpstreamError::new(
-            FailureKind::Protocol,
-            "the upstream response is larger than 64 MiB",
-        ));
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|error| {
-            UpstreamError::new(
-                FailureKind::StreamCut,
-                format!("the upstream response was cut: {error}"),
-            )
-        })?;
-        if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
-            return Err(UpstreamError::new(
-                FailureKind::Protocol,
-                "the upstream response is larger than 64 MiB",
-            ));
+async fn read_body(response: UpstreamResponse) -> Result<Bytes, UpstreamError> {
+    response.bytes_limited(MAX_UPSTREAM_BODY).await.map_err(|error| match error {
+        BodyError::TooLarge(_) => {
+            UpstreamError::new(FailureKind::Protocol, "the upstream response is larger than 64 MiB")
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(body))
+        BodyError::Cut(error) => UpstreamError::new(FailureKind::StreamCut, error.to_string()),
+    })
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     // Azure sends the precise `retry-after-ms` beside `retry-after`.
     // Both are bounded by a day, so a confused upstream cannot park its
     // deployment for longer.
@@ -227,7 +170,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     {
         return Some(Duration::from_millis(ms));
     }
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     parse_retry_after_seconds(value).or_else(|| {
         // The HTTP-date form (RFC 9110 section 10.2.3).
         let when = httpdate::parse_http_date(value.trim()).ok()?;
@@ -401,7 +344,7 @@ fn content_filter_message(
 }
 
 struct StreamState {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    body: futures::stream::BoxStream<'static, Result<Bytes, TransportError>>,
     parser: SseParser,
     pending: VecDeque<SseEvent>,
     finished: bool,
@@ -409,9 +352,9 @@ struct StreamState {
 
 /// Relays the upstream's SSE events as chunks. Ends cleanly only after
 /// `data: [DONE]`; any other end is a [`FailureKind::StreamCut`].
-fn chunk_stream(response: reqwest::Response) -> ChunkStream {
+fn chunk_stream(response: UpstreamResponse) -> ChunkStream {
     let state = StreamState {
-        body: response.bytes_stream().boxed(),
+        body: response.bytes_stream(),
         parser: SseParser::new(MAX_UPSTREAM_BODY),
         pending: VecDeque::new(),
         finished: false,
@@ -533,7 +476,7 @@ mod tests {
 
     #[test]
     fn retry_after_forms() {
-        let mut headers = reqwest::header::HeaderMap::new();
+        let mut headers = http::HeaderMap::new();
         headers.insert("retry-after", "3".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
         headers.insert("retry-after-ms", "250".parse().unwrap());
@@ -541,7 +484,7 @@ mod tests {
         headers.insert("retry-after-ms", "999999999999".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)), "absurd ms ignored");
         let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(5));
-        let mut dated = reqwest::header::HeaderMap::new();
+        let mut dated = http::HeaderMap::new();
         dated.insert("retry-after", soon.parse().unwrap());
         let wait = retry_after(&dated).unwrap();
         assert!(wait > Duration::from_secs(3) && wait <= Duration::from_secs(5), "{wait:?}");

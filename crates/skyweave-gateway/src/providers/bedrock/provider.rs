@@ -30,13 +30,14 @@ use crate::providers::{
     ChatRequest, ChatResponse, ChunkStream, EmbeddingsRequest, EmbeddingsResponse, Provider,
     StreamChunk, UpstreamError, Usage,
 };
+use crate::upstream::{uri, HttpClient, TransportError, UpstreamRequest, UpstreamResponse};
 use skyweave_cloud::aws_credentials::AwsCredentials;
 
 pub(crate) struct Bedrock {
-    client: reqwest::Client,
-    converse_url: reqwest::Url,
-    stream_url: reqwest::Url,
-    invoke_url: reqwest::Url,
+    client: HttpClient,
+    converse_url: http::Uri,
+    stream_url: http::Uri,
+    invoke_url: http::Uri,
     model_id: String,
     region: String,
     credentials: Arc<AwsCredentials>,
@@ -65,10 +66,10 @@ impl Bedrock {
     ) -> Bedrock {
         let base = format!("{endpoint}/model/{}", encode_segment(model_id));
         Bedrock {
-            client: openai_compat::http_client(&deployment.timeouts),
-            converse_url: openai_compat::url(format!("{base}/converse")),
-            stream_url: openai_compat::url(format!("{base}/converse-stream")),
-            invoke_url: openai_compat::url(format!("{base}/invoke")),
+            client: HttpClient::new(&deployment.timeouts),
+            converse_url: uri(format!("{base}/converse")),
+            stream_url: uri(format!("{base}/converse-stream")),
+            invoke_url: uri(format!("{base}/invoke")),
             model_id: model_id.to_string(),
             region: deployment.region.clone(),
             credentials: Arc::new(AwsCredentials::new(profile, &deployment.region)),
@@ -88,7 +89,7 @@ impl Bedrock {
 /// What an in-flight request needs, owned so the future is `'static`.
 #[derive(Clone)]
 struct Context {
-    client: reqwest::Client,
+    client: HttpClient,
     credentials: Arc<AwsCredentials>,
     region: String,
     model_id: String,
@@ -97,22 +98,15 @@ struct Context {
 impl Context {
     async fn send(
         &self,
-        url: &reqwest::Url,
+        url: &http::Uri,
         body: Bytes,
         accept: &str,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let credentials = self.credentials.get().await.map_err(|error| {
             UpstreamError::new(FailureKind::DeploymentConfig, error.to_string())
         })?;
         let request = self.signed(&credentials, url, body, accept)?;
-        let response = request.send().await.map_err(|error| {
-            let kind = if error.is_timeout() && !error.is_connect() {
-                FailureKind::FirstTokenTimeout
-            } else {
-                FailureKind::Connect
-            };
-            UpstreamError::new(kind, error.without_url().to_string())
-        })?;
+        let response = request.send().await.map_err(openai_compat::transport_error)?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -129,10 +123,10 @@ impl Context {
     fn signed(
         &self,
         credentials: &Credentials,
-        url: &reqwest::Url,
+        url: &http::Uri,
         body: Bytes,
         accept: &str,
-    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+    ) -> Result<UpstreamRequest, UpstreamError> {
         let signing_failed = |error: &dyn std::fmt::Display| {
             UpstreamError::new(
                 FailureKind::DeploymentConfig,
@@ -150,28 +144,38 @@ impl Context {
             .build()
             .map_err(|e| signing_failed(&e))?
             .into();
+        let url_text = url.to_string();
         let signable = SignableRequest::new(
             "POST",
-            url.as_str(),
+            &url_text,
             headers.iter().copied(),
             SignableBody::Bytes(&body),
         )
         .map_err(|e| signing_failed(&e))?;
         let (instructions, _signature) =
             sign(signable, &params).map_err(|e| signing_failed(&e))?.into_parts();
-        let mut request = self.client.post(url.clone());
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
+        let mut request = self.client.post(url).json(body).header(
+            http::header::ACCEPT,
+            http::HeaderValue::from_str(accept).map_err(|e| signing_failed(&e))?,
+        );
         for (name, value) in instructions.headers() {
-            let mut value =
-                reqwest::header::HeaderValue::from_str(value).map_err(|e| signing_failed(&e))?;
+            let name =
+                http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| signing_failed(&e))?;
+            let mut value = http::HeaderValue::from_str(value).map_err(|e| signing_failed(&e))?;
             // Never indexed by HTTP/2 header compression, never in debug output.
             value.set_sensitive(true);
             request = request.header(name, value);
         }
-        Ok(request.body(body))
+        Ok(request)
     }
+}
+
+async fn json_answer(response: UpstreamResponse, what: &str) -> Result<Value, UpstreamError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| UpstreamError::new(FailureKind::StreamCut, e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| protocol_error(what, e))
 }
 
 fn protocol_error(what: &str, error: impl std::fmt::Display) -> UpstreamError {
@@ -204,9 +208,10 @@ impl Provider for Bedrock {
                 return Ok(ChatResponse::Stream(event_stream(response, translator)));
             }
             let response = context.send(&url, body, "application/json").await?;
-            let bytes = response.bytes().await.map_err(|e| {
-                UpstreamError::new(FailureKind::StreamCut, e.without_url().to_string())
-            })?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| UpstreamError::new(FailureKind::StreamCut, e.to_string()))?;
             let (completion, usage) =
                 converse::from_converse(&bytes, &context.model_id, &id, created)
                     .map_err(|error| error.into_protocol_error(converse::PROTOCOL))?;
@@ -241,7 +246,7 @@ impl Provider for Bedrock {
 }
 
 struct StreamState {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    body: futures::stream::BoxStream<'static, Result<Bytes, TransportError>>,
     decoder: Decoder,
     translator: StreamTranslator,
     pending: VecDeque<StreamChunk>,
@@ -251,9 +256,9 @@ struct StreamState {
 /// Decodes the event stream and translates each event into OpenAI chunks.
 /// Ends cleanly only after the translator saw the message end; a cut, a
 /// frame with a bad CRC or an exception message ends it with an error.
-fn event_stream(response: reqwest::Response, translator: StreamTranslator) -> ChunkStream {
+fn event_stream(response: UpstreamResponse, translator: StreamTranslator) -> ChunkStream {
     let state = StreamState {
-        body: response.bytes_stream().boxed(),
+        body: response.bytes_stream(),
         decoder: Decoder::new(),
         translator,
         pending: VecDeque::new(),
@@ -299,7 +304,7 @@ fn event_stream(response: reqwest::Response, translator: StreamTranslator) -> Ch
                 Some(Err(error)) => {
                     let error = UpstreamError::new(
                         FailureKind::StreamCut,
-                        format!("the Bedrock stream was cut: {}", error.without_url()),
+                        format!("the Bedrock stream was cut: {error}"),
                     );
                     return fail(state, error);
                 }
@@ -323,7 +328,7 @@ fn event_stream(response: reqwest::Response, translator: StreamTranslator) -> Ch
 /// batch. The answer is shaped like OpenAI's.
 async fn embeddings(
     context: &Context,
-    url: &reqwest::Url,
+    url: &http::Uri,
     body: &Map<String, Value>,
 ) -> Result<EmbeddingsResponse, UpstreamError> {
     let invalid = |message: &str, param: &str| {
@@ -359,10 +364,7 @@ async fn embeddings(
             async move {
                 let response =
                     context.send(url, Bytes::from(request.to_string()), "application/json").await?;
-                let answer: Value = response
-                    .json()
-                    .await
-                    .map_err(|e| protocol_error("the Titan answer is not JSON", e.without_url()))?;
+                let answer = json_answer(response, "the Titan answer is not JSON").await?;
                 let vector = floats(answer.get("embedding"))
                     .ok_or_else(|| protocol_error("the Titan answer", "no `embedding` array"))?;
                 let tokens = answer.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0);
@@ -382,10 +384,7 @@ async fn embeddings(
         let request = json!({ "texts": inputs, "input_type": "search_document" });
         let response =
             context.send(url, Bytes::from(request.to_string()), "application/json").await?;
-        let answer: Value = response
-            .json()
-            .await
-            .map_err(|e| protocol_error("the Cohere answer is not JSON", e.without_url()))?;
+        let answer = json_answer(response, "the Cohere answer is not JSON").await?;
         let vectors = answer
             .get("embeddings")
             .and_then(|e| e.get("float").or(Some(e)))

@@ -27,16 +27,17 @@ use crate::providers::{
     StreamChunk, UpstreamError,
 };
 use crate::sse::SseParser;
+use crate::upstream::{uri, HttpClient, TransportError, UpstreamResponse};
 use skyweave_cloud::google_credentials::GoogleTokens;
 
 pub(crate) struct Vertex {
-    client: reqwest::Client,
+    client: HttpClient,
     mode: VertexMode,
     model: String,
-    generate_url: reqwest::Url,
-    stream_url: reqwest::Url,
-    count_tokens_url: reqwest::Url,
-    openai_url: reqwest::Url,
+    generate_url: http::Uri,
+    stream_url: http::Uri,
+    count_tokens_url: http::Uri,
+    openai_url: http::Uri,
     tokens: Arc<GoogleTokens>,
 }
 
@@ -53,13 +54,13 @@ impl Vertex {
         let base = format!("{endpoint}/v1/projects/{project}/locations/{location}");
         let model_base = format!("{base}/publishers/google/models/{model}");
         Vertex {
-            client: openai_compat::http_client(&deployment.timeouts),
+            client: HttpClient::new(&deployment.timeouts),
             mode,
             model: model.to_string(),
-            generate_url: openai_compat::url(format!("{model_base}:generateContent")),
-            stream_url: openai_compat::url(format!("{model_base}:streamGenerateContent?alt=sse")),
-            count_tokens_url: openai_compat::url(format!("{model_base}:countTokens")),
-            openai_url: openai_compat::url(format!("{base}/endpoints/openapi/chat/completions")),
+            generate_url: uri(format!("{model_base}:generateContent")),
+            stream_url: uri(format!("{model_base}:streamGenerateContent?alt=sse")),
+            count_tokens_url: uri(format!("{model_base}:countTokens")),
+            openai_url: uri(format!("{base}/endpoints/openapi/chat/completions")),
             tokens: Arc::new(GoogleTokens::new(credentials)),
         }
     }
@@ -70,36 +71,17 @@ async fn bearer(tokens: &GoogleTokens) -> Result<String, UpstreamError> {
         .token()
         .await
         .map_err(|error| UpstreamError::new(FailureKind::DeploymentConfig, error.to_string()))?;
-    Ok(format!("Bearer {}", token.value()))
-}
-
-fn authorized(request: reqwest::RequestBuilder, bearer: &str) -> reqwest::RequestBuilder {
-    match reqwest::header::HeaderValue::from_str(bearer) {
-        Ok(mut value) => {
-            value.set_sensitive(true);
-            request.header(reqwest::header::AUTHORIZATION, value)
-        }
-        Err(_) => request,
-    }
+    Ok(token.value().to_string())
 }
 
 async fn post_json(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    bearer: &str,
+    client: &HttpClient,
+    url: &http::Uri,
+    token: &str,
     body: Bytes,
-) -> Result<reqwest::Response, UpstreamError> {
-    let request = authorized(client.post(url.clone()), bearer)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    let response = request.send().await.map_err(|error| {
-        let kind = if error.is_timeout() && !error.is_connect() {
-            FailureKind::FirstTokenTimeout
-        } else {
-            FailureKind::Connect
-        };
-        UpstreamError::new(kind, error.without_url().to_string())
-    })?;
+) -> Result<UpstreamResponse, UpstreamError> {
+    let request = client.post(url).json(body).bearer_auth(token);
+    let response = request.send().await.map_err(openai_compat::transport_error)?;
     if response.status().is_success() {
         return Ok(response);
     }
@@ -126,10 +108,8 @@ impl Provider for Vertex {
             let body = openai_compat::chat_body(&request.body, Some(&self.model), stream, true);
             let url = self.openai_url.clone();
             return Box::pin(async move {
-                let bearer = bearer(&tokens).await?;
-                let request = authorized(client.post(url), &bearer)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body);
+                let token = bearer(&tokens).await?;
+                let request = client.post(&url).json(body).bearer_auth(&token);
                 openai_compat::send_chat(request, stream, Dialect::OpenAi).await
             });
         }
@@ -145,9 +125,10 @@ impl Provider for Vertex {
                 let translator = StreamTranslator::new(&model, &id, created);
                 return Ok(ChatResponse::Stream(sse_stream(response, translator)));
             }
-            let bytes = response.bytes().await.map_err(|e| {
-                UpstreamError::new(FailureKind::StreamCut, e.without_url().to_string())
-            })?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| UpstreamError::new(FailureKind::StreamCut, e.to_string()))?;
             if let Some(blocked) = gemini::blocked(&bytes) {
                 return Err(blocked);
             }
@@ -193,7 +174,7 @@ impl Provider for Vertex {
 }
 
 struct StreamState {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    body: futures::stream::BoxStream<'static, Result<Bytes, TransportError>>,
     parser: SseParser,
     translator: StreamTranslator,
     pending: VecDeque<StreamChunk>,
@@ -202,9 +183,9 @@ struct StreamState {
 
 /// Gemini streams are SSE without a terminator: the stream is complete when
 /// the body ends after a finish reason; the translator tells.
-fn sse_stream(response: reqwest::Response, translator: StreamTranslator) -> ChunkStream {
+fn sse_stream(response: UpstreamResponse, translator: StreamTranslator) -> ChunkStream {
     let state = StreamState {
-        body: response.bytes_stream().boxed(),
+        body: response.bytes_stream(),
         parser: SseParser::new(64 * 1024 * 1024),
         translator,
         pending: VecDeque::new(),
@@ -247,7 +228,7 @@ fn sse_stream(response: reqwest::Response, translator: StreamTranslator) -> Chun
                 Some(Err(error)) => {
                     let error = UpstreamError::new(
                         FailureKind::StreamCut,
-                        format!("the Vertex stream was cut: {}", error.without_url()),
+                        format!("the Vertex stream was cut: {error}"),
                     );
                     return fail(state, error);
                 }

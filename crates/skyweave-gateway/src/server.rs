@@ -16,6 +16,7 @@ use axum::Router;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 use skyweave_core::estate::Model;
 use skyweave_core::failure::FailureKind;
@@ -41,6 +42,25 @@ pub const HEADER_ALLOWED_CLOUDS: &str = "x-skyweave-allowed-clouds";
 pub const HEADER_ALLOWED_REGIONS: &str = "x-skyweave-allowed-regions";
 pub const HEADER_DEADLINE_MS: &str = "x-skyweave-deadline-ms";
 
+/// The header names above, parsed at compile time: a `&str` name is parsed
+/// and checked on every use.
+mod name {
+    use axum::http::HeaderName;
+    pub(super) const DEPLOYMENT: HeaderName = HeaderName::from_static(super::HEADER_DEPLOYMENT);
+    pub(super) const CLOUD: HeaderName = HeaderName::from_static(super::HEADER_CLOUD);
+    pub(super) const REGION: HeaderName = HeaderName::from_static(super::HEADER_REGION);
+    pub(super) const ATTEMPTS: HeaderName = HeaderName::from_static(super::HEADER_ATTEMPTS);
+    pub(super) const SIMULATED: HeaderName = HeaderName::from_static(super::HEADER_SIMULATED);
+    pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static(super::HEADER_REQUEST_ID);
+    pub(super) const CALLER_REGION: HeaderName =
+        HeaderName::from_static(super::HEADER_CALLER_REGION);
+    pub(super) const ALLOWED_CLOUDS: HeaderName =
+        HeaderName::from_static(super::HEADER_ALLOWED_CLOUDS);
+    pub(super) const ALLOWED_REGIONS: HeaderName =
+        HeaderName::from_static(super::HEADER_ALLOWED_REGIONS);
+    pub(super) const DEADLINE_MS: HeaderName = HeaderName::from_static(super::HEADER_DEADLINE_MS);
+}
+
 /// Output tokens assumed for capacity accounting when the request sets no maximum.
 const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
 
@@ -62,32 +82,57 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 /// Every response carries a request id: the API handlers set the one they
 /// logged; the others (models, health, metrics, 404/405) get a fresh one.
 async fn ensure_request_id(mut response: Response) -> Response {
-    const REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
-    if !response.headers().contains_key(&REQUEST_ID) {
-        response.headers_mut().insert(REQUEST_ID, request_id(&HeaderMap::new()));
+    if !response.headers().contains_key(&name::REQUEST_ID) {
+        response.headers_mut().insert(name::REQUEST_ID, request_id(&HeaderMap::new()));
     }
     response
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and waits for
 /// in-flight requests and streams to finish.
+///
+/// HTTP/1.1 only, straight on hyper: the auto-detecting server (HTTP/1.1
+/// or cleartext HTTP/2) first reads 24 bytes to look for HTTP/2's preface,
+/// after which hyper's next read doubles every connection's read buffer to
+/// 16 KiB; 8 MiB more with 1,000 streams open. No OpenAI SDK speaks
+/// cleartext HTTP/2.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let draining = gateway.clone();
-    let front = Front { router: router(gateway.clone()), gateway };
-    axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(front))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            draining.begin_shutdown();
-        })
-        .await
+    let front = Front { router: router(gateway.clone()), gateway: gateway.clone() };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The timer bounds how long a client may take to send a request's head
+    // (hyper's default: 30 s).
+    http.timer(hyper_util::rt::TokioTimer::new());
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(TokioIo::new(stream), front.clone());
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away mid-request is not the server's error.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    gateway.begin_shutdown();
+    connections.shutdown().await;
+    Ok(())
 }
 
 /// What the listener serves: `POST /v1/chat/completions` and
@@ -103,16 +148,13 @@ struct Front {
     router: Router,
 }
 
-impl tower_service::Service<axum::extract::Request> for Front {
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
     type Response = Response;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let request = request.map(Body::new);
         if request.method() == axum::http::Method::POST {
             let chat = match request.uri().path() {
                 "/v1/chat/completions" => Some(true),
@@ -132,7 +174,8 @@ impl tower_service::Service<axum::extract::Request> for Front {
                 });
             }
         }
-        Box::pin(self.router.call(request))
+        let mut router = self.router.clone();
+        Box::pin(async move { tower_service::Service::call(&mut router, request).await })
     }
 }
 
@@ -632,8 +675,7 @@ fn missing(field: &str) -> ApiError {
 }
 
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    const REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
-    if let Some(given) = headers.get(&REQUEST_ID) {
+    if let Some(given) = headers.get(&name::REQUEST_ID) {
         let valid = given.len() <= 128 && given.as_bytes().iter().all(|b| b.is_ascii_graphic());
         if valid && !given.is_empty() {
             return given.clone();
@@ -654,12 +696,6 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 fn caller_scope(headers: &HeaderMap, request_id: &HeaderValue) -> Result<CallerScope, ApiError> {
-    // Looked up by parsed names: a `&str` name is parsed and checked on
-    // every lookup.
-    const DEADLINE_MS: HeaderName = HeaderName::from_static(HEADER_DEADLINE_MS);
-    const CALLER_REGION: HeaderName = HeaderName::from_static(HEADER_CALLER_REGION);
-    const ALLOWED_CLOUDS: HeaderName = HeaderName::from_static(HEADER_ALLOWED_CLOUDS);
-    const ALLOWED_REGIONS: HeaderName = HeaderName::from_static(HEADER_ALLOWED_REGIONS);
     let text = |name: &HeaderName| -> Result<Option<String>, ApiError> {
         match headers.get(name) {
             None => Ok(None),
@@ -680,7 +716,7 @@ fn caller_scope(headers: &HeaderMap, request_id: &HeaderValue) -> Result<CallerS
                 .collect()
         }))
     };
-    let deadline = match text(&DEADLINE_MS)? {
+    let deadline = match text(&name::DEADLINE_MS)? {
         Some(ms) => match ms.parse::<u64>() {
             Ok(ms) if ms > 0 => Some(Duration::from_millis(ms)),
             _ => {
@@ -696,9 +732,9 @@ fn caller_scope(headers: &HeaderMap, request_id: &HeaderValue) -> Result<CallerS
     };
     Ok(CallerScope {
         request_id: request_id.to_str().unwrap_or_default().to_string(),
-        region: text(&CALLER_REGION)?,
-        allowed_clouds: list(&ALLOWED_CLOUDS)?,
-        allowed_regions: list(&ALLOWED_REGIONS)?,
+        region: text(&name::CALLER_REGION)?,
+        allowed_clouds: list(&name::ALLOWED_CLOUDS)?,
+        allowed_regions: list(&name::ALLOWED_REGIONS)?,
         deadline,
     })
 }
@@ -824,26 +860,23 @@ fn dispatch_error(gateway: &Gateway, model: &Model, error: DispatchError) -> (Ap
     }
 }
 
-fn header(name: &'static str, value: &str) -> (HeaderName, HeaderValue) {
-    (
-        HeaderName::from_static(name),
-        HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid")),
-    )
+fn header(name: HeaderName, value: &str) -> (HeaderName, HeaderValue) {
+    (name, HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
 }
 
 fn stamp_served<T>(gateway: &Gateway, response: &mut Response, served: &Served<T>) {
     let runtime = gateway.runtime(served.deployment);
     let headers = response.headers_mut();
     for (name, value) in [
-        header(HEADER_DEPLOYMENT, &runtime.name),
-        header(HEADER_CLOUD, &runtime.cloud),
-        header(HEADER_REGION, &runtime.region),
+        header(name::DEPLOYMENT, &runtime.name),
+        header(name::CLOUD, &runtime.cloud),
+        header(name::REGION, &runtime.region),
     ] {
         headers.insert(name, value);
     }
-    headers.insert(HeaderName::from_static(HEADER_ATTEMPTS), HeaderValue::from(served.attempts));
+    headers.insert(name::ATTEMPTS, HeaderValue::from(served.attempts));
     if runtime.provider.is_simulated() {
-        headers.insert(HeaderName::from_static(HEADER_SIMULATED), HeaderValue::from_static("true"));
+        headers.insert(name::SIMULATED, HeaderValue::from_static("true"));
     }
 }
 
@@ -888,8 +921,8 @@ fn error_response(
         );
     }
     let mut response = error.into_response();
-    response.headers_mut().insert(HEADER_REQUEST_ID, request_id);
-    response.headers_mut().insert(HEADER_ATTEMPTS, HeaderValue::from(attempts));
+    response.headers_mut().insert(name::REQUEST_ID, request_id);
+    response.headers_mut().insert(name::ATTEMPTS, HeaderValue::from(attempts));
     response
 }
 
@@ -1175,9 +1208,7 @@ fn complete_response<T>(
     response
         .headers_mut()
         .insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-        .headers_mut()
-        .insert(HeaderName::from_static(HEADER_REQUEST_ID), incoming.request_id.clone());
+    response.headers_mut().insert(name::REQUEST_ID, incoming.request_id.clone());
     stamp_served(gateway, &mut response, &served);
     let deployment = served.deployment;
     let attempts = served.attempts;
@@ -1217,13 +1248,23 @@ fn complete_response<T>(
 /// Frames one event's data; data spanning several lines (legal in SSE) gets
 /// one `data:` field per line so that clients rejoin it unchanged.
 fn sse_frame(data: &[u8]) -> Bytes {
-    let mut frame = Vec::with_capacity(data.len() + 8);
-    for line in data.split(|&b| b == b'\n') {
+    let lines = 1 + memchr::memchr_iter(b'\n', data).count();
+    let mut frame = Vec::with_capacity(data.len() + 7 * lines + 1);
+    let mut rest = data;
+    loop {
         frame.extend_from_slice(b"data: ");
-        frame.extend_from_slice(line);
-        frame.push(b'\n');
+        match memchr::memchr(b'\n', rest) {
+            Some(end) => {
+                frame.extend_from_slice(&rest[..=end]);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                frame.extend_from_slice(rest);
+                frame.extend_from_slice(b"\n\n");
+                break;
+            }
+        }
     }
-    frame.push(b'\n');
     Bytes::from(frame)
 }
 
@@ -1278,7 +1319,7 @@ fn stream_response(
     let headers = response.headers_mut();
     headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(HEADER_REQUEST_ID, incoming.request_id);
+    headers.insert(name::REQUEST_ID, incoming.request_id);
     // Tells nginx-style buffering proxies in front of the gateway not to buffer.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let _ = deployment;

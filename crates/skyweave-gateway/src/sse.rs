@@ -50,29 +50,42 @@ impl SseParser {
         }
         self.after_cr = false;
         while !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
-                Some(end) => {
-                    self.line.extend_from_slice(&chunk[..end]);
-                    let terminator = chunk[end];
-                    let mut next = end + 1;
-                    if terminator == b'\r' {
-                        match chunk.get(next) {
-                            Some(b'\n') => next += 1,
-                            None => self.after_cr = true,
-                            _ => {}
-                        }
-                    }
-                    chunk = &chunk[next..];
-                    self.take_line(out);
-                }
-                None => {
-                    self.line.extend_from_slice(chunk);
-                    chunk = &[];
+            let Some(end) = memchr::memchr2(b'\n', b'\r', chunk) else {
+                self.line.extend_from_slice(chunk);
+                self.check_size(0)?;
+                break;
+            };
+            let mut next = end + 1;
+            if chunk[end] == b'\r' {
+                match chunk.get(next) {
+                    Some(b'\n') => next += 1,
+                    None => self.after_cr = true,
+                    _ => {}
                 }
             }
-            if self.line.len() + self.data.len() > self.max_event_bytes {
-                return Err(SseError::TooLarge(self.max_event_bytes));
+            if self.line.is_empty() {
+                // The whole line is in this chunk: read it in place.
+                self.check_size(end)?;
+                self.take_line(&chunk[..end], out);
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&chunk[..end]);
+                self.check_size(line.len())?;
+                self.take_line(&line, out);
+                line.clear();
+                self.line = line;
             }
+            self.check_size(0)?;
+            chunk = &chunk[next..];
+        }
+        Ok(())
+    }
+
+    /// An event (its data so far, a line being read and `more` bytes) may
+    /// not outgrow the limit.
+    fn check_size(&self, more: usize) -> Result<(), SseError> {
+        if self.line.len() + self.data.len() + more > self.max_event_bytes {
+            return Err(SseError::TooLarge(self.max_event_bytes));
         }
         Ok(())
     }
@@ -82,8 +95,7 @@ impl SseParser {
         !self.line.is_empty() || self.has_data
     }
 
-    fn take_line(&mut self, out: &mut Vec<SseEvent>) {
-        let line = std::mem::take(&mut self.line);
+    fn take_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
         if line.is_empty() {
             if self.has_data {
                 out.push(SseEvent {
@@ -93,19 +105,17 @@ impl SseParser {
             }
             self.has_data = false;
             self.event = None;
-            self.line = line;
             return;
         }
         if line[0] == b':' {
-            self.line = clear(line);
             return;
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(colon) => {
                 let value = &line[colon + 1..];
                 (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
             }
-            None => (&line[..], &[][..]),
+            None => (line, &[][..]),
         };
         match field {
             b"data" => {
@@ -118,13 +128,7 @@ impl SseParser {
             b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
             _ => {}
         }
-        self.line = clear(line);
     }
-}
-
-fn clear(mut buffer: Vec<u8>) -> Vec<u8> {
-    buffer.clear();
-    buffer
 }
 
 #[cfg(test)]

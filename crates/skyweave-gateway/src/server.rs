@@ -103,9 +103,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let front = Front { router: router(gateway.clone()), gateway: gateway.clone() };
     let mut http = hyper::server::conn::http1::Builder::new();
-    // The timer bounds how long a client may take to send a request's head
-    // (hyper's default: 30 s).
-    http.timer(hyper_util::rt::TokioTimer::new());
+    // A request's head must arrive within 75 s of the connection becoming
+    // ready for it, which also closes keep-alive connections idle that long
+    // (nginx's keepalive_timeout; HTTP clients' pools drop theirs sooner).
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(75));
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -96,11 +96,38 @@ async fn tour(address: SocketAddr, gateway: Arc<Gateway>) -> anyhow::Result<()> 
         tokio::time::sleep(wait + Duration::from_millis(200)).await;
     }
     println!("\n3. Failover: chat-large@aws-us-east-1 is now down (simulated 503s)");
-    let during = burst(&client, &base, "chat-large", "us-east-1", 12).await?;
-    print_tally("   12 requests from a caller in us-east-1 during the outage", &during);
+    // Routing spreads requests, so a burst may send too few to the failing
+    // deployment to open its breaker (three failures in a row); up to three
+    // more bursts show it opening.
+    let failing = skyweave_core::estate::DeploymentId(0);
+    let mut during = BTreeMap::new();
+    let mut sent = 0;
+    while sent == 0
+        || (sent < 48
+            && gateway.breaker_state(failing) != skyweave_core::health::BreakerState::Open)
+    {
+        for (deployment, tally) in burst(&client, &base, "chat-large", "us-east-1", 12).await? {
+            let entry: &mut Tally = during.entry(deployment).or_default();
+            entry.served += tally.served;
+            entry.retried += tally.retried;
+            entry.errors += tally.errors;
+        }
+        sent += 12;
+    }
+    print_tally(
+        &format!("   {sent} requests from a caller in us-east-1 during the outage"),
+        &during,
+    );
     let failed_over: usize = during.values().map(|t| t.retried).sum();
-    println!("   {failed_over} request(s) failed over to another cloud; every request was served.");
-    let circuit = gateway.breaker_state(skyweave_core::estate::DeploymentId(0));
+    let errors: usize = during.values().map(|t| t.errors).sum();
+    if errors == 0 {
+        println!(
+            "   {failed_over} request(s) failed over to another cloud; every request was served."
+        );
+    } else {
+        println!("   {failed_over} request(s) failed over to another cloud; {errors} failed.");
+    }
+    let circuit = gateway.breaker_state(failing);
     println!("   circuit breaker of chat-large@aws-us-east-1: {}", circuit.as_str());
 
     println!("\n4. Metrics at http://{address}/metrics, e.g.:");

@@ -52,7 +52,7 @@ impl SseParser {
         while !chunk.is_empty() {
             let Some(end) = memchr::memchr2(b'\n', b'\r', chunk) else {
                 self.line.extend_from_slice(chunk);
-                self.check_size(0)?;
+                self.check_size()?;
                 break;
             };
             let mut next = end + 1;
@@ -65,26 +65,24 @@ impl SseParser {
             }
             if self.line.is_empty() {
                 // The whole line is in this chunk: read it in place.
-                self.check_size(end)?;
                 self.take_line(&chunk[..end], out);
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(&chunk[..end]);
-                self.check_size(line.len())?;
                 self.take_line(&line, out);
                 line.clear();
                 self.line = line;
             }
-            self.check_size(0)?;
+            self.check_size()?;
             chunk = &chunk[next..];
         }
         Ok(())
     }
 
-    /// An event (its data so far, a line being read and `more` bytes) may
-    /// not outgrow the limit.
-    fn check_size(&self, more: usize) -> Result<(), SseError> {
-        if self.line.len() + self.data.len() + more > self.max_event_bytes {
+    /// An event (its data so far and the line being read) may not outgrow
+    /// the limit.
+    fn check_size(&self) -> Result<(), SseError> {
+        if self.line.len() + self.data.len() > self.max_event_bytes {
             return Err(SseError::TooLarge(self.max_event_bytes));
         }
         Ok(())

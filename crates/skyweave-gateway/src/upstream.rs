@@ -30,6 +30,9 @@ use skyweave_core::estate::Timeouts;
 
 const USER_AGENT_VALUE: &str = concat!("skyweave/", env!("CARGO_PKG_VERSION"));
 
+/// Largest response body, or single streamed event, taken from an upstream.
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 /// Parses an upstream URL built from a validated endpoint.
 pub(crate) fn uri(text: String) -> Uri {
     Uri::try_from(text).expect("endpoints are validated as URLs when the estate loads")
@@ -173,27 +176,19 @@ impl UpstreamResponse {
         self.0.headers()
     }
 
-    /// The whole body, refused past `limit` bytes.
-    pub(crate) async fn bytes_limited(self, limit: usize) -> Result<Bytes, BodyError> {
-        match Limited::new(self.0.into_body(), limit).collect().await {
+    /// The whole body, refused past [`MAX_BODY_BYTES`]: an upstream that
+    /// sends without end cannot make the gateway buffer without bound.
+    pub(crate) async fn bytes(self) -> Result<Bytes, BodyError> {
+        match Limited::new(self.0.into_body(), MAX_BODY_BYTES).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                Err(BodyError::TooLarge(limit))
+                Err(BodyError::TooLarge(MAX_BODY_BYTES))
             }
             Err(error) => Err(BodyError::Cut(TransportError::new(
                 "the upstream response was cut",
                 &*error,
                 false,
             ))),
-        }
-    }
-
-    /// The whole body (upstreams are trusted with its size only where the
-    /// caller accepts that; see [`UpstreamResponse::bytes_limited`]).
-    pub(crate) async fn bytes(self) -> Result<Bytes, TransportError> {
-        match self.0.into_body().collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(error) => Err(TransportError::new("the upstream response was cut", &error, false)),
         }
     }
 

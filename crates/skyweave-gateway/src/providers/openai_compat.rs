@@ -15,11 +15,9 @@ use skyweave_core::failure::{parse_retry_after_seconds, FailureKind};
 
 use super::{ChatResponse, ChunkStream, EmbeddingsResponse, StreamChunk, UpstreamError, Usage};
 use crate::sse::{SseEvent, SseParser};
-use crate::upstream::{BodyError, TransportError, UpstreamRequest, UpstreamResponse};
-
-/// Largest non-streamed response body or single streamed event accepted
-/// from an upstream.
-const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+use crate::upstream::{
+    BodyError, TransportError, UpstreamRequest, UpstreamResponse, MAX_BODY_BYTES,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -149,8 +147,10 @@ pub(crate) fn transport_error(error: TransportError) -> UpstreamError {
     UpstreamError::new(FailureKind::Connect, error.to_string())
 }
 
-async fn read_body(response: UpstreamResponse) -> Result<Bytes, UpstreamError> {
-    response.bytes_limited(MAX_UPSTREAM_BODY).await.map_err(|error| match error {
+/// The whole answer: too large is the upstream's protocol error, a broken
+/// read a cut stream.
+pub(crate) async fn read_body(response: UpstreamResponse) -> Result<Bytes, UpstreamError> {
+    response.bytes().await.map_err(|error| match error {
         BodyError::TooLarge(_) => {
             UpstreamError::new(FailureKind::Protocol, "the upstream response is larger than 64 MiB")
         }
@@ -355,7 +355,7 @@ struct StreamState {
 fn chunk_stream(response: UpstreamResponse) -> ChunkStream {
     let state = StreamState {
         body: response.bytes_stream(),
-        parser: SseParser::new(MAX_UPSTREAM_BODY),
+        parser: SseParser::new(MAX_BODY_BYTES),
         pending: VecDeque::new(),
         finished: false,
     };

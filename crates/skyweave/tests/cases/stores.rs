@@ -28,6 +28,21 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// `data` as the parts of a multipart upload of `part_size` bytes each.
+pub fn parts_of(data: &[u8], part_size: usize) -> Vec<Part> {
+    let count = data.len().div_ceil(part_size);
+    data.chunks(part_size)
+        .enumerate()
+        .map(|(index, chunk)| Part {
+            index: index as u32,
+            offset: (index * part_size) as u64,
+            md5: md5_of(chunk),
+            data: Bytes::from(chunk.to_vec()),
+            last: index + 1 == count,
+        })
+        .collect()
+}
+
 pub async fn read_all(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, StoreError> {
     let chunks: Vec<Bytes> = store.get(key, None).await?.try_collect().await?;
     Ok(chunks.concat())
@@ -552,14 +567,7 @@ async fn a_streamed_gcs_upload_cut_midway_fails_cleanly_on_fake_gcs_server() {
     let key = "cut/weights.bin";
     let upload = store.start_upload(key, data.len() as u64, PART as u64).await.unwrap();
     let mut outcomes = Vec::new();
-    for (index, chunk) in data.chunks(PART).enumerate() {
-        let part = Part {
-            index: index as u32,
-            offset: (index * PART) as u64,
-            md5: md5_of(chunk),
-            data: Bytes::from(chunk.to_vec()),
-            last: index == 3,
-        };
+    for part in parts_of(&data, PART) {
         let outcome = tokio::time::timeout(
             std::time::Duration::from_secs(30),
             store.put_part(key, &upload, part),
@@ -610,14 +618,8 @@ async fn a_gcs_upload_cut_midway_resumes_from_what_the_session_holds() {
     };
     let cut = Gcs::new(config(format!("http://127.0.0.1:{proxy}"))).unwrap();
     let data = pattern(PART * 4 + 1_000, 12);
-    let parts: Vec<&[u8]> = data.chunks(PART).collect();
-    let part = |index: usize| Part {
-        index: index as u32,
-        offset: (index * PART) as u64,
-        md5: md5_of(parts[index]),
-        data: Bytes::from(parts[index].to_vec()),
-        last: index + 1 == parts.len(),
-    };
+    let parts = parts_of(&data, PART);
+    let part = |index: usize| parts[index].clone();
     let key = "weights.bin";
     let upload = cut.start_upload(key, data.len() as u64, PART as u64).await.unwrap();
     let mut sent = 0;
@@ -753,14 +755,7 @@ async fn s3_stores_that_refuse_part_checksums_get_uploads_without_them() {
     let key = "weights.bin";
     let upload = store.start_upload(key, data.len() as u64, PART as u64).await.unwrap();
     let mut done = Vec::new();
-    for (index, chunk) in data.chunks(PART).enumerate() {
-        let part = Part {
-            index: index as u32,
-            offset: (index * PART) as u64,
-            md5: md5_of(chunk),
-            data: Bytes::from(chunk.to_vec()),
-            last: index == 2,
-        };
+    for part in parts_of(&data, PART) {
         done.push(store.put_part(key, &upload, part).await.unwrap());
     }
     let version = store.finish_upload(key, &upload, &done, data.len() as u64).await.unwrap();

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use skyweave_data::store::ObjectStore;
 
-use crate::cases::stores::{fresh_prefix, md5_of, moto_store, pattern};
+use crate::cases::stores::{fresh_prefix, md5_of, moto_store, parts_of, pattern};
 use crate::support::{services, TempDir, BIN};
 
 const MIB: usize = 1024 * 1024;
@@ -171,14 +171,7 @@ async fn check_finds_same_size_corruption_even_in_objects_uploaded_in_parts() {
     bad[7 * MIB] ^= 1;
     let upload = store.start_upload(path, bad.len() as u64, 5 * MIB as u64).await.unwrap();
     let mut parts = Vec::new();
-    for (index, chunk) in bad.chunks(5 * MIB).enumerate() {
-        let part = skyweave_data::store::Part {
-            index: index as u32,
-            offset: (index * 5 * MIB) as u64,
-            md5: md5_of(chunk),
-            data: Bytes::from(chunk.to_vec()),
-            last: (index + 1) * 5 * MIB >= bad.len(),
-        };
+    for part in parts_of(&bad, 5 * MIB) {
         parts.push(store.put_part(path, &upload, part).await.unwrap());
     }
     store.finish_upload(path, &upload, &parts, bad.len() as u64).await.unwrap();

@@ -116,7 +116,7 @@ impl Context {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = response.bytes().await.unwrap_or_default();
+        let body = openai_compat::read_body(response).await.unwrap_or_default();
         Err(converse::classify_error(status, error_type.as_deref(), &body))
     }
 
@@ -171,10 +171,7 @@ impl Context {
 }
 
 async fn json_answer(response: UpstreamResponse, what: &str) -> Result<Value, UpstreamError> {
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| UpstreamError::new(FailureKind::StreamCut, e.to_string()))?;
+    let bytes = openai_compat::read_body(response).await?;
     serde_json::from_slice(&bytes).map_err(|e| protocol_error(what, e))
 }
 
@@ -208,10 +205,7 @@ impl Provider for Bedrock {
                 return Ok(ChatResponse::Stream(event_stream(response, translator)));
             }
             let response = context.send(&url, body, "application/json").await?;
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| UpstreamError::new(FailureKind::StreamCut, e.to_string()))?;
+            let bytes = openai_compat::read_body(response).await?;
             let (completion, usage) =
                 converse::from_converse(&bytes, &context.model_id, &id, created)
                     .map_err(|error| error.into_protocol_error(converse::PROTOCOL))?;

@@ -86,7 +86,7 @@ async fn post_json(
         return Ok(response);
     }
     let status = response.status().as_u16();
-    let body = response.bytes().await.unwrap_or_default();
+    let body = openai_compat::read_body(response).await.unwrap_or_default();
     Err(gemini::classify_error(status, &body))
 }
 
@@ -125,10 +125,7 @@ impl Provider for Vertex {
                 let translator = StreamTranslator::new(&model, &id, created);
                 return Ok(ChatResponse::Stream(sse_stream(response, translator)));
             }
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| UpstreamError::new(FailureKind::StreamCut, e.to_string()))?;
+            let bytes = openai_compat::read_body(response).await?;
             if let Some(blocked) = gemini::blocked(&bytes) {
                 return Err(blocked);
             }
@@ -186,7 +183,7 @@ struct StreamState {
 fn sse_stream(response: UpstreamResponse, translator: StreamTranslator) -> ChunkStream {
     let state = StreamState {
         body: response.bytes_stream(),
-        parser: SseParser::new(64 * 1024 * 1024),
+        parser: SseParser::new(crate::upstream::MAX_BODY_BYTES),
         translator,
         pending: VecDeque::new(),
         finished: false,

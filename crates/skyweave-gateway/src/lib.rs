@@ -1,6 +1,7 @@
 //! The serving plane: an OpenAI-compatible gateway that routes each request
 //! to a model deployment on one of several clouds and fails over.
 //!
+//! - [`body`]: a client's JSON request, kept as sent, read without building a tree.
 //! - [`providers`]: the [`providers::Provider`] trait and one file per provider.
 //! - `upstream`: the HTTP client the providers call their upstreams with.
 //! - [`gateway`]: shared state (deployment health, capacity) and the failover loop.
@@ -10,6 +11,7 @@
 
 pub mod admin;
 pub mod api_error;
+pub mod body;
 pub mod gateway;
 pub mod keystore;
 pub mod ledger;

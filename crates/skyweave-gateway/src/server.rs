@@ -17,11 +17,12 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use skyweave_core::estate::Model;
 use skyweave_core::failure::FailureKind;
 
 use crate::api_error::ApiError;
+use crate::body::{measure, BodyError, Measured, RequestBody, Shape};
 use crate::gateway::unix_ms;
 use crate::gateway::{
     dispatch, AttemptBound, CallerScope, DispatchError, Gateway, Lease, Outcome, Served,
@@ -271,7 +272,7 @@ async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
 struct Incoming {
     received: Instant,
     request_id: HeaderValue,
-    body: Map<String, Value>,
+    body: Arc<RequestBody>,
     model: Model,
     scope: CallerScope,
     /// The authenticated key, when the estate has tenants.
@@ -315,27 +316,20 @@ async fn read_request(
             ))
         }
     };
-    let value: Value = serde_json::from_slice(&bytes).map_err(|error| {
-        ApiError::invalid_request(
-            format!("the request body is not valid JSON ({error}); send a JSON object"),
-            None,
-        )
-        .with_code("invalid_json")
-    })?;
-    let Value::Object(body) = value else {
-        return Err(ApiError::invalid_request("the request body must be a JSON object", None));
-    };
-    let model_name = match body.get("model") {
-        Some(Value::String(name)) if !name.is_empty() => name.clone(),
-        Some(_) => {
-            return Err(ApiError::invalid_request(
-                "`model` must be a non-empty string",
-                Some("model"),
-            ))
+    let body = RequestBody::parse(bytes).map_err(|error| {
+        let api = ApiError::invalid_request(error.to_string(), None);
+        match error {
+            BodyError::NotJson(_) => api.with_code("invalid_json"),
+            BodyError::NotObject => api,
         }
+    })?;
+    let model_name = match body.raw("model") {
         None => return Err(missing("model")),
+        Some(_) => body.str("model").filter(|name| !name.is_empty()).ok_or_else(|| {
+            ApiError::invalid_request("`model` must be a non-empty string", Some("model"))
+        })?,
     };
-    if !body.contains_key(required) {
+    if body.raw(required).is_none() {
         return Err(missing(required));
     }
     let Some(model) = gateway.estate.model(&model_name) else {
@@ -351,6 +345,7 @@ async fn read_request(
         .with_code("model_not_found")
         .with_param("model"));
     };
+    drop(model_name);
     let mut scope = caller_scope(headers, &request_id)?;
     let mut granted = None;
     if !gateway.estate.tenants.is_empty() {
@@ -382,7 +377,7 @@ async fn read_request(
     Ok(Incoming {
         received,
         request_id,
-        body,
+        body: Arc::new(body),
         model: model.clone(),
         scope,
         grant: granted,
@@ -741,30 +736,25 @@ fn caller_scope(headers: &HeaderMap, request_id: &HeaderValue) -> Result<CallerS
 }
 
 /// A rough token count for capacity accounting before the upstream reports
-/// the real one: about four characters per token.
-fn estimate_prompt_tokens(value: &Value) -> u32 {
-    fn chars(value: &Value) -> usize {
-        match value {
-            Value::String(s) => s.len(),
-            Value::Array(items) => items.iter().map(chars).sum(),
-            Value::Object(map) => {
-                map.iter()
-                    .filter(|(key, _)| matches!(key.as_str(), "content" | "text" | "arguments"))
-                    .map(|(_, v)| chars(v))
-                    .sum::<usize>()
-                    + map.get("content").map_or(0, |_| 16)
-            }
-            _ => 0,
-        }
-    }
-    u32::try_from(chars(value) / 4 + 1).unwrap_or(u32::MAX)
+/// the real one: about four characters per token (see [`Measured::chars`]
+/// for what counts).
+fn estimate_prompt_tokens(measured: &Measured) -> u32 {
+    u32::try_from(measured.chars / 4 + 1).unwrap_or(u32::MAX)
 }
 
-fn output_estimate(body: &Map<String, Value>) -> u32 {
+fn output_estimate(body: &RequestBody) -> u32 {
     ["max_completion_tokens", "max_tokens"]
         .iter()
-        .find_map(|key| body.get(*key).and_then(Value::as_u64))
+        .find_map(|key| body.u64(key))
         .map_or(DEFAULT_OUTPUT_ESTIMATE, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// Walks a member the gateway reads (its JSON was checked on arrival, so
+/// only nesting deeper than serde_json follows can fail here).
+fn measure_member(body: &RequestBody, key: &str) -> Result<Option<Measured>, ApiError> {
+    body.raw(key).map(measure).transpose().map_err(|error| {
+        ApiError::invalid_request(format!("`{key}` cannot be read: {error}"), Some(key))
+    })
 }
 
 /// The response to a failed dispatch.
@@ -1056,11 +1046,13 @@ async fn chat_completions(
     let fail = |incoming: &Incoming, error: ApiError, attempts: u32| {
         error_response(&gateway, Some(incoming), incoming.request_id.clone(), error, attempts)
     };
-    match incoming.body.get("messages") {
-        Some(Value::Array(messages)) if !messages.is_empty() => {
-            if let Some(index) =
-                messages.iter().position(|m| !m.get("role").is_some_and(Value::is_string))
-            {
+    let messages = match measure_member(&incoming.body, "messages") {
+        Ok(messages) => messages,
+        Err(error) => return fail(&incoming, error, 0),
+    };
+    match messages.map(|m| m.shape) {
+        Some(Shape::Array { len, first_without_role }) if len > 0 => {
+            if let Some(index) = first_without_role {
                 let error = ApiError::invalid_request(
                     format!("messages[{index}] has no `role` string"),
                     Some(&format!("messages[{index}].role")),
@@ -1074,9 +1066,9 @@ async fn chat_completions(
             return fail(&incoming, error, 0);
         }
     }
-    let stream = match incoming.body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(stream)) => *stream,
+    let stream = match incoming.body.raw("stream") {
+        None | Some("null" | "false") => false,
+        Some("true") => true,
         Some(_) => {
             return fail(
                 &incoming,
@@ -1085,9 +1077,10 @@ async fn chat_completions(
             )
         }
     };
-    let include_usage = match incoming.body.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(options)) => match options.get("include_usage") {
+    let options = incoming.body.raw("stream_options").map(serde_json::from_str::<Value>);
+    let include_usage = match options {
+        None | Some(Ok(Value::Null)) => false,
+        Some(Ok(Value::Object(options))) => match options.get("include_usage") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(include)) => *include,
             Some(_) => {
@@ -1106,7 +1099,7 @@ async fn chat_completions(
             return fail(&incoming, error, 0);
         }
     };
-    let prompt_tokens = estimate_prompt_tokens(&incoming.body["messages"]);
+    let prompt_tokens = estimate_prompt_tokens(&messages.unwrap_or_default());
     let estimated_tokens = prompt_tokens.saturating_add(output_estimate(&incoming.body));
     if let Some(grant) = &incoming.grant {
         match admit(&gateway, grant, estimated_tokens) {
@@ -1115,7 +1108,7 @@ async fn chat_completions(
         }
     }
     let request = ChatRequest {
-        body: Arc::new(std::mem::take(&mut incoming.body)),
+        body: incoming.body.clone(),
         stream,
         include_usage,
         estimated_prompt_tokens: prompt_tokens,
@@ -1505,10 +1498,16 @@ async fn embeddings(
         Ok(incoming) => incoming,
         Err(error) => return error_response(&gateway, None, request_id(&headers), error, 0),
     };
+    let input = match measure_member(&incoming.body, "input") {
+        Ok(input) => input.unwrap_or_default(),
+        Err(error) => {
+            return error_response(&gateway, Some(&incoming), incoming.request_id.clone(), error, 0)
+        }
+    };
     // OpenAI accepts at most 2048 inputs per request.
-    let valid_input = match &incoming.body["input"] {
-        Value::String(s) => !s.is_empty(),
-        Value::Array(items) => !items.is_empty() && items.len() <= 2048,
+    let valid_input = match input.shape {
+        Shape::String { empty } => !empty,
+        Shape::Array { len, .. } => (1..=2048).contains(&len),
         _ => false,
     };
     if !valid_input {
@@ -1518,7 +1517,7 @@ async fn embeddings(
         );
         return error_response(&gateway, Some(&incoming), incoming.request_id.clone(), error, 0);
     }
-    let prompt_tokens = estimate_prompt_tokens(&incoming.body["input"]);
+    let prompt_tokens = estimate_prompt_tokens(&input);
     if let Some(grant) = &incoming.grant {
         match admit(&gateway, grant, prompt_tokens) {
             Ok(admission) => incoming.admission = Some(admission),
@@ -1533,10 +1532,8 @@ async fn embeddings(
             }
         }
     }
-    let request = EmbeddingsRequest {
-        body: Arc::new(std::mem::take(&mut incoming.body)),
-        estimated_prompt_tokens: prompt_tokens,
-    };
+    let request =
+        EmbeddingsRequest { body: incoming.body.clone(), estimated_prompt_tokens: prompt_tokens };
     let result = dispatch(
         &gateway,
         &incoming.model,
@@ -1569,14 +1566,14 @@ mod tests {
 
     #[test]
     fn token_estimates() {
-        let messages = json!([{"role": "user", "content": "x".repeat(400)}]);
-        assert_eq!(estimate_prompt_tokens(&messages), 105);
+        let tokens = |value: Value| estimate_prompt_tokens(&measure(&value.to_string()).unwrap());
+        assert_eq!(tokens(json!([{"role": "user", "content": "x".repeat(400)}])), 105);
         let parts =
             json!([{"role": "user", "content": [{"type": "text", "text": "y".repeat(40)}]}]);
-        assert!(estimate_prompt_tokens(&parts) >= 10);
-        let body: Map<String, Value> = serde_json::from_str(r#"{"max_tokens": 12}"#).unwrap();
-        assert_eq!(output_estimate(&body), 12);
-        assert_eq!(output_estimate(&Map::new()), DEFAULT_OUTPUT_ESTIMATE);
+        assert!(tokens(parts) >= 10);
+        let body = |text: &'static str| RequestBody::parse(Bytes::from_static(text.as_bytes()));
+        assert_eq!(output_estimate(&body(r#"{"max_tokens": 12}"#).unwrap()), 12);
+        assert_eq!(output_estimate(&body("{}").unwrap()), DEFAULT_OUTPUT_ESTIMATE);
     }
 
     #[test]

@@ -17,17 +17,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::Stream;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use skyweave_core::estate::{Deployment, ProviderSpec};
 use skyweave_core::failure::FailureKind;
 
+use crate::body::RequestBody;
 use crate::secrets::{resolve, Secret, SecretError};
 
 /// A chat completion request as the client sent it, already checked for the
 /// fields the gateway interprets. Every other field passes through unchanged.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
-    pub body: Arc<Map<String, Value>>,
+    pub body: Arc<RequestBody>,
     pub stream: bool,
     /// The client asked for the final usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
@@ -36,7 +37,7 @@ pub struct ChatRequest {
 
 #[derive(Debug, Clone)]
 pub struct EmbeddingsRequest {
-    pub body: Arc<Map<String, Value>>,
+    pub body: Arc<RequestBody>,
     pub estimated_prompt_tokens: u32,
 }
 

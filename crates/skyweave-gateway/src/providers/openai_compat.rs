@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use skyweave_core::failure::{parse_retry_after_seconds, FailureKind};
 
 use super::{ChatResponse, ChunkStream, EmbeddingsResponse, StreamChunk, UpstreamError, Usage};
+use crate::body::RequestBody;
 use crate::sse::{SseEvent, SseParser};
 use crate::upstream::{
     BodyError, TransportError, UpstreamRequest, UpstreamResponse, MAX_BODY_BYTES,
@@ -29,51 +30,54 @@ pub(crate) enum Dialect {
 /// by the deployment's upstream name (Azure: removed, the URL names the
 /// deployment) and, when streaming, usage requested so that token accounting
 /// is exact (the usage chunk is withheld from clients that did not ask for
-/// it). Serialized straight from the client's map, without copying it.
+/// it). Spliced from the client's text: every other member goes upstream
+/// byte for byte, in the client's order.
 pub(crate) fn chat_body(
-    body: &Map<String, Value>,
+    body: &RequestBody,
     upstream_model: Option<&str>,
     stream: bool,
     ask_for_usage: bool,
 ) -> Bytes {
-    let upstream =
-        UpstreamBody { body, model: upstream_model, stream_usage: stream && ask_for_usage };
-    Bytes::from(serde_json::to_vec(&upstream).expect("a JSON map serializes"))
+    splice(body, upstream_model, stream && ask_for_usage)
 }
 
-pub(crate) fn embeddings_body(body: &Map<String, Value>, upstream_model: Option<&str>) -> Bytes {
-    let upstream = UpstreamBody { body, model: upstream_model, stream_usage: false };
-    Bytes::from(serde_json::to_vec(&upstream).expect("a JSON map serializes"))
+pub(crate) fn embeddings_body(body: &RequestBody, upstream_model: Option<&str>) -> Bytes {
+    splice(body, upstream_model, false)
 }
 
-struct UpstreamBody<'a> {
-    body: &'a Map<String, Value>,
-    model: Option<&'a str>,
-    stream_usage: bool,
-}
-
-impl Serialize for UpstreamBody<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        for (key, value) in self.body {
-            match key.as_str() {
-                "model" => {}
-                "stream_options" if self.stream_usage => {}
-                _ => map.serialize_entry(key, value)?,
-            }
+fn splice(body: &RequestBody, model: Option<&str>, stream_usage: bool) -> Bytes {
+    let mut out = Vec::with_capacity(body.text().len() + 64);
+    out.push(b'{');
+    let member = |out: &mut Vec<u8>, key: &str| {
+        if out.len() > 1 {
+            out.push(b',');
         }
-        if let Some(model) = self.model {
-            map.serialize_entry("model", model)?;
+        // Keys as JSON strings (escaped again if the client escaped them).
+        serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+        out.push(b':');
+    };
+    for (key, value) in body.members() {
+        if key == "model" || (stream_usage && key == "stream_options") {
+            continue;
         }
-        if self.stream_usage {
-            let client_options = match self.body.get("stream_options") {
-                Some(Value::Object(options)) => Some(options),
-                _ => None,
-            };
-            map.serialize_entry("stream_options", &StreamOptions(client_options))?;
-        }
-        map.end()
+        member(&mut out, key);
+        out.extend_from_slice(value.as_bytes());
     }
+    if let Some(model) = model {
+        member(&mut out, "model");
+        serde_json::to_writer(&mut out, model).expect("writing to a Vec cannot fail");
+    }
+    if stream_usage {
+        // The client's own stream options (rare) are kept beside ours.
+        let client_options = body
+            .raw("stream_options")
+            .and_then(|raw| serde_json::from_str::<Map<String, Value>>(raw).ok());
+        member(&mut out, "stream_options");
+        serde_json::to_writer(&mut out, &StreamOptions(client_options.as_ref()))
+            .expect("writing to a Vec cannot fail");
+    }
+    out.push(b'}');
+    Bytes::from(out)
 }
 
 /// The client's `stream_options` (if any) with `include_usage: true`.
@@ -429,18 +433,19 @@ fn chunk_from_event(event: SseEvent) -> Result<StreamChunk, UpstreamError> {
 mod tests {
     use super::*;
 
+    fn request(text: &str) -> RequestBody {
+        RequestBody::parse(Bytes::copy_from_slice(text.as_bytes())).unwrap()
+    }
+
     #[test]
     fn body_rewrites_model_and_asks_for_usage() {
-        let body: Map<String, Value> = serde_json::from_str(
-            r#"{"model":"gpt-4o","messages":[],"tools":[{"type":"function"}],"seed":7}"#,
-        )
-        .unwrap();
+        let body =
+            request(r#"{"model":"gpt-4o","messages":[],"tools":[{"type":"function"}],"seed":7}"#);
         let sent: Value =
             serde_json::from_slice(&chat_body(&body, Some("gpt-4o-2024"), true, true)).unwrap();
-        let with_options: Map<String, Value> = serde_json::from_str(
+        let with_options = request(
             r#"{"model":"m","messages":[],"stream_options":{"include_usage":false,"x":1}}"#,
-        )
-        .unwrap();
+        );
         let merged: Value =
             serde_json::from_slice(&chat_body(&with_options, Some("m"), true, true)).unwrap();
         assert_eq!(merged["stream_options"], serde_json::json!({"x": 1, "include_usage": true}));
@@ -450,6 +455,32 @@ mod tests {
         assert_eq!(sent["seed"], 7);
         let azure: Value = serde_json::from_slice(&chat_body(&body, None, false, true)).unwrap();
         assert!(azure.get("model").is_none() && azure.get("stream_options").is_none());
+        // Without streaming, the client's stream options pass as they are.
+        let plain = chat_body(&with_options, None, false, true);
+        assert_eq!(
+            std::str::from_utf8(&plain).unwrap(),
+            r#"{"messages":[],"stream_options":{"include_usage":false,"x":1}}"#
+        );
+    }
+
+    #[test]
+    fn other_members_go_upstream_byte_for_byte_in_the_clients_order() {
+        // Numbers a JSON tree would change (beyond 64 bits, exponents,
+        // trailing zeros), escapes and spacing inside values all survive.
+        let body = request(
+            "{ \"seed\": 18446744073709551617, \"temperature\": 1.50, \"top_p\": 1e0,\n\
+             \"model\": \"m\", \"messages\": [ {\"role\":\"user\",\"content\":\"a\\u00e9\\n\"} ],\n\
+             \"we\\u0069rd\": true }",
+        );
+        let sent = chat_body(&body, Some("up/\"q\""), false, true);
+        assert_eq!(
+            std::str::from_utf8(&sent).unwrap(),
+            "{\"seed\":18446744073709551617,\"temperature\":1.50,\"top_p\":1e0,\
+             \"messages\":[ {\"role\":\"user\",\"content\":\"a\\u00e9\\n\"} ],\
+             \"weird\":true,\"model\":\"up/\\\"q\\\"\"}"
+        );
+        let embeddings = embeddings_body(&request(r#"{"input":"x","model":"a"}"#), Some("b"));
+        assert_eq!(std::str::from_utf8(&embeddings).unwrap(), r#"{"input":"x","model":"b"}"#);
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl Sim {
     fn reply_tokens(&self, request: &ChatRequest) -> usize {
         let limit = ["max_completion_tokens", "max_tokens"]
             .iter()
-            .find_map(|key| request.body.get(*key).and_then(Value::as_u64))
+            .find_map(|key| request.body.u64(key))
             .unwrap_or(u64::MAX);
         self.words.len().min(usize::try_from(limit.max(1)).unwrap_or(usize::MAX))
     }
@@ -186,17 +186,17 @@ impl Provider for Sim {
         request: &EmbeddingsRequest,
     ) -> BoxFuture<'static, Result<EmbeddingsResponse, UpstreamError>> {
         let fault = self.fault();
-        let inputs: Vec<String> = match request.body.get("input") {
-            Some(Value::Array(items)) => items.iter().map(Value::to_string).collect(),
-            Some(other) => vec![other.to_string()],
-            None => Vec::new(),
+        // Each input's JSON text seeds its vector.
+        let inputs: Vec<String> = match request.body.raw("input").map(serde_json::from_str) {
+            Some(Ok(Value::Array(items))) => items.iter().map(Value::to_string).collect(),
+            Some(Ok(other)) => vec![other.to_string()],
+            _ => Vec::new(),
         };
         let dimensions = request
             .body
-            .get("dimensions")
-            .and_then(Value::as_u64)
+            .u64("dimensions")
             .map_or(self.spec.embedding_dimensions as usize, |d| d.clamp(1, 8192) as usize);
-        let base64 = request.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+        let base64 = request.body.str("encoding_format").as_deref() == Some("base64");
         let ttft = self.spec.time_to_first_token;
         let model = self.model.clone();
         let prompt_tokens = u64::from(request.estimated_prompt_tokens);

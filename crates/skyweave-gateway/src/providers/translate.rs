@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use skyweave_core::failure::FailureKind;
 
+use crate::body::RequestBody;
 use crate::providers::openai_compat::redact;
 use crate::providers::{StreamChunk, UpstreamError, Usage};
 
@@ -86,6 +87,15 @@ impl TranslateError {
 }
 
 pub(crate) type Result<T, E = TranslateError> = std::result::Result<T, E>;
+
+/// The client's request as a tree, for translation. The gateway checked it
+/// is a JSON object, so this fails only on nesting deeper than serde_json
+/// builds.
+pub(crate) fn tree(body: &RequestBody) -> Result<&Map<String, Value>> {
+    body.tree().map_err(|error| {
+        TranslateError::upstream(format!("the request body cannot be read as a tree: {error}"))
+    })
+}
 
 /// A field's value, `null` counting as absent.
 pub(crate) fn present<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {

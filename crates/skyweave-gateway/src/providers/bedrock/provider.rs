@@ -25,7 +25,7 @@ use skyweave_core::failure::FailureKind;
 
 use super::converse::{self, StreamTranslator, TranslateError};
 use super::eventstream::Decoder;
-use crate::providers::openai_compat;
+use crate::providers::{openai_compat, translate};
 use crate::providers::{
     ChatRequest, ChatResponse, ChunkStream, EmbeddingsRequest, EmbeddingsResponse, Provider,
     StreamChunk, UpstreamError, Usage,
@@ -190,7 +190,7 @@ impl Provider for Bedrock {
         request: &ChatRequest,
     ) -> BoxFuture<'static, Result<ChatResponse, UpstreamError>> {
         let context = self.context();
-        let translated = converse::to_converse(&request.body);
+        let translated = translate::tree(&request.body).and_then(converse::to_converse);
         let url = if request.stream { self.stream_url.clone() } else { self.converse_url.clone() };
         let stream = request.stream;
         Box::pin(async move {
@@ -223,7 +223,11 @@ impl Provider for Bedrock {
         let context = self.context();
         let url = self.invoke_url.clone();
         let body = request.body.clone();
-        Box::pin(async move { embeddings(&context, &url, &body).await })
+        Box::pin(async move {
+            let body = translate::tree(&body)
+                .map_err(|error| error.into_invalid_request(converse::PROTOCOL))?;
+            embeddings(&context, &url, body).await
+        })
     }
 
     fn probe(&self) -> BoxFuture<'static, Result<(), UpstreamError>> {

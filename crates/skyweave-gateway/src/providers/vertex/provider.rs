@@ -22,6 +22,7 @@ use skyweave_core::failure::FailureKind;
 
 use super::gemini::{self, StreamTranslator, TranslateError};
 use crate::providers::openai_compat::{self, Dialect};
+use crate::providers::translate;
 use crate::providers::{
     ChatRequest, ChatResponse, ChunkStream, EmbeddingsRequest, EmbeddingsResponse, Provider,
     StreamChunk, UpstreamError,
@@ -113,7 +114,7 @@ impl Provider for Vertex {
                 openai_compat::send_chat(request, stream, Dialect::OpenAi).await
             });
         }
-        let translated = gemini::to_gemini(&request.body);
+        let translated = translate::tree(&request.body).and_then(gemini::to_gemini);
         let url = if stream { self.stream_url.clone() } else { self.generate_url.clone() };
         Box::pin(async move {
             let body = translated.map_err(|error| error.into_invalid_request(gemini::PROTOCOL))?;

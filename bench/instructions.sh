@@ -11,8 +11,8 @@
 #      connections) for DURATION seconds, dumps the counters;
 #   3. prints instructions per request (non-streaming) and per stream.
 #
-# Settings: DURATION=6 SKIP_BUILD=0 KEEP_WORK=0 (callgrind files kept in the
-# work directory for callgrind_annotate).
+# Settings: DURATION=6 SKIP_BUILD=0 KEEP_WORK=0 TOKIO_WORKER_THREADS=2
+# (KEEP_WORK=1 keeps the callgrind files for callgrind_annotate).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -85,7 +85,7 @@ STREAM_BODY='{"model":"bench-model","messages":[{"role":"user","content":"hi"}],
 
 measure() { # NAME MODE BODY
     local name=$1 mode=$2 body=$3 out=$WORK/callgrind.$1
-    RUST_LOG=warn TOKIO_WORKER_THREADS=2 valgrind --tool=callgrind --callgrind-out-file="$out" \
+    RUST_LOG=warn TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-2} valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$BIN/skyweave" serve --config "$WORK/estate.toml" >"$WORK/skyweave-$name.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")

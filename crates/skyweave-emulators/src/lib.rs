@@ -262,6 +262,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The body parsed as JSON, or `Null` when empty or not JSON.
     pub body: serde_json::Value,
+    /// The body as sent (lossily decoded as UTF-8).
+    pub raw_body: String,
     /// Azure dialect: the `{deployment}` path segment.
     pub deployment: Option<String>,
 }

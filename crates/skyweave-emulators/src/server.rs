@@ -226,6 +226,7 @@ fn record(shared: &Shared, parts: &Parts, body: &[u8], deployment: Option<String
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
+    let raw_body = String::from_utf8_lossy(body).into_owned();
     let body = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     shared.recorded().push(RecordedRequest {
         method: parts.method.as_str().to_owned(),
@@ -233,6 +234,7 @@ fn record(shared: &Shared, parts: &Parts, body: &[u8], deployment: Option<String
         query: parts.uri.query().map(str::to_owned),
         headers,
         body,
+        raw_body,
         deployment,
     });
 }

@@ -6,6 +6,27 @@ use skyweave_emulators::{spawn, Behaviour, EmulatorConfig};
 use crate::support::*;
 
 #[tokio::test]
+async fn fields_reach_the_upstream_byte_for_byte() {
+    let upstream = spawn(EmulatorConfig::openai("vllm-a")).await.unwrap();
+    let estate = openai_deployment("m@aws", "m", "aws", "us-east-1", &upstream, "");
+    let gateway = Gateway::start(&estate).await;
+    // What a JSON tree would change: a seed beyond 64 bits, a trailing zero,
+    // an exponent, escapes, spacing inside values and the members' order.
+    let body = "{\"seed\": 340282366920938463463374607431768211455, \"temperature\": 0.50,\n \
+                \"messages\": [ {\"role\": \"user\", \"content\": \"caf\\u00e9\"} ],\n \
+                \"model\": \"m\", \"top_p\": 1e0, \"x_vendor\": {\"b\": 1, \"a\": 2}}";
+    let response = post_chat_body(&gateway, body.into()).await;
+    assert_eq!(response.status(), 200);
+    let sent = &upstream.control.recorded()[0];
+    assert_eq!(
+        sent.raw_body,
+        "{\"seed\":340282366920938463463374607431768211455,\"temperature\":0.50,\
+         \"messages\":[ {\"role\": \"user\", \"content\": \"caf\\u00e9\"} ],\
+         \"top_p\":1e0,\"x_vendor\":{\"b\": 1, \"a\": 2},\"model\":\"m\"}"
+    );
+}
+
+#[tokio::test]
 async fn chat_is_relayed_with_routing_headers_and_fields_passed_through() {
     let upstream = spawn(EmulatorConfig::openai("vllm-a")).await.unwrap();
     let estate = openai_deployment(
@@ -90,6 +111,17 @@ async fn models_health_and_readiness() {
 }
 
 /// One malformed or unacceptable request and the OpenAI-shaped error it must get.
+/// Posts a chat request body as given, byte for byte.
+async fn post_chat_body(gateway: &Gateway, body: reqwest::Body) -> reqwest::Response {
+    client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn check_rejected(
     gateway: &Gateway,
     body: reqwest::Body,
@@ -97,13 +129,7 @@ async fn check_rejected(
     code: Option<&str>,
     param: Option<&str>,
 ) {
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat_body(gateway, body).await;
     assert_eq!(response.status(), status);
     assert!(!header(&response, "x-request-id").is_empty());
     let error: Value = response.json().await.unwrap();

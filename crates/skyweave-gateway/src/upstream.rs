@@ -1,45 +1,73 @@
-//! The HTTP client every provider calls its upstream with: hyper-util's
-//! pooled client over hyper-rustls (HTTP/1.1, and HTTP/2 where TLS
-//! negotiates it), with a thin request builder on top.
+//! The HTTP client every provider calls its upstream with: HTTP/1.1 over
+//! TCP, or over TLS (rustls, the webpki roots, ALPN `http/1.1`), with
+//! kept-alive connections pooled per origin.
 //!
-//! Why not reqwest (which the data plane uses): on the gateway's hot path its
-//! conveniences cost more than the proxying. Measured on the benchmark's
-//! small completions, a hyper-only proxy spends ~20 µs of CPU per request and
-//! the same proxy calling its upstream through reqwest ~27 µs: URL parsing,
-//! header map copies and a second layer of futures per request. Upstream
-//! URLs are parsed once, when a provider is built.
+//! Why not hyper's pooled client (which this module used before) or
+//! reqwest (which the data plane uses): on the gateway's hot path their
+//! machinery cost more than the proxying itself. hyper's client runs every
+//! connection as its own task and hands each request and answer across
+//! channels to it, and builds a header map of every answer; measured with
+//! `bench/instructions.sh`, that was about a third of the user-space
+//! instructions of a proxied completion. Here the request's own task writes
+//! the request and reads the answer, the head is parsed in place
+//! ([`wire`]), and only the headers a caller asks for are looked up. The
+//! wire format is small and fixed (a request with a known length; answers
+//! with a length, chunked or until close), and [`wire`] is tested and
+//! fuzzed without sockets.
+//!
+//! A pooled connection the upstream closed while it sat idle is noticed
+//! when the request on it fails before any byte of an answer arrives; the
+//! request is then sent once more on a new connection. (An upstream that
+//! accepted the request and closed without answering looks the same; the
+//! gateway would fail over and send it again anyway.)
 //!
 //! The client follows no redirects and sets no timeout but the connect
-//! timeout: first-token and total timeouts belong to the gateway, which
-//! fails over when they pass.
+//! timeout (TCP and TLS): first-token and total timeouts belong to the
+//! gateway, which fails over when they pass and drops the request, which
+//! closes its connection.
 
-use std::time::Duration;
+mod wire;
 
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use futures::StreamExt;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderMap, Method, StatusCode, Uri};
 use skyweave_core::estate::Timeouts;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+use wire::{Chunked, Framing, WireError};
 
 const USER_AGENT_VALUE: &str = concat!("skyweave/", env!("CARGO_PKG_VERSION"));
 
 /// Largest response body, or single streamed event, taken from an upstream.
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+/// How long a connection may sit idle in the pool before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Most idle connections kept, over all origins of one client.
+const MAX_IDLE: usize = 1024;
+/// A body up to this size is written with its head in one write.
+const JOIN_BODY_BYTES: usize = 64 * 1024;
+/// Free space kept in a connection's read buffer before each read.
+const READ_SPACE: usize = 8 * 1024;
+/// How long [`BodyStream::finish`] waits for the end of a body's framing.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
 /// Parses an upstream URL built from a validated endpoint.
 pub(crate) fn uri(text: String) -> Uri {
     Uri::try_from(text).expect("endpoints are validated as URLs when the estate loads")
 }
 
-/// A failure to get an answer (connect, TLS, a connection that broke), or to
-/// read its body. The message names no URL and no header, so no key.
+/// A failure to get an answer (connect, TLS, a connection that broke, an
+/// answer that is not HTTP), or to read its body. The message names no URL
+/// and no header, so no key.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub(crate) struct TransportError {
@@ -49,47 +77,56 @@ pub(crate) struct TransportError {
 }
 
 impl TransportError {
-    fn new(what: &str, error: &(dyn std::error::Error + 'static), connect: bool) -> TransportError {
-        TransportError { connect, message: format!("{what}: {}", chain(error)) }
+    fn connect(message: String) -> TransportError {
+        TransportError { connect: true, message }
     }
-}
 
-/// An error and its causes, `: `-separated.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
+    fn failed(message: impl std::fmt::Display) -> TransportError {
+        TransportError {
+            connect: false,
+            message: format!("the upstream request failed: {message}"),
+        }
     }
-    message
+
+    fn cut(message: impl std::fmt::Display) -> TransportError {
+        TransportError {
+            connect: false,
+            message: format!("the upstream response was cut: {message}"),
+        }
+    }
 }
 
 /// A pooled client; clones share the pool.
 #[derive(Clone)]
 pub(crate) struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    connect_timeout: Duration,
+    tls: Arc<rustls::ClientConfig>,
+    pool: Mutex<Pool>,
+}
+
+struct Pool {
+    idle: Vec<Idle>,
+    swept: Instant,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
 }
 
 impl HttpClient {
     pub(crate) fn new(timeouts: &Timeouts) -> HttpClient {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(timeouts.connect));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
-        HttpClient { inner }
+        HttpClient::with_tls(timeouts, tls_config())
+    }
+
+    fn with_tls(timeouts: &Timeouts, tls: Arc<rustls::ClientConfig>) -> HttpClient {
+        let pool = Pool { idle: Vec::new(), swept: Instant::now() };
+        let shared = Shared { connect_timeout: timeouts.connect, tls, pool: Mutex::new(pool) };
+        HttpClient { shared: Arc::new(shared) }
     }
 
     pub(crate) fn post(&self, uri: &Uri) -> UpstreamRequest {
@@ -101,45 +138,247 @@ impl HttpClient {
     }
 
     fn request(&self, method: Method, uri: &Uri) -> UpstreamRequest {
-        let mut request = Request::new(Full::new(Bytes::new()));
-        *request.method_mut() = method;
-        *request.uri_mut() = uri.clone();
-        request.headers_mut().insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        UpstreamRequest { client: self.inner.clone(), request }
+        UpstreamRequest {
+            shared: self.shared.clone(),
+            method,
+            uri: uri.clone(),
+            headers: Vec::with_capacity(256),
+            body: Bytes::new(),
+        }
+        .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
     }
 }
 
-/// One request being built.
+impl Shared {
+    /// The most recently idled live connection to `origin`, if any.
+    fn checkout(&self, origin: &Target<'_>) -> Option<Conn> {
+        let now = Instant::now();
+        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while let Some(at) = pool.idle.iter().rposition(|idle| idle.conn.origin.is(origin)) {
+            let idle = pool.idle.swap_remove(at);
+            if now.duration_since(idle.since) < IDLE_TIMEOUT {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, conn: Conn) {
+        let now = Instant::now();
+        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if now.duration_since(pool.swept) > IDLE_TIMEOUT / 8 {
+            pool.idle.retain(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT);
+            pool.swept = now;
+        }
+        if pool.idle.len() < MAX_IDLE {
+            pool.idle.push(Idle { conn, since: now });
+        }
+    }
+
+    async fn connect(&self, target: &Target<'_>) -> Result<Conn, TransportError> {
+        let attempt = async {
+            let tcp = TcpStream::connect((target.host, target.port)).await.map_err(|error| {
+                TransportError::connect(format!("could not connect to the upstream: {error}"))
+            })?;
+            // Small requests and answers go out at once, not after Nagle's wait.
+            let _ = tcp.set_nodelay(true);
+            let io = if target.tls {
+                let name = rustls::pki_types::ServerName::try_from(target.host.to_string())
+                    .map_err(|error| {
+                        TransportError::connect(format!(
+                            "could not connect to the upstream: not a TLS server name: {error}"
+                        ))
+                    })?;
+                let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|error| {
+                        TransportError::connect(format!(
+                            "could not connect to the upstream: the TLS handshake failed: {error}"
+                        ))
+                    })?;
+                Io::Tls(Box::new(tls))
+            } else {
+                Io::Plain(tcp)
+            };
+            Ok(Conn {
+                io,
+                buf: BytesMut::with_capacity(READ_SPACE),
+                origin: Arc::new(Origin {
+                    tls: target.tls,
+                    host: target.host.into(),
+                    port: target.port,
+                }),
+            })
+        };
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::connect(format!(
+                "could not connect to the upstream within {} ms",
+                self.connect_timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+/// The TLS settings of every upstream connection: the webpki roots, TLS 1.2
+/// and 1.3, ALPN `http/1.1`.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            tls_config_with(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            })
+        })
+        .clone()
+}
+
+fn tls_config_with(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Where a request goes, borrowed from its URI.
+struct Target<'u> {
+    tls: bool,
+    /// Without the brackets of an IPv6 literal.
+    host: &'u str,
+    port: u16,
+}
+
+impl<'u> Target<'u> {
+    fn of(uri: &'u Uri) -> Result<Target<'u>, TransportError> {
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(TransportError::connect("the upstream URL is not http(s)".into())),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| TransportError::connect("the upstream URL has no host".into()))?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Target { tls, host, port })
+    }
+}
+
+/// The origin a connection was made to.
+struct Origin {
+    tls: bool,
+    host: Box<str>,
+    port: u16,
+}
+
+impl Origin {
+    fn is(&self, target: &Target<'_>) -> bool {
+        self.port == target.port && self.tls == target.tls && *self.host == *target.host
+    }
+}
+
+/// One connection: its stream, the bytes read from it and not yet used,
+/// and where it goes.
+struct Conn {
+    io: Io,
+    buf: BytesMut,
+    origin: Arc<Origin>,
+}
+
+impl Conn {
+    /// Reads more into the buffer; 0 at the end of the stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < READ_SPACE / 2 {
+            self.buf.reserve(READ_SPACE);
+        }
+        self.io.read_buf(&mut self.buf).await
+    }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One request being built. The head is written as headers are added, so
+/// sending only adds the length.
 pub(crate) struct UpstreamRequest {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    request: Request<Full<Bytes>>,
+    shared: Arc<Shared>,
+    method: Method,
+    uri: Uri,
+    /// Header lines, each `name: value\r\n`.
+    headers: Vec<u8>,
+    body: Bytes,
 }
 
 impl UpstreamRequest {
     pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> UpstreamRequest {
-        self.request.headers_mut().append(name, value);
+        // Header names and values cannot hold CR or LF: the line is whole.
+        self.headers.extend_from_slice(name.as_str().as_bytes());
+        self.headers.extend_from_slice(b": ");
+        self.headers.extend_from_slice(value.as_bytes());
+        self.headers.extend_from_slice(b"\r\n");
         self
     }
 
     /// A JSON body.
-    pub(crate) fn json(mut self, body: Bytes) -> UpstreamRequest {
-        self.request
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        *self.request.body_mut() = Full::new(body);
-        self
+    pub(crate) fn json(self, body: Bytes) -> UpstreamRequest {
+        let mut request = self.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        request.body = body;
+        request
     }
 
-    /// A credential header: marked sensitive, so HTTP/2 never indexes it and
-    /// debug output never shows it. A value that is not a valid header
-    /// (a key with a newline, say) is left out: the upstream then refuses the
-    /// request as unauthenticated, which names the problem without the key.
+    /// A credential header. A value that is not a valid header (a key with a
+    /// newline, say) is left out: the upstream then refuses the request as
+    /// unauthenticated, which names the problem without the key.
     pub(crate) fn secret_header(self, name: HeaderName, value: &str) -> UpstreamRequest {
         match HeaderValue::from_str(value) {
-            Ok(mut value) => {
-                value.set_sensitive(true);
-                self.header(name, value)
-            }
+            Ok(value) => self.header(name, value),
             Err(_) => self,
         }
     }
@@ -148,59 +387,376 @@ impl UpstreamRequest {
         self.secret_header(AUTHORIZATION, &format!("Bearer {token}"))
     }
 
+    /// Sends the request and reads the answer's head.
     pub(crate) async fn send(self) -> Result<UpstreamResponse, TransportError> {
-        match self.client.request(self.request).await {
-            Ok(response) => Ok(UpstreamResponse(response)),
+        let target = Target::of(&self.uri)?;
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let explicit_port = self.uri.port_u16();
+        let host = self.uri.host().unwrap_or_default();
+        let length =
+            (self.method == Method::POST || !self.body.is_empty()).then(|| self.body.len());
+        let join = self.body.len() <= JOIN_BODY_BYTES;
+        let mut wire = Vec::with_capacity(
+            64 + path.len()
+                + host.len()
+                + self.headers.len()
+                + if join { self.body.len() } else { 0 },
+        );
+        wire::request_head(
+            &mut wire,
+            self.method.as_str(),
+            path,
+            host,
+            explicit_port,
+            &self.headers,
+            length,
+        );
+        let rest: &[u8] = if join {
+            wire.extend_from_slice(&self.body);
+            &[]
+        } else {
+            &self.body
+        };
+
+        let mut pooled = self.shared.checkout(&target);
+        loop {
+            let reused = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(conn) => conn,
+                None => self.shared.connect(&target).await?,
+            };
+            match exchange(&mut conn, &wire, rest).await {
+                Ok(head) => {
+                    let status = StatusCode::from_u16(head.status).map_err(|_| {
+                        TransportError::failed(format!("invalid status code {}", head.status))
+                    })?;
+                    return Ok(UpstreamResponse {
+                        status,
+                        head: head.bytes,
+                        body: Body::new(conn, head.framing, head.keep_alive, self.shared.clone()),
+                    });
+                }
+                // The pooled connection had been closed: once more, on a new one.
+                Err(Failure::Closed(_)) if reused => continue,
+                Err(Failure::Closed(message)) => return Err(TransportError::failed(message)),
+                Err(Failure::Broken(error)) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Why an exchange failed.
+enum Failure {
+    /// The connection was closed or reset before any byte of an answer.
+    Closed(String),
+    Broken(TransportError),
+}
+
+struct ReadHead {
+    status: u16,
+    framing: Framing,
+    keep_alive: bool,
+    bytes: Box<[u8]>,
+}
+
+/// Writes the request and reads the answer's head, skipping informational
+/// (1xx) answers.
+async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<ReadHead, Failure> {
+    let written = async {
+        conn.io.write_all(wire).await?;
+        if !rest.is_empty() {
+            conn.io.write_all(rest).await?;
+        }
+        conn.io.flush().await
+    };
+    if let Err(error) = written.await {
+        return Err(match error.kind() {
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted => {
+                Failure::Closed(format!("the connection closed while sending the request: {error}"))
+            }
+            _ => Failure::Broken(TransportError::failed(format!(
+                "the connection broke while sending the request: {error}"
+            ))),
+        });
+    }
+    let mut received = false;
+    loop {
+        match wire::parse_head(&conn.buf) {
+            Ok(Some(head)) if (100..200).contains(&head.status) => {
+                conn.buf.advance(head.len);
+                continue;
+            }
+            Ok(Some(head)) => {
+                let bytes = Box::from(&conn.buf[..head.len]);
+                conn.buf.advance(head.len);
+                return Ok(ReadHead {
+                    status: head.status,
+                    framing: head.framing,
+                    keep_alive: head.keep_alive,
+                    bytes,
+                });
+            }
+            Ok(None) => {}
+            Err(error) => return Err(Failure::Broken(TransportError::failed(error))),
+        }
+        match conn.fill().await {
+            Ok(0) if !received => {
+                return Err(Failure::Closed("the connection closed before an answer".into()))
+            }
+            Ok(0) => {
+                return Err(Failure::Broken(TransportError::failed(
+                    "the connection closed inside the answer's head",
+                )))
+            }
+            Ok(_) => received = true,
+            Err(error)
+                if !received
+                    && matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                    ) =>
+            {
+                return Err(Failure::Closed(format!(
+                    "the connection was reset before an answer: {error}"
+                )))
+            }
             Err(error) => {
-                let connect = error.is_connect();
-                let what = if connect {
-                    "could not connect to the upstream"
-                } else {
-                    "the upstream request failed"
-                };
-                Err(TransportError::new(what, &error, connect))
+                return Err(Failure::Broken(TransportError::failed(format!(
+                    "reading the answer failed: {error}"
+                ))))
             }
         }
     }
 }
 
 /// An answer whose head has arrived.
-pub(crate) struct UpstreamResponse(Response<Incoming>);
+pub(crate) struct UpstreamResponse {
+    status: StatusCode,
+    head: Box<[u8]>,
+    body: Body,
+}
 
 impl UpstreamResponse {
     pub(crate) fn status(&self) -> StatusCode {
-        self.0.status()
+        self.status
     }
 
-    pub(crate) fn headers(&self) -> &HeaderMap {
-        self.0.headers()
+    /// The first header called `name` (any case), if its value is text.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        wire::header(&self.head, name)
+    }
+
+    /// All headers.
+    pub(crate) fn headers(&self) -> HeaderMap {
+        wire::headers(&self.head)
     }
 
     /// The whole body, refused past [`MAX_BODY_BYTES`]: an upstream that
     /// sends without end cannot make the gateway buffer without bound.
     pub(crate) async fn bytes(self) -> Result<Bytes, BodyError> {
-        match Limited::new(self.0.into_body(), MAX_BODY_BYTES).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                Err(BodyError::TooLarge(MAX_BODY_BYTES))
+        let mut body = self.body;
+        let mut out = match body.framing {
+            Framing::Length(n) if n > MAX_BODY_BYTES as u64 => {
+                return Err(BodyError::TooLarge(MAX_BODY_BYTES))
             }
-            Err(error) => Err(BodyError::Cut(TransportError::new(
-                "the upstream response was cut",
-                &*error,
-                false,
-            ))),
+            Framing::Length(n) => Vec::with_capacity(n as usize),
+            _ => Vec::new(),
+        };
+        loop {
+            body.take(&mut out, false).map_err(BodyError::Cut)?;
+            if out.len() > MAX_BODY_BYTES {
+                return Err(BodyError::TooLarge(MAX_BODY_BYTES));
+            }
+            if body.done {
+                body.release();
+                return Ok(Bytes::from(out));
+            }
+            body.fill().await.map_err(BodyError::Cut)?;
         }
     }
 
-    /// The body as it arrives.
-    pub(crate) fn bytes_stream(self) -> BoxStream<'static, Result<Bytes, TransportError>> {
-        self.0
-            .into_body()
-            .into_data_stream()
-            .map(|item| {
-                item.map_err(|error| TransportError { connect: false, message: chain(&error) })
-            })
-            .boxed()
+    /// The body as it arrives: a chunked body chunk by chunk, as the
+    /// upstream framed it, any other as it is read.
+    pub(crate) fn bytes_stream(self) -> BodyStream {
+        BodyStream { body: Some(self.body) }
+    }
+}
+
+/// An answer's body as it arrives. Dropped before its end, it closes the
+/// connection, which cancels the request upstream.
+pub(crate) struct BodyStream {
+    body: Option<Body>,
+}
+
+impl BodyStream {
+    /// The caller has all it wants (an SSE stream's `data: [DONE]`): what
+    /// is left is expected to be only the end of the framing. Reading it
+    /// lets the connection serve another request; it is read at once if it
+    /// has arrived, else by a task that gives up after [`DRAIN_WAIT`] or on
+    /// any more data.
+    pub(crate) fn finish(&mut self) {
+        let Some(mut body) = self.body.take() else { return };
+        if !body.keep_alive {
+            return;
+        }
+        let mut rest = Vec::new();
+        if body.take(&mut rest, false).is_err() || !rest.is_empty() {
+            return;
+        }
+        if body.done {
+            body.release();
+            return;
+        }
+        tokio::spawn(async move {
+            let drained = async {
+                loop {
+                    body.fill().await?;
+                    body.take(&mut rest, false)?;
+                    if !rest.is_empty() {
+                        return Err(TransportError::cut("data after the end of the stream"));
+                    }
+                    if body.done {
+                        body.release();
+                        return Ok(());
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_WAIT, drained).await;
+        });
+    }
+}
+
+impl futures::Stream for BodyStream {
+    type Item = Result<Bytes, TransportError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(body) = this.body.as_mut() else { return Poll::Ready(None) };
+        loop {
+            let mut out = Vec::new();
+            if let Err(error) = body.take(&mut out, true) {
+                this.body = None;
+                return Poll::Ready(Some(Err(error)));
+            }
+            if body.done {
+                body.release();
+                this.body = None;
+                return Poll::Ready((!out.is_empty()).then(|| Ok(Bytes::from(out))));
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Bytes::from(out))));
+            }
+            if let Err(error) = std::task::ready!(body.poll_fill(cx)) {
+                this.body = None;
+                return Poll::Ready(Some(Err(error)));
+            }
+        }
+    }
+}
+
+/// The body of an answer, read from its connection, which goes back to the
+/// pool once the body has been read to its end.
+struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    shared: Arc<Shared>,
+    /// Left to read of a [`Framing::Length`] body.
+    left: u64,
+    chunked: Chunked,
+    done: bool,
+}
+
+impl Body {
+    fn new(conn: Conn, framing: Framing, keep_alive: bool, shared: Arc<Shared>) -> Body {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        Body {
+            conn: Some(conn),
+            framing,
+            keep_alive,
+            shared,
+            left,
+            chunked: Chunked::default(),
+            done: matches!(framing, Framing::Empty | Framing::Length(0)),
+        }
+    }
+
+    /// Moves what the buffer holds of the body to `out` (with `one_chunk`,
+    /// no more than one chunk of a chunked body).
+    fn take(&mut self, out: &mut Vec<u8>, one_chunk: bool) -> Result<(), TransportError> {
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        let buf = &mut conn.buf;
+        match self.framing {
+            Framing::Empty => {}
+            Framing::Length(_) => {
+                let take = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+                out.extend_from_slice(&buf[..take]);
+                buf.advance(take);
+                self.left -= take as u64;
+                self.done = self.left == 0;
+            }
+            Framing::Chunked => {
+                let used = self.chunked.decode(buf, out, one_chunk).map_err(TransportError::cut)?;
+                buf.advance(used);
+                self.done = self.chunked.is_done();
+            }
+            Framing::UntilClose => {
+                out.extend_from_slice(buf);
+                buf.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads more of the body; the end of the stream ends only a body
+    /// framed by it.
+    async fn fill(&mut self) -> Result<(), TransportError> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Err(TransportError::cut("the body was read already")));
+        };
+        if conn.buf.capacity() - conn.buf.len() < READ_SPACE / 2 {
+            conn.buf.reserve(READ_SPACE);
+        }
+        let read = std::task::ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut conn.io),
+            cx,
+            &mut conn.buf
+        ));
+        Poll::Ready(match read {
+            Ok(0) if self.framing == Framing::UntilClose => {
+                self.done = true;
+                self.keep_alive = false;
+                Ok(())
+            }
+            Ok(0) => Err(TransportError::cut("the connection closed before the end of the body")),
+            Ok(_) => Ok(()),
+            Err(error) => Err(TransportError::cut(error)),
+        })
+    }
+
+    /// The body was read to its end: the connection serves the next request
+    /// if the answer allows and nothing follows the body.
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.buf.is_empty() {
+                self.shared.checkin(conn);
+            }
+        }
+    }
+}
+
+impl From<WireError> for TransportError {
+    fn from(error: WireError) -> TransportError {
+        TransportError::failed(error)
     }
 }
 
@@ -215,7 +771,446 @@ pub(crate) enum BodyError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::StreamExt;
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
     use super::*;
+
+    fn client() -> HttpClient {
+        let second = Duration::from_secs(2);
+        HttpClient::new(&Timeouts { connect: second, first_token: second, total: second })
+    }
+
+    /// What a scripted upstream does on one connection, in order.
+    enum Step {
+        /// Reads one request (head and content-length body) and records it.
+        Read,
+        Write(&'static [u8]),
+        /// Writes one byte at a time.
+        Trickle(&'static [u8]),
+        /// Waits for the test's signal.
+        Wait(oneshot::Receiver<()>),
+        Close,
+    }
+
+    /// An upstream on a real socket that follows one script per connection
+    /// it accepts (in order) and records the requests it reads.
+    struct Scripted {
+        uri: Uri,
+        accepted: Arc<AtomicUsize>,
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn scripted(path: &str, scripts: Vec<Vec<Step>>) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (accepted.clone(), requests.clone());
+        tokio::spawn(async move {
+            for script in scripts {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    for step in script {
+                        match step {
+                            Step::Read => {
+                                let request = read_request(&mut stream, &mut pending).await;
+                                seen.lock().unwrap().push(request);
+                            }
+                            Step::Write(bytes) => stream.write_all(bytes).await.unwrap(),
+                            Step::Trickle(bytes) => {
+                                for byte in bytes {
+                                    stream.write_all(&[*byte]).await.unwrap();
+                                    stream.flush().await.unwrap();
+                                }
+                            }
+                            Step::Wait(signal) => {
+                                let _ = signal.await;
+                            }
+                            Step::Close => return,
+                        }
+                    }
+                    // Keep the connection until the client closes it.
+                    let mut rest = [0u8; 1024];
+                    while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Scripted { uri: uri(format!("http://127.0.0.1:{port}{path}")), accepted, requests }
+    }
+
+    async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> String {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(pending[..end + 4].to_vec()).unwrap();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |n| n.trim().parse().unwrap());
+                if pending.len() >= end + 4 + length {
+                    let request: Vec<u8> = pending.drain(..end + 4 + length).collect();
+                    return String::from_utf8(request).unwrap();
+                }
+            }
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the client closed inside a request");
+            pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    const OK_HELLO: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+
+    #[tokio::test]
+    async fn one_connection_carries_requests_with_every_framing() {
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                        3;x=1\r\nabc\r\n4\r\ndefg\r\n0\r\ntrailer: t\r\n\r\n";
+        let upstream = scripted(
+            "/v1/chat?api-version=1",
+            vec![vec![
+                Step::Read,
+                Step::Write(OK_HELLO),
+                Step::Read,
+                Step::Trickle(chunked),
+                Step::Read,
+                Step::Write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"),
+                Step::Read,
+                Step::Write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            ]],
+        )
+        .await;
+        let client = client();
+        let send = |body: &'static str| {
+            client.post(&upstream.uri).bearer_auth("sk-test").json(Bytes::from(body)).send()
+        };
+        let answer = send(r#"{"a":1}"#).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.header("Content-Length"), Some("5"));
+        assert_eq!(answer.bytes().await.unwrap(), "hello");
+        let answer = send("{}").await.unwrap();
+        assert_eq!(answer.bytes().await.unwrap(), "abcdefg");
+        let answer = send("{}").await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NO_CONTENT, "the 100 is skipped");
+        assert_eq!(answer.bytes().await.unwrap(), "");
+        let answer = client.get(&upstream.uri).send().await.unwrap();
+        assert_eq!(answer.bytes().await.unwrap(), "");
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1, "one kept-alive connection");
+
+        let requests = upstream.requests.lock().unwrap();
+        let port = upstream.uri.port_u16().unwrap();
+        assert_eq!(
+            requests[0],
+            format!(
+                "POST /v1/chat?api-version=1 HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\
+                 user-agent: {USER_AGENT_VALUE}\r\nauthorization: Bearer sk-test\r\n\
+                 content-type: application/json\r\ncontent-length: 7\r\n\r\n{{\"a\":1}}"
+            )
+        );
+        assert!(requests[3].starts_with("GET /v1/chat?api-version=1 HTTP/1.1\r\n"));
+        assert!(!requests[3].contains("content-length"), "{}", requests[3]);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_arrives_whole() {
+        let upstream = scripted("/", vec![vec![Step::Read, Step::Write(OK_HELLO)]]).await;
+        let body = "x".repeat(3 * JOIN_BODY_BYTES + 7);
+        let answer = client().post(&upstream.uri).json(Bytes::from(body.clone())).send().await;
+        assert_eq!(answer.unwrap().bytes().await.unwrap(), "hello");
+        let requests = upstream.requests.lock().unwrap();
+        assert!(requests[0].ends_with(&format!("\r\n\r\n{body}")));
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_upstream_closed_is_replaced() {
+        let upstream = scripted(
+            "/",
+            vec![
+                vec![Step::Read, Step::Write(OK_HELLO), Step::Close],
+                vec![Step::Read, Step::Write(OK_HELLO)],
+            ],
+        )
+        .await;
+        let client = client();
+        for _ in 0..2 {
+            let answer = client.post(&upstream.uri).json(Bytes::from("{}")).send().await;
+            assert_eq!(answer.unwrap().bytes().await.unwrap(), "hello");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(upstream.requests.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn answers_that_close_or_say_close_are_not_pooled() {
+        let upstream = scripted(
+            "/",
+            vec![
+                vec![Step::Read, Step::Write(b"HTTP/1.1 200 OK\r\n\r\nuntil close"), Step::Close],
+                vec![
+                    Step::Read,
+                    Step::Write(
+                        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                    ),
+                ],
+                vec![Step::Read, Step::Write(OK_HELLO)],
+            ],
+        )
+        .await;
+        let client = client();
+        let send = || client.post(&upstream.uri).json(Bytes::from("{}")).send();
+        assert_eq!(send().await.unwrap().bytes().await.unwrap(), "until close");
+        assert_eq!(send().await.unwrap().bytes().await.unwrap(), "ok");
+        assert_eq!(send().await.unwrap().bytes().await.unwrap(), "hello");
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_a_cut_not_an_answer() {
+        let upstream = scripted(
+            "/",
+            vec![
+                vec![
+                    Step::Read,
+                    Step::Write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"),
+                    Step::Close,
+                ],
+                vec![
+                    Step::Read,
+                    Step::Write(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nsome\r\n",
+                    ),
+                    Step::Close,
+                ],
+            ],
+        )
+        .await;
+        let client = client();
+        let answer = client.post(&upstream.uri).json(Bytes::from("{}")).send().await.unwrap();
+        match answer.bytes().await {
+            Err(BodyError::Cut(error)) => {
+                assert!(error.to_string().contains("closed before the end of the body"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let answer = client.post(&upstream.uri).json(Bytes::from("{}")).send().await.unwrap();
+        let mut stream = answer.bytes_stream();
+        assert_eq!(stream.next().await.unwrap().unwrap(), "some");
+        let error = stream.next().await.unwrap().unwrap_err().to_string();
+        assert!(error.starts_with("the upstream response was cut"), "{error}");
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn streamed_pieces_arrive_before_the_rest_is_sent() {
+        let (go, wait) = oneshot::channel();
+        let upstream = scripted(
+            "/",
+            vec![vec![
+                Step::Read,
+                Step::Write(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n",
+                ),
+                Step::Wait(wait),
+                Step::Write(b"7\r\nsecond\n\r\n0\r\n\r\n"),
+            ]],
+        )
+        .await;
+        let client = client();
+        let answer = client.post(&upstream.uri).json(Bytes::from("{}")).send().await.unwrap();
+        let mut stream = answer.bytes_stream();
+        assert_eq!(stream.next().await.unwrap().unwrap(), "first\n", "before the rest is sent");
+        go.send(()).unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), "second\n");
+        assert!(stream.next().await.is_none());
+        // Read to its end, the connection is back in the pool.
+        let answer = client.post(&upstream.uri).json(Bytes::from("{}")).send();
+        let upstream_read = tokio::time::timeout(Duration::from_millis(300), answer).await;
+        assert!(upstream_read.is_err(), "the script reads no second request: the send waits");
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_finished_stream_gives_its_connection_back_when_the_framing_ends() {
+        let (go, wait) = oneshot::channel();
+        let sse = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        let upstream = scripted(
+            "/",
+            vec![vec![
+                // The end of the framing is already there: given back at once.
+                Step::Read,
+                Step::Write(sse),
+                Step::Write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"),
+                // It comes later: given back by the drain.
+                Step::Read,
+                Step::Write(sse),
+                Step::Write(b"e\r\ndata: [DONE]\n\n\r\n"),
+                Step::Wait(wait),
+                Step::Write(b"0\r\n\r\n"),
+                Step::Read,
+                Step::Write(OK_HELLO),
+            ]],
+        )
+        .await;
+        let client = client();
+        let send = || client.post(&upstream.uri).json(Bytes::from("{}")).send();
+        let mut stream = send().await.unwrap().bytes_stream();
+        assert_eq!(stream.next().await.unwrap().unwrap(), "data: [DONE]\n\n");
+        stream.finish();
+        let mut stream = send().await.unwrap().bytes_stream();
+        assert_eq!(stream.next().await.unwrap().unwrap(), "data: [DONE]\n\n");
+        stream.finish();
+        go.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = tokio::time::timeout(Duration::from_secs(5), send()).await;
+        assert_eq!(answer.expect("the same connection").unwrap().bytes().await.unwrap(), "hello");
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn lying_answers_are_clear_errors() {
+        let upstream = scripted(
+            "/",
+            vec![
+                vec![Step::Read, Step::Write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")],
+                vec![
+                    Step::Read,
+                    Step::Write(b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999\r\n\r\n"),
+                ],
+                vec![
+                    Step::Read,
+                    Step::Write(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+                    ),
+                ],
+                vec![
+                    Step::Read,
+                    Step::Write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"),
+                ],
+            ],
+        )
+        .await;
+        let client = client();
+        let send = || client.post(&upstream.uri).json(Bytes::from("{}")).send();
+        let error = send().await.err().unwrap().to_string();
+        assert!(error.contains("not HTTP/1.x"), "{error}");
+        assert!(matches!(send().await.unwrap().bytes().await, Err(BodyError::TooLarge(_))));
+        let error = send().await.err().unwrap().to_string();
+        assert!(error.contains("invalid content-length"), "{error}");
+        let error = send().await.unwrap().bytes().await.unwrap_err().to_string();
+        assert!(error.contains("invalid chunk size"), "{error}");
+        assert!(!error.contains(&upstream.uri.port_u16().unwrap().to_string()), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_never_answers_is_not_reused_after_the_caller_gives_up() {
+        let upstream =
+            scripted("/", vec![vec![Step::Read], vec![Step::Read, Step::Write(OK_HELLO)]]).await;
+        let client = client();
+        let hung = client.post(&upstream.uri).json(Bytes::from("{}")).send();
+        assert!(tokio::time::timeout(Duration::from_millis(200), hung).await.is_err());
+        let answer = client.post(&upstream.uri).json(Bytes::from("{}")).send().await.unwrap();
+        assert_eq!(answer.bytes().await.unwrap(), "hello");
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// Answers two requests on one TLS connection (test CA; `localhost` and
+    /// 127.0.0.1) and reports the protocol ALPN chose.
+    async fn tls_upstream() -> (u16, oneshot::Receiver<Option<Vec<u8>>>) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let testdata = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/");
+        let cert =
+            CertificateDer::from_pem_file(format!("{testdata}upstream-test-server.pem")).unwrap();
+        let key = PrivateKeyDer::from_pem_file(format!("{testdata}upstream-test-server.key.pem"))
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (alpn_tx, alpn_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut alpn_tx = Some(alpn_tx);
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                // A handshake the client refuses fails here: wait for the next.
+                let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+                if let Some(tx) = alpn_tx.take() {
+                    let _ = tx.send(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+                }
+                let mut buf = vec![0u8; 4096];
+                for _ in 0..2 {
+                    let mut got = Vec::new();
+                    while !got.ends_with(b"{}") {
+                        let n = tls.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "the client closed inside a request");
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    tls.write_all(OK_HELLO).await.unwrap();
+                    tls.flush().await.unwrap();
+                }
+            }
+        });
+        (port, alpn_rx)
+    }
+
+    #[tokio::test]
+    async fn tls_upstreams_are_verified_and_kept_alive() {
+        use rustls::pki_types::pem::PemObject;
+        let (port, alpn) = tls_upstream().await;
+        let ca = rustls::pki_types::CertificateDer::from_pem_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/upstream-test-ca.pem"
+        ))
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let second = Duration::from_secs(2);
+        let timeouts = Timeouts { connect: second, first_token: second, total: second };
+
+        // The public roots do not know the test CA: refused before anything is sent.
+        let target = uri(format!("https://localhost:{port}/v1/chat/completions"));
+        let error = HttpClient::new(&timeouts).post(&target).send().await.err().unwrap();
+        assert!(error.connect, "{error}");
+        assert!(error.to_string().contains("TLS handshake failed"), "{error}");
+
+        let client = HttpClient::with_tls(&timeouts, tls_config_with(roots));
+        // The upstream serves one connection at a time, two requests each:
+        // the second request is answered only on the kept-alive connection.
+        let both = async {
+            for _ in 0..2 {
+                let answer = client.post(&target).json(Bytes::from("{}")).send().await.unwrap();
+                assert_eq!(answer.bytes().await.unwrap(), "hello");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), both).await.expect("one connection, kept");
+        assert_eq!(alpn.await.unwrap().as_deref(), Some(&b"http/1.1"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error_without_the_url() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let target = uri(format!("http://127.0.0.1:{port}/v1/chat/completions"));
+        let error = client().post(&target).bearer_auth("sk-secret").send().await.err().unwrap();
+        assert!(error.connect, "{error}");
+        let text = error.to_string();
+        assert!(text.starts_with("could not connect to the upstream"), "{text}");
+        assert!(!text.contains(&port.to_string()) && !text.contains("sk-secret"), "{text}");
+    }
 
     #[test]
     fn uris_keep_path_and_query() {
@@ -224,21 +1219,8 @@ mod tests {
                 .into());
         assert_eq!(uri.path(), "/openai/deployments/d/chat/completions");
         assert_eq!(uri.query(), Some("api-version=2024-10-21"));
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_is_a_connect_error_without_the_url() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        let second = Duration::from_secs(1);
-        let timeouts = Timeouts { connect: second, first_token: second, total: second };
-        let client = HttpClient::new(&timeouts);
-        let target = uri(format!("http://127.0.0.1:{port}/v1/chat/completions"));
-        let error = client.post(&target).bearer_auth("sk-secret").send().await.err().unwrap();
-        assert!(error.connect, "{error}");
-        let text = error.to_string();
-        assert!(text.starts_with("could not connect to the upstream"), "{text}");
-        assert!(!text.contains(&port.to_string()) && !text.contains("sk-secret"), "{text}");
+        let v6 = super::uri("https://[::1]/x".into());
+        let target = Target::of(&v6).unwrap();
+        assert_eq!((target.tls, target.host, target.port), (true, "::1", 443));
     }
 }

@@ -17,7 +17,7 @@ use super::{ChatResponse, ChunkStream, EmbeddingsResponse, StreamChunk, Upstream
 use crate::body::RequestBody;
 use crate::sse::{SseEvent, SseParser};
 use crate::upstream::{
-    BodyError, TransportError, UpstreamRequest, UpstreamResponse, MAX_BODY_BYTES,
+    BodyError, BodyStream, TransportError, UpstreamRequest, UpstreamResponse, MAX_BODY_BYTES,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,11 +103,7 @@ pub(crate) async fn send_chat(
 ) -> Result<ChatResponse, UpstreamError> {
     let response = send(request, dialect).await?;
     if stream {
-        let content_type = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let content_type = response.header("content-type").unwrap_or("");
         if !content_type.starts_with("text/event-stream") {
             return Err(UpstreamError::new(
                 FailureKind::Protocol,
@@ -141,7 +137,7 @@ pub(crate) async fn send(
     if status.is_success() {
         return Ok(response);
     }
-    let retry_after = retry_after(response.headers());
+    let retry_after = retry_after(&response.headers());
     let body = read_body(response).await.unwrap_or_default();
     Err(classify(status.as_u16(), retry_after, &body, dialect))
 }
@@ -348,7 +344,7 @@ fn content_filter_message(
 }
 
 struct StreamState {
-    body: futures::stream::BoxStream<'static, Result<Bytes, TransportError>>,
+    body: BodyStream,
     parser: SseParser,
     pending: VecDeque<SseEvent>,
     finished: bool,
@@ -370,6 +366,7 @@ fn chunk_stream(response: UpstreamResponse) -> ChunkStream {
         loop {
             if let Some(event) = state.pending.pop_front() {
                 if event.data.as_ref() == b"[DONE]" {
+                    state.body.finish();
                     return None;
                 }
                 let item = chunk_from_event(event);

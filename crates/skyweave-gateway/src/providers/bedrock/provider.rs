@@ -30,7 +30,7 @@ use crate::providers::{
     ChatRequest, ChatResponse, ChunkStream, EmbeddingsRequest, EmbeddingsResponse, Provider,
     StreamChunk, UpstreamError, Usage,
 };
-use crate::upstream::{uri, HttpClient, TransportError, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{uri, BodyStream, HttpClient, UpstreamRequest, UpstreamResponse};
 use skyweave_cloud::aws_credentials::AwsCredentials;
 
 pub(crate) struct Bedrock {
@@ -111,11 +111,7 @@ impl Context {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let error_type = response
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let error_type = response.header("x-amzn-errortype").map(str::to_string);
         let body = openai_compat::read_body(response).await.unwrap_or_default();
         Err(converse::classify_error(status, error_type.as_deref(), &body))
     }
@@ -244,7 +240,7 @@ impl Provider for Bedrock {
 }
 
 struct StreamState {
-    body: futures::stream::BoxStream<'static, Result<Bytes, TransportError>>,
+    body: BodyStream,
     decoder: Decoder,
     translator: StreamTranslator,
     pending: VecDeque<StreamChunk>,

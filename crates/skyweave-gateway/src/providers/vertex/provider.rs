@@ -28,7 +28,7 @@ use crate::providers::{
     StreamChunk, UpstreamError,
 };
 use crate::sse::SseParser;
-use crate::upstream::{uri, HttpClient, TransportError, UpstreamResponse};
+use crate::upstream::{uri, BodyStream, HttpClient, UpstreamResponse};
 use skyweave_cloud::google_credentials::GoogleTokens;
 
 pub(crate) struct Vertex {
@@ -172,7 +172,7 @@ impl Provider for Vertex {
 }
 
 struct StreamState {
-    body: futures::stream::BoxStream<'static, Result<Bytes, TransportError>>,
+    body: BodyStream,
     parser: SseParser,
     translator: StreamTranslator,
     pending: VecDeque<StreamChunk>,

@@ -60,9 +60,55 @@ const READ_SPACE: usize = 8 * 1024;
 /// How long [`BodyStream::finish`] waits for the end of a body's framing.
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
+/// An upstream URL, parsed once when its provider is built: what each
+/// request needs of it (origin, request target, `host` line) is ready.
+#[derive(Clone)]
+pub(crate) struct Endpoint(Arc<EndpointParts>);
+
+struct EndpointParts {
+    uri: Uri,
+    /// `None`: neither http nor https, refused when a request is sent.
+    tls: Option<bool>,
+    /// Without the brackets of an IPv6 literal.
+    host: Box<str>,
+    port: u16,
+    /// Path and query.
+    target: Box<str>,
+    /// `host: ...\r\n`, as the URL wrote the host and port.
+    host_line: Box<[u8]>,
+}
+
 /// Parses an upstream URL built from a validated endpoint.
-pub(crate) fn uri(text: String) -> Uri {
-    Uri::try_from(text).expect("endpoints are validated as URLs when the estate loads")
+pub(crate) fn parse_endpoint(text: String) -> Endpoint {
+    let uri = Uri::try_from(text).expect("endpoints are validated as URLs when the estate loads");
+    let tls = match uri.scheme_str() {
+        Some("https") => Some(true),
+        Some("http") => Some(false),
+        _ => None,
+    };
+    let written = uri.host().unwrap_or_default();
+    let host = written.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(written);
+    let port = uri.port_u16().unwrap_or(if tls == Some(true) { 443 } else { 80 });
+    let mut host_line = format!("host: {written}");
+    if let Some(port) = uri.port_u16() {
+        host_line.push_str(&format!(":{port}"));
+    }
+    host_line.push_str("\r\n");
+    let parts = EndpointParts {
+        tls,
+        host: host.into(),
+        port,
+        target: uri.path_and_query().map_or("/", |p| p.as_str()).into(),
+        host_line: host_line.into_bytes().into(),
+        uri,
+    };
+    Endpoint(Arc::new(parts))
+}
+
+impl Endpoint {
+    pub(crate) fn uri(&self) -> &Uri {
+        &self.0.uri
+    }
 }
 
 /// A failure to get an answer (connect, TLS, a connection that broke, an
@@ -129,19 +175,19 @@ impl HttpClient {
         HttpClient { shared: Arc::new(shared) }
     }
 
-    pub(crate) fn post(&self, uri: &Uri) -> UpstreamRequest {
-        self.request(Method::POST, uri)
+    pub(crate) fn post(&self, endpoint: &Endpoint) -> UpstreamRequest {
+        self.request(Method::POST, endpoint)
     }
 
-    pub(crate) fn get(&self, uri: &Uri) -> UpstreamRequest {
-        self.request(Method::GET, uri)
+    pub(crate) fn get(&self, endpoint: &Endpoint) -> UpstreamRequest {
+        self.request(Method::GET, endpoint)
     }
 
-    fn request(&self, method: Method, uri: &Uri) -> UpstreamRequest {
+    fn request(&self, method: Method, endpoint: &Endpoint) -> UpstreamRequest {
         UpstreamRequest {
             shared: self.shared.clone(),
             method,
-            uri: uri.clone(),
+            endpoint: endpoint.clone(),
             headers: Vec::with_capacity(256),
             body: Bytes::new(),
         }
@@ -245,7 +291,7 @@ fn tls_config_with(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// Where a request goes, borrowed from its URI.
+/// Where a request goes, borrowed from its endpoint.
 struct Target<'u> {
     tls: bool,
     /// Without the brackets of an IPv6 literal.
@@ -254,18 +300,15 @@ struct Target<'u> {
 }
 
 impl<'u> Target<'u> {
-    fn of(uri: &'u Uri) -> Result<Target<'u>, TransportError> {
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(TransportError::connect("the upstream URL is not http(s)".into())),
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| TransportError::connect("the upstream URL has no host".into()))?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        Ok(Target { tls, host, port })
+    fn of(endpoint: &'u Endpoint) -> Result<Target<'u>, TransportError> {
+        let parts = &*endpoint.0;
+        let tls = parts
+            .tls
+            .ok_or_else(|| TransportError::connect("the upstream URL is not http(s)".into()))?;
+        if parts.host.is_empty() {
+            return Err(TransportError::connect("the upstream URL has no host".into()));
+        }
+        Ok(Target { tls, host: &parts.host, port: parts.port })
     }
 }
 
@@ -350,7 +393,7 @@ impl AsyncWrite for Io {
 pub(crate) struct UpstreamRequest {
     shared: Arc<Shared>,
     method: Method,
-    uri: Uri,
+    endpoint: Endpoint,
     /// Header lines, each `name: value\r\n`.
     headers: Vec<u8>,
     body: Bytes,
@@ -389,25 +432,22 @@ impl UpstreamRequest {
 
     /// Sends the request and reads the answer's head.
     pub(crate) async fn send(self) -> Result<UpstreamResponse, TransportError> {
-        let target = Target::of(&self.uri)?;
-        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
-        let explicit_port = self.uri.port_u16();
-        let host = self.uri.host().unwrap_or_default();
+        let target = Target::of(&self.endpoint)?;
+        let parts = &*self.endpoint.0;
         let length =
             (self.method == Method::POST || !self.body.is_empty()).then(|| self.body.len());
         let join = self.body.len() <= JOIN_BODY_BYTES;
         let mut wire = Vec::with_capacity(
-            64 + path.len()
-                + host.len()
+            64 + parts.target.len()
+                + parts.host_line.len()
                 + self.headers.len()
                 + if join { self.body.len() } else { 0 },
         );
         wire::request_head(
             &mut wire,
             self.method.as_str(),
-            path,
-            host,
-            explicit_port,
+            &parts.target,
+            &parts.host_line,
             &self.headers,
             length,
         );
@@ -799,7 +839,7 @@ mod tests {
     /// An upstream on a real socket that follows one script per connection
     /// it accepts (in order) and records the requests it reads.
     struct Scripted {
-        uri: Uri,
+        uri: Endpoint,
         accepted: Arc<AtomicUsize>,
         requests: Arc<Mutex<Vec<String>>>,
     }
@@ -842,7 +882,11 @@ mod tests {
                 });
             }
         });
-        Scripted { uri: uri(format!("http://127.0.0.1:{port}{path}")), accepted, requests }
+        Scripted {
+            uri: parse_endpoint(format!("http://127.0.0.1:{port}{path}")),
+            accepted,
+            requests,
+        }
     }
 
     async fn read_request(stream: &mut TcpStream, pending: &mut Vec<u8>) -> String {
@@ -903,7 +947,7 @@ mod tests {
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1, "one kept-alive connection");
 
         let requests = upstream.requests.lock().unwrap();
-        let port = upstream.uri.port_u16().unwrap();
+        let port = upstream.uri.uri().port_u16().unwrap();
         assert_eq!(
             requests[0],
             format!(
@@ -1104,7 +1148,7 @@ mod tests {
         assert!(error.contains("invalid content-length"), "{error}");
         let error = send().await.unwrap().bytes().await.unwrap_err().to_string();
         assert!(error.contains("invalid chunk size"), "{error}");
-        assert!(!error.contains(&upstream.uri.port_u16().unwrap().to_string()), "{error}");
+        assert!(!error.contains(&upstream.uri.uri().port_u16().unwrap().to_string()), "{error}");
     }
 
     #[tokio::test]
@@ -1181,7 +1225,7 @@ mod tests {
         let timeouts = Timeouts { connect: second, first_token: second, total: second };
 
         // The public roots do not know the test CA: refused before anything is sent.
-        let target = uri(format!("https://localhost:{port}/v1/chat/completions"));
+        let target = parse_endpoint(format!("https://localhost:{port}/v1/chat/completions"));
         let error = HttpClient::new(&timeouts).post(&target).send().await.err().unwrap();
         assert!(error.connect, "{error}");
         assert!(error.to_string().contains("TLS handshake failed"), "{error}");
@@ -1204,7 +1248,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let target = uri(format!("http://127.0.0.1:{port}/v1/chat/completions"));
+        let target = parse_endpoint(format!("http://127.0.0.1:{port}/v1/chat/completions"));
         let error = client().post(&target).bearer_auth("sk-secret").send().await.err().unwrap();
         assert!(error.connect, "{error}");
         let text = error.to_string();
@@ -1213,14 +1257,21 @@ mod tests {
     }
 
     #[test]
-    fn uris_keep_path_and_query() {
-        let uri =
-            uri("http://127.0.0.1:9/openai/deployments/d/chat/completions?api-version=2024-10-21"
-                .into());
-        assert_eq!(uri.path(), "/openai/deployments/d/chat/completions");
-        assert_eq!(uri.query(), Some("api-version=2024-10-21"));
-        let v6 = super::uri("https://[::1]/x".into());
+    fn endpoints_keep_path_query_and_host() {
+        let azure = parse_endpoint(
+            "http://127.0.0.1:9/openai/deployments/d/chat/completions?api-version=2024-10-21"
+                .into(),
+        );
+        assert_eq!(
+            &*azure.0.target,
+            "/openai/deployments/d/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(&*azure.0.host_line, b"host: 127.0.0.1:9\r\n");
+        let v6 = parse_endpoint("https://[::1]/x".into());
         let target = Target::of(&v6).unwrap();
         assert_eq!((target.tls, target.host, target.port), (true, "::1", 443));
+        assert_eq!(&*v6.0.host_line, b"host: [::1]\r\n");
+        let error = Target::of(&parse_endpoint("ftp://h/x".into())).err().unwrap();
+        assert!(error.to_string().contains("not http(s)"), "{error}");
     }
 }

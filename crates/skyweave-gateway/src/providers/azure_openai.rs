@@ -16,12 +16,12 @@ use super::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Provider, UpstreamError,
 };
 use crate::secrets::Secret;
-use crate::upstream::{uri, HttpClient, UpstreamRequest};
+use crate::upstream::{parse_endpoint, Endpoint, HttpClient, UpstreamRequest};
 
 pub(crate) struct AzureOpenAi {
     client: HttpClient,
-    chat_url: http::Uri,
-    embeddings_url: http::Uri,
+    chat_url: Endpoint,
+    embeddings_url: Endpoint,
     scheme: AuthScheme,
     secret: Secret,
     /// The API version accepts `stream_options` (2024-09-01 and later).
@@ -40,15 +40,15 @@ impl AzureOpenAi {
         let base = format!("{endpoint}/openai/deployments/{azure_deployment}");
         AzureOpenAi {
             client: HttpClient::new(&deployment.timeouts),
-            chat_url: uri(format!("{base}/chat/completions?api-version={api_version}")),
-            embeddings_url: uri(format!("{base}/embeddings?api-version={api_version}")),
+            chat_url: parse_endpoint(format!("{base}/chat/completions?api-version={api_version}")),
+            embeddings_url: parse_endpoint(format!("{base}/embeddings?api-version={api_version}")),
             scheme,
             secret,
             stream_usage: api_version >= MIN_AZURE_STREAM_USAGE_VERSION,
         }
     }
 
-    fn post(&self, url: &http::Uri, body: bytes::Bytes) -> UpstreamRequest {
+    fn post(&self, url: &Endpoint, body: bytes::Bytes) -> UpstreamRequest {
         let request = self.client.post(url).json(body);
         match self.scheme {
             AuthScheme::ApiKey => request

@@ -11,13 +11,13 @@ use super::{
     ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Provider, UpstreamError,
 };
 use crate::secrets::Secret;
-use crate::upstream::{uri, HttpClient, UpstreamRequest};
+use crate::upstream::{parse_endpoint, Endpoint, HttpClient, UpstreamRequest};
 
 pub(crate) struct OpenAi {
     client: HttpClient,
-    chat_url: http::Uri,
-    embeddings_url: http::Uri,
-    models_url: http::Uri,
+    chat_url: Endpoint,
+    embeddings_url: Endpoint,
+    models_url: Endpoint,
     upstream_model: String,
     key: Option<Secret>,
 }
@@ -26,15 +26,15 @@ impl OpenAi {
     pub(crate) fn new(deployment: &Deployment, endpoint: &str, key: Option<Secret>) -> OpenAi {
         OpenAi {
             client: HttpClient::new(&deployment.timeouts),
-            chat_url: uri(format!("{endpoint}/chat/completions")),
-            embeddings_url: uri(format!("{endpoint}/embeddings")),
-            models_url: uri(format!("{endpoint}/models")),
+            chat_url: parse_endpoint(format!("{endpoint}/chat/completions")),
+            embeddings_url: parse_endpoint(format!("{endpoint}/embeddings")),
+            models_url: parse_endpoint(format!("{endpoint}/models")),
             upstream_model: deployment.upstream_model.clone(),
             key,
         }
     }
 
-    fn post(&self, url: &http::Uri, body: bytes::Bytes) -> UpstreamRequest {
+    fn post(&self, url: &Endpoint, body: bytes::Bytes) -> UpstreamRequest {
         let request = self.client.post(url).json(body);
         match &self.key {
             Some(key) => request.bearer_auth(&key.value()),

@@ -5,8 +5,6 @@
 //! Everything here is fed bytes and answers what they mean, so it is tested
 //! and fuzzed without sockets; `upstream.rs` does the reading and writing.
 
-use std::fmt::Write as _;
-
 /// Largest response head (status line and headers) taken from an upstream.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most headers in a response head.
@@ -199,28 +197,22 @@ fn digits(bytes: &[u8]) -> Option<u64> {
     })
 }
 
-/// Appends a request head to `out`: request line, `host`, the given header
-/// lines (each already `name: value\r\n`), the body's length and the empty
-/// line. `target` is the path and query.
+/// Appends a request head to `out`: request line, the `host` line, the
+/// given header lines (each already `name: value\r\n`), the body's length
+/// and the empty line. `target` is the path and query.
 pub(crate) fn request_head(
     out: &mut Vec<u8>,
     method: &str,
     target: &str,
-    host: &str,
-    port: Option<u16>,
+    host_line: &[u8],
     header_lines: &[u8],
     content_length: Option<usize>,
 ) {
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(host.as_bytes());
-    if let Some(port) = port {
-        out.push(b':');
-        push_number(out, port.into());
-    }
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    out.extend_from_slice(host_line);
     out.extend_from_slice(header_lines);
     if let Some(length) = content_length {
         out.extend_from_slice(b"content-length: ");
@@ -230,10 +222,19 @@ pub(crate) fn request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_number(out: &mut Vec<u8>, n: u64) {
-    let mut text = String::with_capacity(20);
-    let _ = write!(text, "{n}");
-    out.extend_from_slice(text.as_bytes());
+/// Decimal digits of `n`, without going through `fmt`.
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Where a chunked body's decoder is.
@@ -482,12 +483,18 @@ mod tests {
     fn request_heads_carry_host_length_and_headers() {
         let mut out = Vec::new();
         let lines = b"authorization: Bearer k\r\n";
-        request_head(&mut out, "POST", "/v1/x?a=1", "h.example", Some(8080), lines, Some(17));
+        let host = b"host: h.example:8080\r\n";
+        request_head(&mut out, "POST", "/v1/x?a=1", host, lines, Some(17));
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             "POST /v1/x?a=1 HTTP/1.1\r\nhost: h.example:8080\r\nauthorization: Bearer k\r\n\
              content-length: 17\r\n\r\n"
         );
+        for n in [0u64, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            push_number(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
     }
 
     fn decode_all(input: &[u8], split: usize) -> Result<(Vec<u8>, usize, bool), WireError> {

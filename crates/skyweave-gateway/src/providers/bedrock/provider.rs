@@ -30,14 +30,16 @@ use crate::providers::{
     ChatRequest, ChatResponse, ChunkStream, EmbeddingsRequest, EmbeddingsResponse, Provider,
     StreamChunk, UpstreamError, Usage,
 };
-use crate::upstream::{uri, BodyStream, HttpClient, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{
+    parse_endpoint, BodyStream, Endpoint, HttpClient, UpstreamRequest, UpstreamResponse,
+};
 use skyweave_cloud::aws_credentials::AwsCredentials;
 
 pub(crate) struct Bedrock {
     client: HttpClient,
-    converse_url: http::Uri,
-    stream_url: http::Uri,
-    invoke_url: http::Uri,
+    converse_url: Endpoint,
+    stream_url: Endpoint,
+    invoke_url: Endpoint,
     model_id: String,
     region: String,
     credentials: Arc<AwsCredentials>,
@@ -67,9 +69,9 @@ impl Bedrock {
         let base = format!("{endpoint}/model/{}", encode_segment(model_id));
         Bedrock {
             client: HttpClient::new(&deployment.timeouts),
-            converse_url: uri(format!("{base}/converse")),
-            stream_url: uri(format!("{base}/converse-stream")),
-            invoke_url: uri(format!("{base}/invoke")),
+            converse_url: parse_endpoint(format!("{base}/converse")),
+            stream_url: parse_endpoint(format!("{base}/converse-stream")),
+            invoke_url: parse_endpoint(format!("{base}/invoke")),
             model_id: model_id.to_string(),
             region: deployment.region.clone(),
             credentials: Arc::new(AwsCredentials::new(profile, &deployment.region)),
@@ -98,7 +100,7 @@ struct Context {
 impl Context {
     async fn send(
         &self,
-        url: &http::Uri,
+        url: &Endpoint,
         body: Bytes,
         accept: &str,
     ) -> Result<UpstreamResponse, UpstreamError> {
@@ -119,7 +121,7 @@ impl Context {
     fn signed(
         &self,
         credentials: &Credentials,
-        url: &http::Uri,
+        url: &Endpoint,
         body: Bytes,
         accept: &str,
     ) -> Result<UpstreamRequest, UpstreamError> {
@@ -140,7 +142,7 @@ impl Context {
             .build()
             .map_err(|e| signing_failed(&e))?
             .into();
-        let url_text = url.to_string();
+        let url_text = url.uri().to_string();
         let signable = SignableRequest::new(
             "POST",
             &url_text,
@@ -322,7 +324,7 @@ fn event_stream(response: UpstreamResponse, translator: StreamTranslator) -> Chu
 /// batch. The answer is shaped like OpenAI's.
 async fn embeddings(
     context: &Context,
-    url: &http::Uri,
+    url: &Endpoint,
     body: &Map<String, Value>,
 ) -> Result<EmbeddingsResponse, UpstreamError> {
     let invalid = |message: &str, param: &str| {

@@ -28,17 +28,17 @@ use crate::providers::{
     StreamChunk, UpstreamError,
 };
 use crate::sse::SseParser;
-use crate::upstream::{uri, BodyStream, HttpClient, UpstreamResponse};
+use crate::upstream::{parse_endpoint, BodyStream, Endpoint, HttpClient, UpstreamResponse};
 use skyweave_cloud::google_credentials::GoogleTokens;
 
 pub(crate) struct Vertex {
     client: HttpClient,
     mode: VertexMode,
     model: String,
-    generate_url: http::Uri,
-    stream_url: http::Uri,
-    count_tokens_url: http::Uri,
-    openai_url: http::Uri,
+    generate_url: Endpoint,
+    stream_url: Endpoint,
+    count_tokens_url: Endpoint,
+    openai_url: Endpoint,
     tokens: Arc<GoogleTokens>,
 }
 
@@ -58,10 +58,10 @@ impl Vertex {
             client: HttpClient::new(&deployment.timeouts),
             mode,
             model: model.to_string(),
-            generate_url: uri(format!("{model_base}:generateContent")),
-            stream_url: uri(format!("{model_base}:streamGenerateContent?alt=sse")),
-            count_tokens_url: uri(format!("{model_base}:countTokens")),
-            openai_url: uri(format!("{base}/endpoints/openapi/chat/completions")),
+            generate_url: parse_endpoint(format!("{model_base}:generateContent")),
+            stream_url: parse_endpoint(format!("{model_base}:streamGenerateContent?alt=sse")),
+            count_tokens_url: parse_endpoint(format!("{model_base}:countTokens")),
+            openai_url: parse_endpoint(format!("{base}/endpoints/openapi/chat/completions")),
             tokens: Arc::new(GoogleTokens::new(credentials)),
         }
     }
@@ -77,7 +77,7 @@ async fn bearer(tokens: &GoogleTokens) -> Result<String, UpstreamError> {
 
 async fn post_json(
     client: &HttpClient,
-    url: &http::Uri,
+    url: &Endpoint,
     token: &str,
     body: Bytes,
 ) -> Result<UpstreamResponse, UpstreamError> {

@@ -3,7 +3,7 @@
 //!
 //! - [`body`]: a client's JSON request, kept as sent, read without building a tree.
 //! - [`providers`]: the [`providers::Provider`] trait and one file per provider.
-//! - `upstream`: the HTTP client the providers call their upstreams with.
+//! - `upstream`: the HTTP/1.1 client the providers call their upstreams with.
 //! - [`gateway`]: shared state (deployment health, capacity) and the failover loop.
 //! - [`server`]: the HTTP API.
 //! - [`metrics`]: Prometheus metrics.

@@ -3,7 +3,7 @@
 //! control (cut / reset), and the handle that keeps a server running.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,14 @@ pub(crate) struct Server {
     /// stop.
     _shutdown: watch::Sender<()>,
     accept_task: JoinHandle<()>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Server {
+    /// Connections accepted so far.
+    pub(crate) fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Server {
@@ -39,8 +47,10 @@ where
     F: Fn(&mut HeaderMap) + Clone + Send + Sync + 'static,
 {
     let (tx, rx) = watch::channel(());
-    let accept_task = tokio::spawn(accept_loop(listener, router, decorate, rx));
-    Server { _shutdown: tx, accept_task }
+    let accepted = Arc::new(AtomicU64::new(0));
+    let accept_task =
+        tokio::spawn(accept_loop(listener, router, decorate, rx, Arc::clone(&accepted)));
+    Server { _shutdown: tx, accept_task, accepted }
 }
 
 /// `http://ADDR` (no trailing slash).
@@ -53,6 +63,7 @@ async fn accept_loop<F>(
     router: Router,
     decorate: F,
     mut shutdown: watch::Receiver<()>,
+    accepted: Arc<AtomicU64>,
 ) where
     F: Fn(&mut HeaderMap) + Clone + Send + Sync + 'static,
 {
@@ -70,6 +81,7 @@ async fn accept_loop<F>(
             },
             _ = shutdown.changed() => return,
         };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             stream,

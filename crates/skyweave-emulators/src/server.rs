@@ -54,6 +54,11 @@ impl Emulator {
     pub fn base_url(&self) -> String {
         net::base_url(self.addr)
     }
+
+    /// TCP connections accepted so far: how many a client kept alive.
+    pub fn connections(&self) -> u64 {
+        self._server.connections()
+    }
 }
 
 pub(crate) async fn spawn(config: EmulatorConfig) -> std::io::Result<Emulator> {

@@ -15,11 +15,13 @@
 //! with a length, chunked or until close), and [`wire`] is tested and
 //! fuzzed without sockets.
 //!
-//! A pooled connection the upstream closed while it sat idle is noticed
-//! when the request on it fails before any byte of an answer arrives; the
-//! request is then sent once more on a new connection. (An upstream that
-//! accepted the request and closed without answering looks the same; the
-//! gateway would fail over and send it again anyway.)
+//! A pooled connection idle for a second or more is read once without
+//! waiting before reuse: one the upstream closed, or that received anything
+//! since its last answer, is dropped. A request is sent again (once, on a
+//! new connection) only when its pooled connection turned out closed while
+//! the request was being written; an answer that never comes is the
+//! gateway's to fail over, as with hyper's client before. Connecting tries
+//! each of the host's addresses with an equal share of the connect timeout.
 //!
 //! The client follows no redirects and sets no timeout but the connect
 //! timeout (TCP and TLS): first-token and total timeouts belong to the
@@ -57,6 +59,12 @@ const MAX_IDLE: usize = 1024;
 const JOIN_BODY_BYTES: usize = 64 * 1024;
 /// Free space kept in a connection's read buffer before each read.
 const READ_SPACE: usize = 8 * 1024;
+/// A pooled connection idle this long is checked before reuse. Under load
+/// connections idle for microseconds and the check (a read that finds
+/// nothing) is skipped; an upstream closing kept-alive connections (uvicorn
+/// after 5 s, most load balancers after a minute) is noticed before a
+/// request is sent.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// How long [`BodyStream::finish`] waits for the end of a body's framing.
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
@@ -150,6 +158,8 @@ pub(crate) struct HttpClient {
 
 struct Shared {
     connect_timeout: Duration,
+    /// Pooled connections idle this long are checked before reuse.
+    check_after: Duration,
     tls: Arc<rustls::ClientConfig>,
     pool: Mutex<Pool>,
 }
@@ -171,7 +181,12 @@ impl HttpClient {
 
     fn with_tls(timeouts: &Timeouts, tls: Arc<rustls::ClientConfig>) -> HttpClient {
         let pool = Pool { idle: Vec::new(), swept: Instant::now() };
-        let shared = Shared { connect_timeout: timeouts.connect, tls, pool: Mutex::new(pool) };
+        let shared = Shared {
+            connect_timeout: timeouts.connect,
+            check_after: CHECK_IDLE_AFTER,
+            tls,
+            pool: Mutex::new(pool),
+        };
         HttpClient { shared: Arc::new(shared) }
     }
 
@@ -196,17 +211,27 @@ impl HttpClient {
 }
 
 impl Shared {
-    /// The most recently idled live connection to `origin`, if any.
+    /// The most recently idled live connection to `origin`, if any. One
+    /// idle for [`Shared::check_after`] or longer is first read without
+    /// waiting: if the upstream closed it or sent anything since its last
+    /// answer (an idle-timeout 408, stray bytes), it is dropped, so no
+    /// request is sent on it and no stale bytes are read as an answer.
     fn checkout(&self, origin: &Target<'_>) -> Option<Conn> {
-        let now = Instant::now();
-        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some(at) = pool.idle.iter().rposition(|idle| idle.conn.origin.is(origin)) {
-            let idle = pool.idle.swap_remove(at);
-            if now.duration_since(idle.since) < IDLE_TIMEOUT {
+        loop {
+            let now = Instant::now();
+            let mut idle = {
+                let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let at = pool.idle.iter().rposition(|idle| idle.conn.origin.is(origin))?;
+                pool.idle.swap_remove(at)
+            };
+            let idled = now.duration_since(idle.since);
+            if idled >= IDLE_TIMEOUT {
+                continue;
+            }
+            if idled < self.check_after || idle.conn.is_quiet() {
                 return Some(idle.conn);
             }
         }
-        None
     }
 
     fn checkin(&self, conn: Conn) {
@@ -222,8 +247,9 @@ impl Shared {
     }
 
     async fn connect(&self, target: &Target<'_>) -> Result<Conn, TransportError> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let attempt = async {
-            let tcp = TcpStream::connect((target.host, target.port)).await.map_err(|error| {
+            let tcp = connect_tcp(target, deadline).await.map_err(|error| {
                 TransportError::connect(format!("could not connect to the upstream: {error}"))
             })?;
             // Small requests and answers go out at once, not after Nagle's wait.
@@ -257,7 +283,7 @@ impl Shared {
                 }),
             })
         };
-        match tokio::time::timeout(self.connect_timeout, attempt).await {
+        match tokio::time::timeout_at(deadline, attempt).await {
             Ok(result) => result,
             Err(_) => Err(TransportError::connect(format!(
                 "could not connect to the upstream within {} ms",
@@ -265,6 +291,26 @@ impl Shared {
             ))),
         }
     }
+}
+
+/// A TCP connection to the first of the host's addresses that answers.
+/// Each address gets an equal share of the time left, so one that drops
+/// packets (a broken IPv6 route, say) does not use up the whole connect
+/// timeout before the next is tried.
+async fn connect_tcp(target: &Target<'_>, deadline: tokio::time::Instant) -> io::Result<TcpStream> {
+    let addresses: Vec<std::net::SocketAddr> =
+        tokio::net::lookup_host((target.host, target.port)).await?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
+    for (i, address) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let share = left / u32::try_from(addresses.len() - i).unwrap_or(u32::MAX);
+        match tokio::time::timeout(share, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(error)) => last = error,
+            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "no answer in time"),
+        }
+    }
+    Err(last)
 }
 
 /// The TLS settings of every upstream connection: the webpki roots, TLS 1.2
@@ -334,6 +380,14 @@ struct Conn {
 }
 
 impl Conn {
+    /// Nothing to read and not closed: one read attempt that does not wait.
+    fn is_quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        self.buf.reserve(1);
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf);
+        read.is_pending()
+    }
+
     /// Reads more into the buffer; 0 at the end of the stream.
     async fn fill(&mut self) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < READ_SPACE / 2 {
@@ -476,9 +530,12 @@ impl UpstreamRequest {
                         body: Body::new(conn, head.framing, head.keep_alive, self.shared.clone()),
                     });
                 }
-                // The pooled connection had been closed: once more, on a new one.
-                Err(Failure::Closed(_)) if reused => continue,
-                Err(Failure::Closed(message)) => return Err(TransportError::failed(message)),
+                // The pooled connection was closed before the request went
+                // out: once more, on a new one. (Nothing reached the
+                // upstream whole; a request it may have read is not sent
+                // again here, the gateway's failover decides.)
+                Err(Failure::Unsent(_)) if reused => continue,
+                Err(Failure::Unsent(message)) => return Err(TransportError::failed(message)),
                 Err(Failure::Broken(error)) => return Err(error),
             }
         }
@@ -487,8 +544,8 @@ impl UpstreamRequest {
 
 /// Why an exchange failed.
 enum Failure {
-    /// The connection was closed or reset before any byte of an answer.
-    Closed(String),
+    /// The connection was found closed while the request was written.
+    Unsent(String),
     Broken(TransportError),
 }
 
@@ -514,14 +571,13 @@ async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<ReadHead,
             io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted => {
-                Failure::Closed(format!("the connection closed while sending the request: {error}"))
+                Failure::Unsent(format!("the connection closed while sending the request: {error}"))
             }
             _ => Failure::Broken(TransportError::failed(format!(
                 "the connection broke while sending the request: {error}"
             ))),
         });
     }
-    let mut received = false;
     loop {
         match wire::parse_head(&conn.buf) {
             Ok(Some(head)) if (100..200).contains(&head.status) => {
@@ -542,26 +598,17 @@ async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<ReadHead,
             Err(error) => return Err(Failure::Broken(TransportError::failed(error))),
         }
         match conn.fill().await {
-            Ok(0) if !received => {
-                return Err(Failure::Closed("the connection closed before an answer".into()))
+            Ok(0) if conn.buf.is_empty() => {
+                return Err(Failure::Broken(TransportError::failed(
+                    "the connection closed before an answer",
+                )))
             }
             Ok(0) => {
                 return Err(Failure::Broken(TransportError::failed(
                     "the connection closed inside the answer's head",
                 )))
             }
-            Ok(_) => received = true,
-            Err(error)
-                if !received
-                    && matches!(
-                        error.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-                    ) =>
-            {
-                return Err(Failure::Closed(format!(
-                    "the connection was reset before an answer: {error}"
-                )))
-            }
+            Ok(_) => {}
             Err(error) => {
                 return Err(Failure::Broken(TransportError::failed(format!(
                     "reading the answer failed: {error}"
@@ -601,7 +648,9 @@ impl UpstreamResponse {
             Framing::Length(n) if n > MAX_BODY_BYTES as u64 => {
                 return Err(BodyError::TooLarge(MAX_BODY_BYTES))
             }
-            Framing::Length(n) => Vec::with_capacity(n as usize),
+            // A claimed length is believed only as far as a megabyte before
+            // the bytes arrive.
+            Framing::Length(n) => Vec::with_capacity((n as usize).min(1 << 20)),
             _ => Vec::new(),
         };
         loop {
@@ -819,9 +868,16 @@ mod tests {
 
     use super::*;
 
+    /// A client that checks every pooled connection before reuse, however
+    /// briefly it was idle.
     fn client() -> HttpClient {
         let second = Duration::from_secs(2);
-        HttpClient::new(&Timeouts { connect: second, first_token: second, total: second })
+        checking(HttpClient::new(&Timeouts { connect: second, first_token: second, total: second }))
+    }
+
+    fn checking(mut client: HttpClient) -> HttpClient {
+        Arc::get_mut(&mut client.shared).unwrap().check_after = Duration::ZERO;
+        client
     }
 
     /// What a scripted upstream does on one connection, in order.
@@ -988,6 +1044,34 @@ mod tests {
         }
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(upstream.requests.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn bytes_an_idle_connection_received_are_never_read_as_an_answer() {
+        let (stray, send_stray) = oneshot::channel();
+        let upstream = scripted(
+            "/",
+            vec![
+                vec![
+                    Step::Read,
+                    Step::Write(OK_HELLO),
+                    Step::Wait(send_stray),
+                    Step::Write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n"),
+                ],
+                vec![Step::Read, Step::Write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew")],
+            ],
+        )
+        .await;
+        let client = client();
+        let send = || client.post(&upstream.uri).json(Bytes::from("{}")).send();
+        assert_eq!(send().await.unwrap().bytes().await.unwrap(), "hello");
+        stray.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let answer = send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "not the stray 408");
+        assert_eq!(answer.bytes().await.unwrap(), "new");
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(upstream.requests.lock().unwrap().len(), 2, "each request sent once");
     }
 
     #[tokio::test]
@@ -1163,9 +1247,10 @@ mod tests {
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
     }
 
-    /// Answers two requests on one TLS connection (test CA; `localhost` and
+    /// Answers `per_connection` requests on each TLS connection, then drops
+    /// it without a close_notify (test CA; `localhost` and
     /// 127.0.0.1) and reports the protocol ALPN chose.
-    async fn tls_upstream() -> (u16, oneshot::Receiver<Option<Vec<u8>>>) {
+    async fn tls_upstream(per_connection: usize) -> (u16, oneshot::Receiver<Option<Vec<u8>>>) {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let testdata = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/");
@@ -1195,7 +1280,7 @@ mod tests {
                     let _ = tx.send(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
                 }
                 let mut buf = vec![0u8; 4096];
-                for _ in 0..2 {
+                for _ in 0..per_connection {
                     let mut got = Vec::new();
                     while !got.ends_with(b"{}") {
                         let n = tls.read(&mut buf).await.unwrap();
@@ -1213,7 +1298,7 @@ mod tests {
     #[tokio::test]
     async fn tls_upstreams_are_verified_and_kept_alive() {
         use rustls::pki_types::pem::PemObject;
-        let (port, alpn) = tls_upstream().await;
+        let (port, alpn) = tls_upstream(2).await;
         let ca = rustls::pki_types::CertificateDer::from_pem_file(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/testdata/upstream-test-ca.pem"
@@ -1230,7 +1315,7 @@ mod tests {
         assert!(error.connect, "{error}");
         assert!(error.to_string().contains("TLS handshake failed"), "{error}");
 
-        let client = HttpClient::with_tls(&timeouts, tls_config_with(roots));
+        let client = HttpClient::with_tls(&timeouts, tls_config_with(roots.clone()));
         // The upstream serves one connection at a time, two requests each:
         // the second request is answered only on the kept-alive connection.
         let both = async {
@@ -1241,6 +1326,18 @@ mod tests {
         };
         tokio::time::timeout(Duration::from_secs(5), both).await.expect("one connection, kept");
         assert_eq!(alpn.await.unwrap().as_deref(), Some(&b"http/1.1"[..]));
+
+        // An upstream that drops each connection after one answer, without
+        // a close_notify: the pooled connection is found closed and the
+        // next request goes out on a new one.
+        let (port, _) = tls_upstream(1).await;
+        let target = parse_endpoint(format!("https://127.0.0.1:{port}/v1/chat/completions"));
+        let client = checking(HttpClient::with_tls(&timeouts, tls_config_with(roots)));
+        for _ in 0..3 {
+            let answer = client.post(&target).json(Bytes::from("{}")).send().await.unwrap();
+            assert_eq!(answer.bytes().await.unwrap(), "hello");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]

@@ -78,7 +78,8 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
-    let mut close = !http11;
+    let mut close = false;
+    let mut keep_alive = false;
     for header in response.headers.iter() {
         let value = header.value;
         if header.name.eq_ignore_ascii_case("content-length") {
@@ -99,12 +100,14 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
                 let token = trim(token);
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                    close = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
                 }
             }
         }
     }
+    // `close` wins over `keep-alive`; HTTP/1.0 stays open only when asked.
+    close |= !http11 && !keep_alive;
 
     let framing = if status == 101 {
         return Err(WireError::Upgrade);
@@ -113,8 +116,9 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
     } else if transfer_encoding {
         // A length beside a transfer coding is ignored (RFC 9112 section
         // 6.3), and the connection not reused: the two disagree on where
-        // the next response starts.
-        if length.is_some() {
+        // the next response starts. So is a transfer coding in HTTP/1.0
+        // (section 6.1).
+        if length.is_some() || !http11 {
             close = true;
         }
         if chunked {
@@ -240,11 +244,13 @@ fn push_number(out: &mut Vec<u8>, mut n: u64) {
 /// Where a chunked body's decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// In a chunk-size line: the size so far, its digit count, whether an
-    /// extension (or whitespace) has started, the line's length.
+    /// In a chunk-size line: the size so far, its digit count, whether
+    /// whitespace after the digits or an extension has started, the line's
+    /// length.
     Size {
         size: u64,
         digits: u8,
+        gap: bool,
         extension: bool,
         line: usize,
     },
@@ -279,7 +285,7 @@ pub(crate) struct Chunked {
 
 impl Default for Chunked {
     fn default() -> Chunked {
-        Chunked { state: State::Size { size: 0, digits: 0, extension: false, line: 0 } }
+        Chunked { state: State::Size { size: 0, digits: 0, gap: false, extension: false, line: 0 } }
     }
 }
 
@@ -323,7 +329,7 @@ impl Chunked {
                         State::Data(left)
                     }
                 }
-                State::Size { size, digits, extension, line } => {
+                State::Size { size, digits, gap, extension, line } => {
                     at += 1;
                     let line = line + 1;
                     if line > MAX_CHUNK_LINE {
@@ -337,10 +343,16 @@ impl Chunked {
                             if byte == b'\n' || (byte < b' ' && byte != b'\t') || byte == 0x7f {
                                 return Err(WireError::Chunk("control byte in a chunk extension"));
                             }
-                            State::Size { size, digits, extension, line }
+                            State::Size { size, digits, gap, extension, line }
                         }
-                        b';' | b' ' | b'\t' if digits > 0 => {
-                            State::Size { size, digits, extension: true, line }
+                        b';' if digits > 0 => {
+                            State::Size { size, digits, gap, extension: true, line }
+                        }
+                        b' ' | b'\t' if digits > 0 => {
+                            State::Size { size, digits, gap: true, extension, line }
+                        }
+                        _ if gap => {
+                            return Err(WireError::Chunk("invalid chunk size"));
                         }
                         _ => {
                             let value = match byte {
@@ -355,6 +367,7 @@ impl Chunked {
                             State::Size {
                                 size: size << 4 | u64::from(value),
                                 digits: digits + 1,
+                                gap,
                                 extension,
                                 line,
                             }
@@ -384,7 +397,7 @@ impl Chunked {
                     if byte != b'\n' {
                         return Err(WireError::Chunk("chunk data not ended by CRLF"));
                     }
-                    State::Size { size: 0, digits: 0, extension: false, line: 0 }
+                    State::Size { size: 0, digits: 0, gap: false, extension: false, line: 0 }
                 }
                 State::Trailer { line, total } => {
                     at += 1;
@@ -445,6 +458,12 @@ mod tests {
         assert!(!h.keep_alive, "HTTP/1.0 closes by default");
         let h = head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: keep-alive\r\n\r\n");
         assert!(h.keep_alive);
+        let h =
+            head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\nconnection: close, keep-alive\r\n\r\n");
+        assert!(!h.keep_alive, "close wins");
+        let h =
+            head("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false), "TE in HTTP/1.0");
         let text = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         assert_eq!(head(text).len, text.len() - 2);
     }
@@ -529,6 +548,9 @@ mod tests {
     fn malformed_chunks_are_refused_by_name() {
         let refuse = |input: &[u8]| decode_all(input, 1).unwrap_err().to_string();
         assert!(refuse(b"zz\r\n").contains("invalid chunk size"));
+        assert!(refuse(b"5 6\r\n").contains("invalid chunk size"));
+        let (out, _, _) = decode_all(b"5 \t;a=b\r\nhello\r\n", 1).unwrap();
+        assert_eq!(out, b"hello", "whitespace before an extension");
         assert!(refuse(b"\r\n").contains("no chunk size"));
         assert!(refuse(b"3\r\nabcd\r\n").contains("longer than its size"));
         assert!(refuse(b"3\nabc").contains("CRLF"));
@@ -553,12 +575,30 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_chunk_bytes_never_panic(
-            bytes in proptest::collection::vec(any::<u8>(), 0..1024),
+        fn mutated_chunked_bodies_never_panic_nor_overread(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..64), 0..6),
+            mutations in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
             split in 1usize..64,
         ) {
-            if let Ok((out, consumed, _)) = decode_all(&bytes, split) {
+            let mut wire = Vec::new();
+            for chunk in &chunks {
+                wire.extend_from_slice(format!("{:x};e=1\r\n", chunk.len()).as_bytes());
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\nt: 1\r\n\r\n");
+            for (at, byte) in mutations {
+                let at = at % wire.len();
+                wire[at] = byte;
+            }
+            if let Ok((out, consumed, done)) = decode_all(&wire, split) {
+                // Never more data than the wire held, nor bytes consumed
+                // past the end of the body.
+                prop_assert!(consumed <= wire.len());
                 prop_assert!(out.len() <= consumed);
+                if done {
+                    prop_assert!(wire[..consumed].ends_with(b"\r\n\r\n"));
+                }
             }
         }
 

@@ -27,6 +27,30 @@ async fn fields_reach_the_upstream_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_kept_alive_across_requests_and_streams() {
+    let upstream = spawn(EmulatorConfig::openai("vllm-a")).await.unwrap();
+    let estate = openai_deployment("m@aws", "m", "aws", "us-east-1", &upstream, "");
+    let gateway = Gateway::start(&estate).await;
+    let body = |stream: bool| json!({ "model": "m", "messages": [{ "role": "user", "content": "hi" }], "stream": stream });
+    for _ in 0..20 {
+        let response = gateway.post_chat(body(false)).await;
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    assert_eq!(upstream.connections(), 1, "20 completions, one after the other");
+    for _ in 0..10 {
+        let events = sse_events(gateway.post_chat(body(true)).await).await;
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    }
+    // A stream's connection goes back once the end of its framing is read,
+    // which may come just after `[DONE]` reached the client: the next
+    // request can find the pool empty for that moment, but never every time.
+    let connections = upstream.connections();
+    assert!(connections <= 3, "10 streams took {connections} upstream connections");
+    assert_eq!(upstream.control.stats().requests, 30);
+}
+
+#[tokio::test]
 async fn chat_is_relayed_with_routing_headers_and_fields_passed_through() {
     let upstream = spawn(EmulatorConfig::openai("vllm-a")).await.unwrap();
     let estate = openai_deployment(

@@ -23,6 +23,11 @@
 //! gateway's to fail over, as with hyper's client before. Connecting tries
 //! each of the host's addresses with an equal share of the connect timeout.
 //!
+//! While a request's write waits (a large body, an upstream slow to read),
+//! the connection is read too: an upstream that answers before taking the
+//! whole body (413, 401) and stops reading is heard, its answer returned and
+//! the connection then closed.
+//!
 //! The client follows no redirects and sets no timeout but the connect
 //! timeout (TCP and TLS): first-token and total timeouts belong to the
 //! gateway, which fails over when they pass and drops the request, which
@@ -40,7 +45,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use skyweave_core::estate::Timeouts;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
@@ -388,6 +393,21 @@ impl Conn {
         read.is_pending()
     }
 
+    /// Reads what has arrived, without waiting.
+    fn drain_ready(&mut self) {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        loop {
+            if self.buf.len() > wire::MAX_HEAD_BYTES {
+                return;
+            }
+            self.buf.reserve(READ_SPACE);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Reads more into the buffer; 0 at the end of the stream.
     async fn fill(&mut self) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < READ_SPACE / 2 {
@@ -559,24 +579,30 @@ struct ReadHead {
 /// Writes the request and reads the answer's head, skipping informational
 /// (1xx) answers.
 async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<ReadHead, Failure> {
-    let written = async {
-        conn.io.write_all(wire).await?;
-        if !rest.is_empty() {
-            conn.io.write_all(rest).await?;
-        }
-        conn.io.flush().await
-    };
-    if let Err(error) = written.await {
-        return Err(match error.kind() {
-            io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted => {
-                Failure::Unsent(format!("the connection closed while sending the request: {error}"))
+    let mut keep_alive = true;
+    match send_reading(conn, wire, rest).await {
+        Sent::All => {}
+        // The upstream answered before taking the whole body (a 413, a
+        // 401): its answer is read, and the connection, with part of a
+        // request in it, closed afterwards.
+        Sent::Answered => keep_alive = false,
+        Sent::Failed(error) => {
+            // It may have answered, then closed: read what has arrived.
+            conn.drain_ready();
+            if !has_final_head(&conn.buf) {
+                return Err(match error.kind() {
+                    io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted => Failure::Unsent(format!(
+                        "the connection closed while sending the request: {error}"
+                    )),
+                    _ => Failure::Broken(TransportError::failed(format!(
+                        "the connection broke while sending the request: {error}"
+                    ))),
+                });
             }
-            _ => Failure::Broken(TransportError::failed(format!(
-                "the connection broke while sending the request: {error}"
-            ))),
-        });
+            keep_alive = false;
+        }
     }
     loop {
         match wire::parse_head(&conn.buf) {
@@ -590,7 +616,7 @@ async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<ReadHead,
                 return Ok(ReadHead {
                     status: head.status,
                     framing: head.framing,
-                    keep_alive: head.keep_alive,
+                    keep_alive: head.keep_alive && keep_alive,
                     bytes,
                 });
             }
@@ -614,6 +640,77 @@ async fn exchange(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Result<ReadHead,
                     "reading the answer failed: {error}"
                 ))))
             }
+        }
+    }
+}
+
+/// How writing a request ended.
+enum Sent {
+    /// Written and flushed.
+    All,
+    /// A final answer's head arrived before the request was all written.
+    Answered,
+    Failed(io::Error),
+}
+
+/// Writes the request, reading the connection meanwhile whenever the write
+/// has to wait, so that an upstream that answers early and stops reading
+/// is heard rather than seen as a broken connection.
+async fn send_reading(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Sent {
+    let total = wire.len() + rest.len();
+    let mut sent = 0;
+    let mut reading = true;
+    std::future::poll_fn(|cx| loop {
+        if sent == total {
+            return match Pin::new(&mut conn.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Sent::All),
+                Poll::Ready(Err(error)) => Poll::Ready(Sent::Failed(error)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        let next = if sent < wire.len() { &wire[sent..] } else { &rest[sent - wire.len()..] };
+        match Pin::new(&mut conn.io).poll_write(cx, next) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Sent::Failed(io::ErrorKind::WriteZero.into()))
+            }
+            Poll::Ready(Ok(n)) => {
+                sent += n;
+                continue;
+            }
+            Poll::Ready(Err(error)) => return Poll::Ready(Sent::Failed(error)),
+            Poll::Pending => {}
+        }
+        if !reading {
+            return Poll::Pending;
+        }
+        if conn.buf.capacity() - conn.buf.len() < READ_SPACE / 2 {
+            conn.buf.reserve(READ_SPACE);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                if has_final_head(&conn.buf) {
+                    return Poll::Ready(Sent::Answered);
+                }
+                // An interim answer, or part of a head: write on.
+            }
+            // The end of the stream, or an error: the write will tell.
+            Poll::Ready(_) => reading = false,
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The buffer starts with a complete final (not 1xx) answer head, after
+/// any complete interim ones, or with bytes that are no answer at all (the
+/// head reader reports those).
+fn has_final_head(buf: &[u8]) -> bool {
+    let mut at = 0;
+    loop {
+        match wire::parse_head(&buf[at..]) {
+            Ok(Some(head)) if (100..200).contains(&head.status) => at += head.len,
+            Ok(Some(_)) | Err(_) => return true,
+            Ok(None) => return false,
         }
     }
 }
@@ -863,6 +960,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::oneshot;
 
@@ -884,6 +982,8 @@ mod tests {
     enum Step {
         /// Reads one request (head and content-length body) and records it.
         Read,
+        /// Reads once, whatever has arrived, and records nothing.
+        Skim,
         Write(&'static [u8]),
         /// Writes one byte at a time.
         Trickle(&'static [u8]),
@@ -918,6 +1018,10 @@ mod tests {
                             Step::Read => {
                                 let request = read_request(&mut stream, &mut pending).await;
                                 seen.lock().unwrap().push(request);
+                            }
+                            Step::Skim => {
+                                let mut some = [0u8; 4096];
+                                let _ = stream.read(&mut some).await;
                             }
                             Step::Write(bytes) => stream.write_all(bytes).await.unwrap(),
                             Step::Trickle(bytes) => {
@@ -1024,6 +1128,38 @@ mod tests {
         assert_eq!(answer.unwrap().bytes().await.unwrap(), "hello");
         let requests = upstream.requests.lock().unwrap();
         assert!(requests[0].ends_with(&format!("\r\n\r\n{body}")));
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_body_is_heard_not_taken_for_a_broken_connection() {
+        const TOO_LARGE: &[u8] =
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 5\r\n\r\nlarge";
+        // The second upstream answers and then neither reads nor closes.
+        let (_hold, held) = oneshot::channel::<()>();
+        let upstream = scripted(
+            "/",
+            vec![
+                vec![Step::Skim, Step::Write(TOO_LARGE), Step::Close],
+                vec![Step::Skim, Step::Write(TOO_LARGE), Step::Wait(held)],
+                vec![Step::Read, Step::Write(OK_HELLO)],
+            ],
+        )
+        .await;
+        let client = client();
+        for _ in 0..2 {
+            // Far more than the sockets buffer: the write has to wait for a
+            // reader that never comes.
+            let body = Bytes::from(vec![b' '; 64 * 1024 * 1024]);
+            let send = client.post(&upstream.uri).json(body).send();
+            let answer = tokio::time::timeout(Duration::from_secs(5), send).await;
+            let answer = answer.expect("the answer is read while the write waits").unwrap();
+            assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            assert_eq!(answer.bytes().await.unwrap(), "large");
+        }
+        // Half a request is in those connections: neither is reused.
+        let answer = client.post(&upstream.uri).json(Bytes::from("{}")).send().await.unwrap();
+        assert_eq!(answer.bytes().await.unwrap(), "hello");
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -37,7 +37,7 @@ pub struct Emulator {
     /// The bound address (with the real port when `bind` had port 0).
     pub addr: SocketAddr,
     pub control: Control,
-    _server: net::Server,
+    server: net::Server,
 }
 
 impl fmt::Debug for Emulator {
@@ -57,7 +57,7 @@ impl Emulator {
 
     /// TCP connections accepted so far: how many a client kept alive.
     pub fn connections(&self) -> u64 {
-        self._server.connections()
+        self.server.connections()
     }
 }
 
@@ -70,8 +70,8 @@ pub(crate) async fn spawn(config: EmulatorConfig) -> std::io::Result<Emulator> {
     let decorate = move |h: &mut HeaderMap| {
         h.insert("x-emulator-name", name_header.clone());
     };
-    let _server = net::serve(listener, router, decorate);
-    Ok(Emulator { addr, control: Control { shared }, _server })
+    let server = net::serve(listener, router, decorate);
+    Ok(Emulator { addr, control: Control { shared }, server })
 }
 
 pub(crate) use crate::net::ConnHandle;

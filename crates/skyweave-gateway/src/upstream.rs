@@ -45,11 +45,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use skyweave_core::estate::Timeouts;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
-use wire::{Chunked, Framing, WireError};
+use tokio_util::either::Either;
+use wire::{Chunked, Framing};
 
 const USER_AGENT_VALUE: &str = concat!("skyweave/", env!("CARGO_PKG_VERSION"));
 
@@ -80,11 +81,8 @@ pub(crate) struct Endpoint(Arc<EndpointParts>);
 
 struct EndpointParts {
     uri: Uri,
-    /// `None`: neither http nor https, refused when a request is sent.
-    tls: Option<bool>,
-    /// Without the brackets of an IPv6 literal.
-    host: Box<str>,
-    port: u16,
+    /// Why no request can be sent to it (not http(s), no host), if so.
+    origin: Result<Arc<Origin>, &'static str>,
     /// Path and query.
     target: Box<str>,
     /// `host: ...\r\n`, as the URL wrote the host and port.
@@ -94,23 +92,27 @@ struct EndpointParts {
 /// Parses an upstream URL built from a validated endpoint.
 pub(crate) fn parse_endpoint(text: String) -> Endpoint {
     let uri = Uri::try_from(text).expect("endpoints are validated as URLs when the estate loads");
-    let tls = match uri.scheme_str() {
-        Some("https") => Some(true),
-        Some("http") => Some(false),
-        _ => None,
-    };
     let written = uri.host().unwrap_or_default();
-    let host = written.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(written);
-    let port = uri.port_u16().unwrap_or(if tls == Some(true) { 443 } else { 80 });
+    let origin = match uri.scheme_str() {
+        Some("https") => Ok(true),
+        Some("http") => Ok(false),
+        _ => Err("the upstream URL is not http(s)"),
+    }
+    .and_then(|tls| {
+        let host = written.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(written);
+        if host.is_empty() {
+            return Err("the upstream URL has no host");
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Arc::new(Origin { tls, host: host.into(), port }))
+    });
     let mut host_line = format!("host: {written}");
     if let Some(port) = uri.port_u16() {
         host_line.push_str(&format!(":{port}"));
     }
     host_line.push_str("\r\n");
     let parts = EndpointParts {
-        tls,
-        host: host.into(),
-        port,
+        origin,
         target: uri.path_and_query().map_or("/", |p| p.as_str()).into(),
         host_line: host_line.into_bytes().into(),
         uri,
@@ -121,6 +123,10 @@ pub(crate) fn parse_endpoint(text: String) -> Endpoint {
 impl Endpoint {
     pub(crate) fn uri(&self) -> &Uri {
         &self.0.uri
+    }
+
+    fn origin(&self) -> Result<&Arc<Origin>, TransportError> {
+        self.0.origin.as_ref().map_err(|why| TransportError::connect((*why).into()))
     }
 }
 
@@ -221,12 +227,13 @@ impl Shared {
     /// waiting: if the upstream closed it or sent anything since its last
     /// answer (an idle-timeout 408, stray bytes), it is dropped, so no
     /// request is sent on it and no stale bytes are read as an answer.
-    fn checkout(&self, origin: &Target<'_>) -> Option<Conn> {
+    fn checkout(&self, origin: &Arc<Origin>) -> Option<Conn> {
         loop {
             let now = Instant::now();
             let mut idle = {
                 let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let at = pool.idle.iter().rposition(|idle| idle.conn.origin.is(origin))?;
+                let at =
+                    pool.idle.iter().rposition(|idle| Origin::same(&idle.conn.origin, origin))?;
                 pool.idle.swap_remove(at)
             };
             let idled = now.duration_since(idle.since);
@@ -251,16 +258,16 @@ impl Shared {
         }
     }
 
-    async fn connect(&self, target: &Target<'_>) -> Result<Conn, TransportError> {
+    async fn connect(&self, origin: &Arc<Origin>) -> Result<Conn, TransportError> {
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let attempt = async {
-            let tcp = connect_tcp(target, deadline).await.map_err(|error| {
+            let tcp = connect_tcp(origin, deadline).await.map_err(|error| {
                 TransportError::connect(format!("could not connect to the upstream: {error}"))
             })?;
             // Small requests and answers go out at once, not after Nagle's wait.
             let _ = tcp.set_nodelay(true);
-            let io = if target.tls {
-                let name = rustls::pki_types::ServerName::try_from(target.host.to_string())
+            let io = if origin.tls {
+                let name = rustls::pki_types::ServerName::try_from(origin.host.to_string())
                     .map_err(|error| {
                         TransportError::connect(format!(
                             "could not connect to the upstream: not a TLS server name: {error}"
@@ -274,19 +281,11 @@ impl Shared {
                             "could not connect to the upstream: the TLS handshake failed: {error}"
                         ))
                     })?;
-                Io::Tls(Box::new(tls))
+                Io::Right(Box::new(tls))
             } else {
-                Io::Plain(tcp)
+                Io::Left(tcp)
             };
-            Ok(Conn {
-                io,
-                buf: BytesMut::with_capacity(READ_SPACE),
-                origin: Arc::new(Origin {
-                    tls: target.tls,
-                    host: target.host.into(),
-                    port: target.port,
-                }),
-            })
+            Ok(Conn { io, buf: BytesMut::with_capacity(READ_SPACE), origin: origin.clone() })
         };
         match tokio::time::timeout_at(deadline, attempt).await {
             Ok(result) => result,
@@ -302,9 +301,9 @@ impl Shared {
 /// Each address gets an equal share of the time left, so one that drops
 /// packets (a broken IPv6 route, say) does not use up the whole connect
 /// timeout before the next is tried.
-async fn connect_tcp(target: &Target<'_>, deadline: tokio::time::Instant) -> io::Result<TcpStream> {
+async fn connect_tcp(origin: &Origin, deadline: tokio::time::Instant) -> io::Result<TcpStream> {
     let addresses: Vec<std::net::SocketAddr> =
-        tokio::net::lookup_host((target.host, target.port)).await?.collect();
+        tokio::net::lookup_host((&*origin.host, origin.port)).await?.collect();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
     for (i, address) in addresses.iter().enumerate() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -342,28 +341,9 @@ fn tls_config_with(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// Where a request goes, borrowed from its endpoint.
-struct Target<'u> {
-    tls: bool,
-    /// Without the brackets of an IPv6 literal.
-    host: &'u str,
-    port: u16,
-}
-
-impl<'u> Target<'u> {
-    fn of(endpoint: &'u Endpoint) -> Result<Target<'u>, TransportError> {
-        let parts = &*endpoint.0;
-        let tls = parts
-            .tls
-            .ok_or_else(|| TransportError::connect("the upstream URL is not http(s)".into()))?;
-        if parts.host.is_empty() {
-            return Err(TransportError::connect("the upstream URL has no host".into()));
-        }
-        Ok(Target { tls, host: &parts.host, port: parts.port })
-    }
-}
-
-/// The origin a connection was made to.
+/// Where a connection goes: scheme, host (without the brackets of an IPv6
+/// literal) and port. Made once per endpoint.
+#[derive(PartialEq, Eq)]
 struct Origin {
     tls: bool,
     host: Box<str>,
@@ -371,8 +351,10 @@ struct Origin {
 }
 
 impl Origin {
-    fn is(&self, target: &Target<'_>) -> bool {
-        self.port == target.port && self.tls == target.tls && *self.host == *target.host
+    /// Endpoints of one provider share no `Origin` value but often the
+    /// origin itself (chat and embeddings URLs of one server).
+    fn same(a: &Arc<Origin>, b: &Arc<Origin>) -> bool {
+        Arc::ptr_eq(a, b) || a == b
     }
 }
 
@@ -385,82 +367,35 @@ struct Conn {
 }
 
 impl Conn {
-    /// Nothing to read and not closed: one read attempt that does not wait.
-    fn is_quiet(&mut self) -> bool {
-        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-        self.buf.reserve(1);
-        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf);
-        read.is_pending()
-    }
-
-    /// Reads what has arrived, without waiting.
-    fn drain_ready(&mut self) {
-        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-        loop {
-            if self.buf.len() > wire::MAX_HEAD_BYTES {
-                return;
-            }
-            self.buf.reserve(READ_SPACE);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf) {
-                Poll::Ready(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
-        }
-    }
-
     /// Reads more into the buffer; 0 at the end of the stream.
-    async fn fill(&mut self) -> io::Result<usize> {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_SPACE / 2 {
             self.buf.reserve(READ_SPACE);
         }
-        self.io.read_buf(&mut self.buf).await
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Nothing to read and not closed: one read attempt that does not wait.
+    fn is_quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        self.poll_fill(&mut cx).is_pending()
+    }
+
+    /// Reads what has arrived (up to a head's worth), without waiting.
+    fn drain_ready(&mut self) {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        while self.buf.len() <= wire::MAX_HEAD_BYTES
+            && matches!(self.poll_fill(&mut cx), Poll::Ready(Ok(n)) if n > 0)
+        {}
     }
 }
 
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Io::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection's stream: TCP, or TLS over TCP.
+type Io = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// One request being built. The head is written as headers are added, so
 /// sending only adds the length.
@@ -506,7 +441,7 @@ impl UpstreamRequest {
 
     /// Sends the request and reads the answer's head.
     pub(crate) async fn send(self) -> Result<UpstreamResponse, TransportError> {
-        let target = Target::of(&self.endpoint)?;
+        let origin = self.endpoint.origin()?;
         let parts = &*self.endpoint.0;
         let length =
             (self.method == Method::POST || !self.body.is_empty()).then(|| self.body.len());
@@ -532,12 +467,12 @@ impl UpstreamRequest {
             &self.body
         };
 
-        let mut pooled = self.shared.checkout(&target);
+        let mut pooled = self.shared.checkout(origin);
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
                 Some(conn) => conn,
-                None => self.shared.connect(&target).await?,
+                None => self.shared.connect(origin).await?,
             };
             match exchange(&mut conn, &wire, rest).await {
                 Ok(head) => {
@@ -683,10 +618,7 @@ async fn send_reading(conn: &mut Conn, wire: &[u8], rest: &[u8]) -> Sent {
         if !reading {
             return Poll::Pending;
         }
-        if conn.buf.capacity() - conn.buf.len() < READ_SPACE / 2 {
-            conn.buf.reserve(READ_SPACE);
-        }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
+        match conn.poll_fill(cx) {
             Poll::Ready(Ok(n)) if n > 0 => {
                 if has_final_head(&conn.buf) {
                     return Poll::Ready(Sent::Answered);
@@ -909,15 +841,7 @@ impl Body {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(Err(TransportError::cut("the body was read already")));
         };
-        if conn.buf.capacity() - conn.buf.len() < READ_SPACE / 2 {
-            conn.buf.reserve(READ_SPACE);
-        }
-        let read = std::task::ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut conn.io),
-            cx,
-            &mut conn.buf
-        ));
-        Poll::Ready(match read {
+        Poll::Ready(match std::task::ready!(conn.poll_fill(cx)) {
             Ok(0) if self.framing == Framing::UntilClose => {
                 self.done = true;
                 self.keep_alive = false;
@@ -940,12 +864,6 @@ impl Body {
     }
 }
 
-impl From<WireError> for TransportError {
-    fn from(error: WireError) -> TransportError {
-        TransportError::failed(error)
-    }
-}
-
 /// Why a whole body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
@@ -960,7 +878,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use futures::StreamExt;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::oneshot;
 
@@ -1501,10 +1419,10 @@ mod tests {
         );
         assert_eq!(&*azure.0.host_line, b"host: 127.0.0.1:9\r\n");
         let v6 = parse_endpoint("https://[::1]/x".into());
-        let target = Target::of(&v6).unwrap();
-        assert_eq!((target.tls, target.host, target.port), (true, "::1", 443));
+        let origin = v6.origin().unwrap();
+        assert_eq!((origin.tls, &*origin.host, origin.port), (true, "::1", 443));
         assert_eq!(&*v6.0.host_line, b"host: [::1]\r\n");
-        let error = Target::of(&parse_endpoint("ftp://h/x".into())).err().unwrap();
+        let error = parse_endpoint("ftp://h/x".into()).origin().err().unwrap();
         assert!(error.to_string().contains("not http(s)"), "{error}");
     }
 }

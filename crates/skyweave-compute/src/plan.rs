@@ -960,7 +960,9 @@ impl Planner {
             .collect();
         let mut quota_rows = HashMap::new();
         let mut private_rows = HashMap::new();
-        let mut commitment_rows = HashMap::new();
+        // Ordered, so that the excess columns below (and with them the whole
+        // program HiGHS sees) come out the same in every run.
+        let mut commitment_rows = BTreeMap::new();
         for &j in active {
             for &k in &kept[j] {
                 let c = &generated[j].0[k];
@@ -1077,8 +1079,12 @@ impl Planner {
                 // Dual values made feasible: `<=` rows at most 0, and a
                 // commitment row at least `-w` (the excess column's cost),
                 // so that every reduced cost below is exact for these duals.
-                let mut y = vec![0.0; rhs.len()];
-                for &(index, _, equality) in rhs.values() {
+                // By row index: the bound below sums in the same order in
+                // every run.
+                let mut rows: Vec<(usize, f64, bool)> = rhs.values().copied().collect();
+                rows.sort_by_key(|&(index, _, _)| index);
+                let mut y = vec![0.0; rows.len()];
+                for &(index, _, equality) in &rows {
                     y[index] = if equality { row_duals[index] } else { row_duals[index].min(0.0) };
                 }
                 let mut valid = true;
@@ -1095,7 +1101,7 @@ impl Planner {
                         cost - entries.iter().map(|(row, a)| a * y[rhs[row].0]).sum::<f64>()
                     })
                     .collect();
-                let mut bound: f64 = rhs.values().map(|&(index, b, _)| y[index] * b).sum();
+                let mut bound: f64 = rows.iter().map(|&(index, b, _)| y[index] * b).sum();
                 for ((_, upper, _, _), &d) in specs.iter().zip(&reduced) {
                     if d < 0.0 {
                         match upper {

@@ -51,6 +51,7 @@
 //! or dearer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -234,11 +235,25 @@ pub struct Planner {
     pub egress: EgressPrices,
     /// Failover places listed per job.
     pub failover_depth: usize,
+    /// When set, each batch program searched is also written to this file
+    /// (the last one wins) in MPS format, as built (before reduced-cost
+    /// fixing), for experiments with
+    /// solvers outside the planner (`bench/plan_program.sh`). Column `cN` is
+    /// the program's N-th column: candidates by job, then the commitments'
+    /// excess columns.
+    pub write_program: Option<PathBuf>,
 }
 
 impl Planner {
     pub fn new(catalog: Catalog, quotas: Vec<Quota>, commitments: Vec<Commitment>) -> Planner {
-        Planner { catalog, quotas, commitments, egress: EgressPrices::shipped(), failover_depth: 5 }
+        Planner {
+            catalog,
+            quotas,
+            commitments,
+            egress: EgressPrices::shipped(),
+            failover_depth: 5,
+            write_program: None,
+        }
     }
 
     /// Estate entries that name a cloud or accelerator the catalog does not
@@ -1159,6 +1174,9 @@ impl Planner {
                 return Ok(None);
             }
         }
+        if let Some(path) = &self.write_program {
+            write_program(build(false, &[]), path)?;
+        }
         let problem = build(false, &fixed);
 
         let mut model = problem
@@ -1207,6 +1225,33 @@ impl Planner {
         }
         Ok(Some(Solved { choices, variables, constraints }))
     }
+}
+
+/// Writes `problem` to `path` in MPS format. HiGHS writes the model when
+/// asked to solve it with `write_model_to_file` set, and then stops without
+/// solving; the planner solves its own copy.
+fn write_program(problem: highs::ColProblem, path: &Path) -> Result<(), PlanError> {
+    let mut model = problem
+        .try_optimise(highs::Sense::Minimise)
+        .map_err(|status| PlanError::Solver(format!("{status:?}")))?;
+    model.make_quiet();
+    // A file left from before must not pass for this program.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(PlanError::Solver(format!("cannot replace {}: {e}", path.display()))),
+    }
+    model.set_option("write_model_to_file", true);
+    model.set_option("write_model_file", path.to_string_lossy().as_ref());
+    // The status says nothing about the file; its presence does.
+    let _ = model.try_solve();
+    if !path.is_file() {
+        return Err(PlanError::Solver(format!(
+            "HiGHS did not write the program to {}",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Per column of the program: its cost, and its reduced cost and value in

@@ -47,6 +47,17 @@ struct Cli {
     /// stay under, in seconds.
     #[arg(long, default_value_t = 1.0)]
     target_seconds: f64,
+    /// Plan the largest batch once more, untimed, and write its program
+    /// (the MILP HiGHS searches) here in MPS format.
+    #[arg(long, value_name = "PATH")]
+    write_program: Option<PathBuf>,
+}
+
+/// The planner over the shipped catalog with the workload's estate.
+fn planner_for(catalog: &Catalog, workload: &Workload) -> Planner {
+    let mut with_private = catalog.clone();
+    with_private.add_private(&workload.offerings);
+    Planner::new(with_private, workload.quotas.clone(), workload.commitments.clone())
 }
 
 fn main() -> Result<ExitCode> {
@@ -58,6 +69,13 @@ fn main() -> Result<ExitCode> {
     let largest = cli.jobs.iter().copied().max().unwrap_or(1);
     if cli.write_jobs.is_some() || cli.write_estate.is_some() {
         write_files(&cli, &catalog, &generate(&catalog, largest, cli.seed))?;
+    }
+    if let Some(path) = &cli.write_program {
+        let workload = generate(&catalog, largest, cli.seed);
+        let mut planner = planner_for(&catalog, &workload);
+        planner.write_program = Some(path.clone());
+        planner.plan(&workload.jobs).context("the planner failed")?;
+        println!("wrote the {largest}-job batch's program to {}", path.display());
     }
     if cli.runs == 0 {
         return Ok(ExitCode::SUCCESS);
@@ -89,10 +107,7 @@ fn main() -> Result<ExitCode> {
     let mut medians = Vec::new();
     for &size in &cli.jobs {
         let workload = generate(&catalog, size, cli.seed);
-        let mut with_private = catalog.clone();
-        with_private.add_private(&workload.offerings);
-        let planner =
-            Planner::new(with_private, workload.quotas.clone(), workload.commitments.clone());
+        let planner = planner_for(&catalog, &workload);
         let mut times = Vec::with_capacity(cli.runs);
         let mut candidate_times = Vec::with_capacity(cli.runs);
         let mut plans: Vec<Plan> = Vec::with_capacity(cli.runs);

@@ -642,3 +642,43 @@ fn an_empty_batch_and_a_batch_of_infeasible_jobs_are_plans_not_errors() {
     assert_eq!((plan.placed, plan.unplaced), (0, 2));
     assert!(plan.jobs.iter().all(|j| j.unplaced.as_ref().unwrap().binding == ["residency"]));
 }
+
+#[test]
+fn the_batch_program_can_be_written_for_other_solvers_and_the_plan_is_unchanged() {
+    let jobs =
+        [job("short", 1, 10.0, &[("H100", 8, 1.0)]), job("long", 1, 100.0, &[("H100", 8, 1.0)])];
+    let mut p = planner(small());
+    p.quotas = vec![quota("gcp", Some("us-central1"), &["H100"], 8)];
+    let expected = p.plan(&jobs).unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "skyweave-plan-program-{}-{}.mps",
+        std::process::id(),
+        line!()
+    ));
+    // A stale file in the way is replaced, not taken for the program.
+    std::fs::write(&path, "stale").unwrap();
+    p.write_program = Some(path.clone());
+    let plan = p.plan(&jobs).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(plan.jobs.len(), expected.jobs.len());
+    assert!(close(plan.total_usd, expected.total_usd));
+    assert_eq!(placed(&plan, 1), placed(&expected, 1));
+    // MPS: the job rows, the quota row, and one column per candidate kept.
+    assert!(text.starts_with("NAME"), "{text}");
+    for section in ["ROWS", "COLUMNS", "RHS", "BOUNDS", "ENDATA"] {
+        assert!(text.lines().any(|l| l.trim() == section), "no {section} in {text}");
+    }
+    let rows = text.lines().skip_while(|l| l.trim() != "ROWS").skip(1);
+    let rows = rows.take_while(|l| l.starts_with(' ')).filter(|l| !l.contains("Obj")).count();
+    assert_eq!(rows, plan.solver.constraints, "{text}");
+    let marker = text.lines().position(|l| l.trim() == "COLUMNS").unwrap();
+    let columns: BTreeSet<&str> = text
+        .lines()
+        .skip(marker + 1)
+        .take_while(|l| l.starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with('c'))
+        .collect();
+    assert_eq!(columns.len(), plan.solver.variables, "{text}");
+}

@@ -237,10 +237,9 @@ pub struct Planner {
     pub failover_depth: usize,
     /// When set, each batch program searched is also written to this file
     /// (the last one wins) in MPS format, as built (before reduced-cost
-    /// fixing), for experiments with
-    /// solvers outside the planner (`bench/plan_program.sh`). Column `cN` is
-    /// the program's N-th column: candidates by job, then the commitments'
-    /// excess columns.
+    /// fixing), for experiments with solvers outside the planner
+    /// (`bench/plan_program.sh`). Column `cN` is the program's N-th column:
+    /// candidates by job, then the commitments' excess columns.
     pub write_program: Option<PathBuf>,
 }
 
@@ -962,17 +961,9 @@ impl Planner {
                     .sum::<f64>();
 
         let mut problem = ColProblem::default();
-        // Each row's index, right-hand side and whether it is an equality,
-        // by the row's handle (for the dual bound below).
-        let mut rhs: HashMap<highs::Row, (usize, f64, bool)> = HashMap::new();
-        let job_rows: HashMap<usize, _> = active
-            .iter()
-            .map(|&j| {
-                let row = problem.add_row(1.0..=1.0);
-                rhs.insert(row, (rhs.len(), 1.0, true));
-                (j, row)
-            })
-            .collect();
+        let mut rows = Rows::default();
+        let job_rows: HashMap<usize, _> =
+            active.iter().map(|&j| (j, rows.add(&mut problem, 1.0, true))).collect();
         let mut quota_rows = HashMap::new();
         let mut private_rows = HashMap::new();
         // Ordered, so that the excess columns below (and with them the whole
@@ -984,9 +975,7 @@ impl Planner {
                 for &q in &c.quotas {
                     quota_rows.entry(q).or_insert_with(|| {
                         let cap = f64::from(self.quotas[q].max_accelerators);
-                        let row = problem.add_row(..=cap);
-                        rhs.insert(row, (rhs.len(), cap, false));
-                        row
+                        rows.add(&mut problem, cap, false)
                     });
                 }
                 if c.purchase == Purchase::Private {
@@ -995,23 +984,18 @@ impl Planner {
                             .private
                             .as_ref()
                             .map_or(0, |p| p.nodes);
-                        let row = problem.add_row(..=f64::from(nodes));
-                        rhs.insert(row, (rhs.len(), f64::from(nodes), false));
-                        row
+                        rows.add(&mut problem, f64::from(nodes), false)
                     });
                 }
                 if let Some(m) = c.commitment {
                     commitment_rows.entry(m).or_insert_with(|| {
                         let remaining = self.commitments[m].remaining_usd() * SCALE;
-                        let row = problem.add_row(..=remaining);
-                        rhs.insert(row, (rhs.len(), remaining, false));
-                        row
+                        rows.add(&mut problem, remaining, false)
                     });
                 }
             }
         }
-        let constraints =
-            job_rows.len() + quota_rows.len() + private_rows.len() + commitment_rows.len();
+        let constraints = rows.rhs.len();
         // (column index, job, candidate) of every candidate column.
         let mut columns: Vec<(usize, usize, usize)> = Vec::new();
         // (cost, upper bound, integer, entries) of every column.
@@ -1094,17 +1078,15 @@ impl Planner {
                 // Dual values made feasible: `<=` rows at most 0, and a
                 // commitment row at least `-w` (the excess column's cost),
                 // so that every reduced cost below is exact for these duals.
-                // By row index: the bound below sums in the same order in
-                // every run.
-                let mut rows: Vec<(usize, f64, bool)> = rhs.values().copied().collect();
-                rows.sort_by_key(|&(index, _, _)| index);
-                let mut y = vec![0.0; rows.len()];
-                for &(index, _, equality) in &rows {
-                    y[index] = if equality { row_duals[index] } else { row_duals[index].min(0.0) };
-                }
+                let mut y: Vec<f64> = rows
+                    .rhs
+                    .iter()
+                    .zip(row_duals)
+                    .map(|(&(_, equality), &dual)| if equality { dual } else { dual.min(0.0) })
+                    .collect();
                 let mut valid = true;
                 for &(m, row, _) in &excess_columns {
-                    let index = rhs[&row].0;
+                    let index = rows.index[&row];
                     let weight = self.commitments[m].burn_down_weight;
                     // Outside [0, 1] the prices cannot be clipped both ways.
                     valid &= (0.0..=1.0).contains(&weight);
@@ -1113,10 +1095,10 @@ impl Planner {
                 let reduced: Vec<f64> = specs
                     .iter()
                     .map(|(cost, _, _, entries)| {
-                        cost - entries.iter().map(|(row, a)| a * y[rhs[row].0]).sum::<f64>()
+                        cost - entries.iter().map(|(row, a)| a * y[rows.index[row]]).sum::<f64>()
                     })
                     .collect();
-                let mut bound: f64 = rows.iter().map(|&(index, b, _)| y[index] * b).sum();
+                let mut bound: f64 = rows.rhs.iter().zip(&y).map(|(&(b, _), y)| y * b).sum();
                 for ((_, upper, _, _), &d) in specs.iter().zip(&reduced) {
                     if d < 0.0 {
                         match upper {
@@ -1224,6 +1206,24 @@ impl Planner {
             }
         }
         Ok(Some(Solved { choices, variables, constraints }))
+    }
+}
+
+/// The program's rows, for the dual bound in `solve_model`: each row's
+/// right-hand side and whether it is an equality (a job's `= 1`; the others
+/// are `<=`), in row order, and each row's index by its handle.
+#[derive(Default)]
+struct Rows {
+    rhs: Vec<(f64, bool)>,
+    index: HashMap<highs::Row, usize>,
+}
+
+impl Rows {
+    fn add(&mut self, problem: &mut highs::ColProblem, rhs: f64, equality: bool) -> highs::Row {
+        let row = if equality { problem.add_row(rhs..=rhs) } else { problem.add_row(..=rhs) };
+        self.index.insert(row, self.rhs.len());
+        self.rhs.push((rhs, equality));
+        row
     }
 }
 

@@ -243,14 +243,19 @@ fn a_quota_too_small_for_the_job_moves_it_and_can_make_it_infeasible() {
         .contains(&"quota: `gcp/*` allows 8 accelerators; the job needs 16".into()));
 }
 
-#[test]
-fn a_batch_shares_a_quota_at_least_total_cost() {
-    // Both jobs prefer gcp us-central1 (44 $/h); the quota fits one. The
-    // exact optimum puts the longer job there.
+/// Two jobs that both prefer gcp us-central1 (44 $/h), whose quota fits one.
+fn quota_batch() -> (Planner, [Job; 2]) {
     let jobs =
         [job("short", 1, 10.0, &[("H100", 8, 1.0)]), job("long", 1, 100.0, &[("H100", 8, 1.0)])];
     let mut p = planner(small());
     p.quotas = vec![quota("gcp", Some("us-central1"), &["H100"], 8)];
+    (p, jobs)
+}
+
+#[test]
+fn a_batch_shares_a_quota_at_least_total_cost() {
+    // The exact optimum puts the longer job in the quota.
+    let (p, jobs) = quota_batch();
     let plan = p.plan(&jobs).unwrap();
     assert_eq!(plan.solver.method, "milp (HiGHS)");
     assert_eq!(placed(&plan, 1), ("gcp", "us-central1-a", Purchase::OnDemand));
@@ -645,10 +650,7 @@ fn an_empty_batch_and_a_batch_of_infeasible_jobs_are_plans_not_errors() {
 
 #[test]
 fn the_batch_program_can_be_written_for_other_solvers_and_the_plan_is_unchanged() {
-    let jobs =
-        [job("short", 1, 10.0, &[("H100", 8, 1.0)]), job("long", 1, 100.0, &[("H100", 8, 1.0)])];
-    let mut p = planner(small());
-    p.quotas = vec![quota("gcp", Some("us-central1"), &["H100"], 8)];
+    let (mut p, jobs) = quota_batch();
     let expected = p.plan(&jobs).unwrap();
     let path = std::env::temp_dir().join(format!(
         "skyweave-plan-program-{}-{}.mps",
